@@ -1,0 +1,181 @@
+//! The one route table and the middleware order, written once.
+//!
+//! [`router`] is what the server runs and what tests call. Authentication is on for every
+//! `/v1` route; the only unauthenticated routes are `/health`, `/ready` and `/metrics`. Unknown
+//! routes and wrong methods answer OpenAI-shaped 404/405. This module does not relay anything
+//! itself: `/v1` handlers hand off to [`crate::proxy::handle`].
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::error::ApiError;
+use crate::policy::{self, Endpoint};
+use crate::proxy::{self, RequestId};
+use crate::state::AppState;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state);
+    let mut app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    // Layers run outside-in in the reverse of the order they are added here:
+    // 1. request id (outermost: every answer, even a CORS or framing error, carries it);
+    // 2. framing checks (conflicting Content-Length / Transfer-Encoding are refused);
+    // 3. CORS (answers preflights before anything else runs).
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn(framing))
+        .layer(middleware::from_fn(request_id))
+}
+
+async fn chat(State(s): State<AppState>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Chat, req).await
+}
+async fn completions(State(s): State<AppState>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Completions, req).await
+}
+async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Embeddings, req).await
+}
+
+/// The models the caller's team may use.
+async fn models(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let snap = s.snapshot.load();
+    let caller = snap.keys.authenticate(req.headers())?;
+    let team = snap
+        .config
+        .teams
+        .get(caller.team.as_ref())
+        .ok_or(ApiError::Internal)?;
+    let data: Vec<_> = snap
+        .config
+        .models
+        .keys()
+        .filter(|m| policy::model_allowed(team, m))
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// Ready when a config is loaded and at least one upstream is not known to be down.
+async fn ready(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.load();
+    if snap.upstreams.values().any(|u| u.is_healthy()) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no upstream available"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::RouteNotFound {
+        path: req.uri().path().chars().take(200).collect(),
+    }
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+    }
+}
+
+/// Accept a sane client `x-request-id` or make one; put it on the request and the answer.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id: Arc<str> = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Refuse ambiguous framing (request smuggling): both Content-Length and Transfer-Encoding, or
+/// several Content-Length values.
+async fn framing(req: Request<Body>, next: Next) -> Response {
+    let h = req.headers();
+    let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING)) {
+        return ApiError::invalid(
+            "conflicting Content-Length / Transfer-Encoding headers",
+            None,
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn cors_layer(state: &AppState) -> Option<CorsLayer> {
+    let snap = state.snapshot.load();
+    let cfg = &snap.config.server.cors;
+    if cfg.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if cfg.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            cfg.allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                X_REQUEST_ID,
+            ])
+            .expose_headers([X_REQUEST_ID])
+            .allow_credentials(cfg.allow_credentials),
+    )
+}

@@ -1,0 +1,39 @@
+//! Tollgate: an LLM API gateway.
+//!
+//! Clients speak the OpenAI API to Tollgate with a Tollgate key that belongs to a team; Tollgate
+//! authenticates them, shapes and admits the request by the team's policy, picks an upstream
+//! deployment, attaches that upstream's credential and relays the answer back chunk by chunk, then
+//! accounts for it (log line, metrics, usage).
+//!
+//! One request's path, each step owned by one module and called in order from
+//! [`proxy::handle`]:
+//!
+//! ```text
+//! accept        (app)          body limit and read deadline, request id, CORS
+//! authenticate  (auth)         key -> caller (key id, team)              -> 401
+//! shape         (policy)       team defaults and caps, model allowed       -> 400 / 403 / 404
+//! plan          (routing)      model -> ordered attempts over upstreams
+//! attempt       (proxy)        credential -> provider request -> send -> first byte
+//! relay         (proxy::relay) bytes to the client as they come; usage captured on the way
+//! account       (telemetry)    request log line and metrics
+//! ```
+//!
+//! Shared state lives in [`state::AppState`]: an `ArcSwap`'d [`state::Snapshot`] of the config and
+//! everything derived from it, so a request sees one consistent set.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod policy;
+pub mod providers;
+pub mod proxy;
+pub mod routing;
+pub mod secret;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,82 @@
+//! Provider kinds: how to talk to one kind of upstream.
+//!
+//! One file per kind. Each builds the upstream request from the shaped body, sends it, and hands
+//! back an [`UpstreamResponse`] whose body is a stream of bytes, so the relay treats an HTTP
+//! upstream and the in-process mock alike. Usage parsing for OpenAI-shaped bodies lives here too.
+//! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
+
+pub mod mock;
+pub mod openai;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use crate::credentials::Lease;
+use crate::error::ApiError;
+use crate::policy::Endpoint;
+
+/// Why an upstream body ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// The connection was reset or the body was cut.
+    Reset,
+}
+
+pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
+
+/// An upstream's answer: status and headers have arrived, the body streams.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: BodyStream,
+}
+
+/// One request to send upstream.
+pub struct UpstreamRequest<'a> {
+    pub endpoint: Endpoint,
+    /// The shaped JSON body, serialized once.
+    pub body: Bytes,
+    pub stream: bool,
+    /// Client headers from the allowlist, plus `x-request-id`.
+    pub headers: &'a HeaderMap,
+    pub lease: Option<&'a Lease>,
+    /// The parsed body, for providers that answer in process.
+    pub json: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+pub enum Provider {
+    OpenAi(openai::OpenAi),
+    Mock(mock::Mock),
+}
+
+impl Provider {
+    /// Send the request; resolves when the response headers arrived.
+    pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
+        match self {
+            Provider::OpenAi(p) => p.send(req).await,
+            Provider::Mock(p) => Ok(p.answer(req).await),
+        }
+    }
+}
+
+/// Token counts as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct UsageProbe {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// The `usage` object of an OpenAI-shaped JSON body (a response or one stream chunk).
+pub fn parse_usage(json: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<UsageProbe>(json).ok()?.usage
+}

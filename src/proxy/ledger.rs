@@ -1,0 +1,102 @@
+//! The account step as a guard: a [`Ledger`] collects what happened to one request and writes
+//! the request log line and metrics exactly once, when it is dropped.
+//!
+//! Dropping on every path (answered, failed, client gone mid-stream, handler cancelled) is what
+//! makes accounting impossible to skip. It owns no I/O of its own beyond
+//! [`crate::telemetry::account`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::policy::Shaped;
+use crate::providers::Usage;
+use crate::telemetry::{self, InFlightGuard, RequestRecord};
+
+#[derive(Default)]
+pub struct Ledger {
+    rec: RequestRecord,
+    started: Option<Instant>,
+    /// The answer reached its end (or failed with a known error); otherwise the client left.
+    finished: bool,
+    _in_flight: Option<InFlightGuard>,
+}
+
+impl Ledger {
+    pub fn start(request_id: Arc<str>, endpoint: &'static str) -> Ledger {
+        Ledger {
+            rec: RequestRecord {
+                request_id,
+                endpoint,
+                ..RequestRecord::default()
+            },
+            started: Some(Instant::now()),
+            finished: false,
+            _in_flight: Some(InFlightGuard::new()),
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.rec.request_id
+    }
+    pub fn caller(&mut self, c: &Caller) {
+        self.rec.team = Some(c.team.clone());
+        self.rec.key_id = Some(c.key_id.clone());
+    }
+    pub fn shaped(&mut self, s: &Shaped) {
+        self.rec.model = Some(s.model.clone());
+        self.rec.stream = s.stream;
+    }
+    pub fn upstream(&mut self, name: &Arc<str>) {
+        self.rec.upstream = Some(name.clone());
+    }
+    pub fn attempted(&mut self) {
+        self.rec.attempts += 1;
+    }
+    pub fn attempts(&self) -> u32 {
+        self.rec.attempts
+    }
+    pub fn upstream_time(&mut self, d: Duration) {
+        self.rec.upstream_time = d;
+    }
+    pub fn status(&mut self, status: u16) {
+        self.rec.status = status;
+    }
+    pub fn first_byte(&mut self) {
+        if self.rec.ttfb.is_none() {
+            self.rec.ttfb = self.started.map(|s| s.elapsed());
+        }
+    }
+    pub fn usage(&mut self, u: Usage) {
+        self.rec.prompt_tokens = u.prompt_tokens;
+        self.rec.completion_tokens = u.completion_tokens;
+    }
+    /// A stream broke after it started: the status stays, the kind says what happened.
+    pub fn broken(&mut self, kind: &'static str) {
+        self.rec.error_kind = Some(kind);
+    }
+    pub fn fail(&mut self, e: &ApiError) {
+        self.rec.status = e.status().as_u16();
+        self.rec.error_kind = Some(e.kind());
+        self.finished = true;
+    }
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let Some(started) = self.started else { return };
+        if !self.finished {
+            self.rec.client_disconnected = true;
+            if self.rec.status == 0 {
+                // nginx's "client closed request".
+                self.rec.status = 499;
+            }
+        }
+        self.rec.latency = started.elapsed();
+        telemetry::account(&self.rec);
+    }
+}

@@ -1,0 +1,166 @@
+//! Logs and metrics: the request log line, metric names, and the Prometheus registry.
+//!
+//! Operational logs and request logs are both JSON lines on stderr; request lines carry
+//! `log_type: "request"` and the target `tollgate::request` so they can be filtered apart.
+//! Metric labels are low-cardinality (model, team, status, kind) and never carry a key, a token
+//! or a message. The one global is the metrics recorder, installed once per process.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Metric names, one place.
+pub mod names {
+    pub const REQUESTS: &str = "tollgate_requests_total";
+    pub const LATENCY: &str = "tollgate_request_duration_seconds";
+    pub const TTFB: &str = "tollgate_time_to_first_byte_seconds";
+    pub const OVERHEAD: &str = "tollgate_overhead_seconds";
+    pub const TOKENS: &str = "tollgate_tokens_total";
+    pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
+    pub const ERRORS: &str = "tollgate_errors_total";
+}
+
+/// Handle to the process-wide Prometheus recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: Option<PrometheusHandle>,
+}
+
+impl Metrics {
+    /// The process-wide recorder, installed on first use. If another recorder was installed
+    /// first (an embedding program), metrics go there and `/metrics` renders nothing.
+    pub fn global() -> Metrics {
+        static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+        let handle = HANDLE.get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 120.0,
+            ];
+            let overhead = [
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(names::OVERHEAD.into()), &overhead)
+                .and_then(|b| b.set_buckets(&latency))
+                .map(|b| b.build_recorder());
+            match recorder {
+                Ok(r) => {
+                    let handle = r.handle();
+                    metrics::set_global_recorder(r).ok().map(|_| handle)
+                }
+                Err(_) => None,
+            }
+        });
+        Metrics {
+            handle: handle.clone(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        self.handle.as_ref().map(|h| h.render()).unwrap_or_default()
+    }
+}
+
+/// Install the JSON log subscriber (`RUST_LOG` filters; default info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Everything the account step knows about one finished request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRecord {
+    pub request_id: Arc<str>,
+    pub endpoint: &'static str,
+    pub team: Option<Arc<str>>,
+    pub key_id: Option<Arc<str>>,
+    pub model: Option<String>,
+    pub upstream: Option<Arc<str>>,
+    pub status: u16,
+    pub error_kind: Option<&'static str>,
+    pub stream: bool,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+    /// Time spent waiting on the upstream (send to last byte); excluded from overhead.
+    pub upstream_time: Duration,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The client went away before the answer was complete.
+    pub client_disconnected: bool,
+    pub attempts: u32,
+}
+
+/// Write the request log line and update the metrics.
+pub fn account(r: &RequestRecord) {
+    let team = r.team.as_deref().unwrap_or("-");
+    let model = r.model.as_deref().unwrap_or("-");
+    tracing::info!(
+        target: "tollgate::request",
+        log_type = "request",
+        request_id = %r.request_id,
+        endpoint = r.endpoint,
+        team,
+        key_id = r.key_id.as_deref().unwrap_or("-"),
+        model,
+        upstream = r.upstream.as_deref().unwrap_or("-"),
+        status = r.status,
+        error_kind = r.error_kind.unwrap_or("-"),
+        stream = r.stream,
+        latency_ms = r.latency.as_secs_f64() * 1000.0,
+        ttfb_ms = r.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
+        client_disconnected = r.client_disconnected,
+        attempts = r.attempts,
+    );
+    let status = r.status.to_string();
+    metrics::counter!(names::REQUESTS, "model" => model.to_owned(), "team" => team.to_owned(),
+        "status" => status)
+    .increment(1);
+    metrics::histogram!(names::LATENCY, "model" => model.to_owned()).record(r.latency);
+    if let Some(t) = r.ttfb {
+        metrics::histogram!(names::TTFB, "model" => model.to_owned()).record(t);
+    }
+    metrics::histogram!(names::OVERHEAD).record(r.latency.saturating_sub(r.upstream_time));
+    if r.prompt_tokens > 0 || r.completion_tokens > 0 {
+        metrics::counter!(names::TOKENS, "model" => model.to_owned(), "team" => team.to_owned(),
+            "direction" => "in")
+        .increment(r.prompt_tokens);
+        metrics::counter!(names::TOKENS, "model" => model.to_owned(), "team" => team.to_owned(),
+            "direction" => "out")
+        .increment(r.completion_tokens);
+    }
+    if let Some(kind) = r.error_kind {
+        metrics::counter!(names::ERRORS, "kind" => kind).increment(1);
+    }
+}
+
+/// Counts a request in flight for as long as it lives (streams included).
+pub struct InFlightGuard;
+
+impl InFlightGuard {
+    pub fn new() -> InFlightGuard {
+        metrics::gauge!(names::IN_FLIGHT).increment(1.0);
+        InFlightGuard
+    }
+}
+
+impl Default for InFlightGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(names::IN_FLIGHT).decrement(1.0);
+    }
+}
