@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::secret::EnvSource;
+use crate::secret::{EnvSource, SecretRef};
 
 /// Who is calling: enough for policy, limits and accounting.
 #[derive(Debug, Clone)]
@@ -37,15 +37,7 @@ impl KeyIndex {
     pub fn from_config(cfg: &Config, env: &dyn EnvSource) -> Result<KeyIndex, String> {
         let mut by_hash = HashMap::new();
         for k in &cfg.keys {
-            let hash = match (&k.sha256, &k.key) {
-                (Some(h), _) => {
-                    let bytes = hex::decode(h).map_err(|e| format!("key {}: {e}", k.name))?;
-                    <[u8; 32]>::try_from(bytes.as_slice())
-                        .map_err(|_| format!("key {}: sha256 must be 32 bytes", k.name))?
-                }
-                (None, Some(r)) => hash_key(r.resolve(env)?.expose()),
-                (None, None) => return Err(format!("key {} has no hash", k.name)),
-            };
+            let hash = key_hash(&k.name, &k.sha256, &k.key, env)?;
             by_hash.insert(
                 hash,
                 Caller {
@@ -57,6 +49,19 @@ impl KeyIndex {
         Ok(KeyIndex { by_hash })
     }
 
+    /// The admin key, if configured, as an index of one (team `admin`).
+    pub fn admin(cfg: &Config, env: &dyn EnvSource) -> Result<Option<KeyIndex>, String> {
+        let Some(a) = &cfg.admin else { return Ok(None) };
+        let hash = key_hash("admin", &a.sha256, &a.key, env)?;
+        let caller = Caller {
+            key_id: Arc::from("admin"),
+            team: Arc::from("admin"),
+        };
+        Ok(Some(KeyIndex {
+            by_hash: HashMap::from([(hash, caller)]),
+        }))
+    }
+
     /// Authenticate from request headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
@@ -65,6 +70,24 @@ impl KeyIndex {
             Some((stored, caller)) if bool::from(stored.ct_eq(&hash)) => Ok(caller.clone()),
             _ => Err(ApiError::Unauthorized),
         }
+    }
+}
+
+/// The SHA-256 of a key given either as a hex hash or as a secret reference.
+fn key_hash(
+    name: &str,
+    sha256: &Option<String>,
+    key: &Option<SecretRef>,
+    env: &dyn EnvSource,
+) -> Result<[u8; 32], String> {
+    match (sha256, key) {
+        (Some(h), _) => {
+            let bytes = hex::decode(h).map_err(|e| format!("key {name}: {e}"))?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| format!("key {name}: sha256 must be 32 bytes"))
+        }
+        (None, Some(r)) => Ok(hash_key(r.resolve(env)?.expose())),
+        (None, None) => Err(format!("key {name} has no hash")),
     }
 }
 

@@ -78,6 +78,20 @@ pub struct Config {
     /// Client keys.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// The admin API's key; without it `/admin` is closed.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// SHA-256 of the admin key, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The admin key as an `${ENV}` or `file:` reference.
+    #[serde(default)]
+    pub key: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -460,6 +474,9 @@ impl Config {
                 }
             }
         }
+        if let Some(a) = &self.admin {
+            check_key_source(&a.sha256, &a.key, "admin", env, &mut warnings)?;
+        }
         for (i, k) in self.keys.iter().enumerate() {
             let path = format!("keys[{i}]");
             if !self.teams.contains_key(&k.team) {
@@ -468,21 +485,35 @@ impl Config {
                     format!("team '{}' is not defined under teams", k.team),
                 ));
             }
-            match (&k.sha256, &k.key) {
-                (Some(h), None) => {
-                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(err(format!("{path}.sha256"), "must be 64 hex digits"));
-                    }
-                }
-                (None, Some(r)) => check_secret(r, &format!("{path}.key"), env, &mut warnings)?,
-                _ => return Err(err(
-                    path,
-                    "give exactly one of sha256 (the key's SHA-256, hex) or key (${ENV} or file:)",
-                )),
-            }
+            check_key_source(&k.sha256, &k.key, &path, env, &mut warnings)?;
         }
         Ok(warnings)
     }
+}
+
+/// A key is given as exactly one of a SHA-256 or a secret reference.
+fn check_key_source(
+    sha256: &Option<String>,
+    key: &Option<SecretRef>,
+    path: &str,
+    env: &dyn EnvSource,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    match (sha256, key) {
+        (Some(h), None) => {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(err(format!("{path}.sha256"), "must be 64 hex digits"));
+            }
+        }
+        (None, Some(r)) => check_secret(r, &format!("{path}.key"), env, warnings)?,
+        _ => {
+            return Err(err(
+                path,
+                "give exactly one of sha256 (the key's SHA-256, hex) or key (${ENV} or file:)",
+            ))
+        }
+    }
+    Ok(())
 }
 
 fn check_secret(

@@ -21,6 +21,7 @@
 //! Shared state lives in [`state::AppState`]: an `ArcSwap`'d [`state::Snapshot`] of the config and
 //! everything derived from it, so a request sees one consistent set.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;

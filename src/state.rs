@@ -47,6 +47,8 @@ impl Upstream {
 pub struct Snapshot {
     pub config: Config,
     pub keys: KeyIndex,
+    /// The admin key; `None` closes `/admin`.
+    pub admin: Option<KeyIndex>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub routes: HashMap<String, Route>,
     pub forward_headers: Vec<HeaderName>,
@@ -56,6 +58,7 @@ impl Snapshot {
     pub fn build(config: Config, env: &dyn EnvSource) -> Result<Snapshot, String> {
         config.validate(env).map_err(|e| e.to_string())?;
         let keys = KeyIndex::from_config(&config, env)?;
+        let admin = KeyIndex::admin(&config, env)?;
         let mut credentials = HashMap::new();
         for (name, c) in &config.credentials {
             credentials.insert(
@@ -107,6 +110,7 @@ impl Snapshot {
         Ok(Snapshot {
             config,
             keys,
+            admin,
             upstreams,
             routes,
             forward_headers,

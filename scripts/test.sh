@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The project's test command: ./scripts/test.sh
+#
+# Services (PostgreSQL, Redis), a Python venv with the official openai SDK, then
+# rustfmt check, clippy (warnings are errors) and the test suite. Every step is time-bounded;
+# the script exits non-zero on the first failing step.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+START=$SECONDS
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+fail() { echo "test.sh: FAILED: $*" >&2; exit 1; }
+
+# run LIMIT DESCRIPTION CMD...: run CMD bounded by LIMIT, fail with DESCRIPTION.
+run() {
+    local limit=$1 what=$2
+    shift 2
+    local rc=0
+    timeout --kill-after=30s "$limit" "$@" || rc=$?
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        fail "$what: timed out after $limit"
+    elif [ $rc -ne 0 ]; then
+        fail "$what (exit $rc)"
+    fi
+}
+
+step "services: PostgreSQL and Redis"
+run 20m "services" "$ROOT/scripts/services.sh"
+
+step "python venv: target/pyvenv with openai"
+VENV=$ROOT/target/pyvenv
+if "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
+    echo "openai $("$VENV/bin/python" -c 'import openai; print(openai.__version__)') already installed" >&2
+else
+    if ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
+        run 2m "python3 -m venv (on Debian this needs the python3-venv package)" \
+            python3 -m venv --clear "$VENV"
+    fi
+    run 10m "pip install openai" \
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
+    "$VENV/bin/python" -c 'import openai' || fail "openai still not importable in $VENV"
+fi
+
+export TOLLGATE_TEST_PYTHON=$VENV/bin/python
+export TOLLGATE_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/postgres
+export TOLLGATE_TEST_REDIS_URL=redis://127.0.0.1:6379
+
+step "cargo fmt --all -- --check"
+run 5m "cargo fmt (run 'cargo fmt --all' to fix)" cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+run 20m "cargo clippy" cargo clippy --all-targets -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --no-fail-fast"
+    run 15m "tests" cargo nextest run --no-fail-fast
+else
+    step "cargo test --no-fail-fast (cargo-nextest not installed)"
+    run 15m "tests" cargo test --no-fail-fast
+fi
+
+printf '\n==> all passed in %ds\n' $((SECONDS - START)) >&2

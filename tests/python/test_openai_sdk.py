@@ -1,0 +1,148 @@
+"""Compatibility check: the official `openai` Python SDK against a running Tollgate.
+
+Usage: python test_openai_sdk.py http://127.0.0.1:8080/v1
+
+Plain script (no pytest). Needs the gateway serving examples/quickstart.yaml: the mock model
+`mock-gpt` behind the demo key `sk-tollgate-demo`. Prints one line per check and a summary;
+exits 1 if any check fails.
+"""
+
+import sys
+import traceback
+
+import openai
+from openai import OpenAI
+
+DEMO_KEY = "sk-tollgate-demo"
+MODEL = "mock-gpt"
+PROMPT = "hello from python"
+EXPECTED = "mock reply: hello from python"
+
+
+def make_client(base_url, api_key=DEMO_KEY):
+    # No retries: a retried failure would only hide what the gateway answered.
+    return OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=20.0)
+
+
+def messages():
+    return [{"role": "user", "content": PROMPT}]
+
+
+def check_chat(base_url):
+    resp = make_client(base_url).chat.completions.create(model=MODEL, messages=messages())
+    content = resp.choices[0].message.content
+    assert content == EXPECTED, f"content {content!r}, want {EXPECTED!r}"
+    assert resp.usage is not None, "no usage in the answer"
+    assert resp.usage.total_tokens > 0, f"usage.total_tokens = {resp.usage.total_tokens}"
+
+
+def check_stream(base_url):
+    stream = make_client(base_url).chat.completions.create(
+        model=MODEL, messages=messages(), stream=True
+    )
+    parts = []
+    chunks = 0
+    for chunk in stream:
+        chunks += 1
+        # The gateway asks the upstream for usage; a client that did not ask must not see it.
+        assert getattr(chunk, "usage", None) is None, f"unrequested usage chunk: {chunk}"
+        for choice in chunk.choices:
+            if choice.delta is not None and choice.delta.content:
+                parts.append(choice.delta.content)
+    content = "".join(parts)
+    assert chunks > 1, f"only {chunks} chunk(s): not streamed"
+    assert content == EXPECTED, f"streamed content {content!r}, want {EXPECTED!r}"
+
+
+def check_stream_usage(base_url):
+    stream = make_client(base_url).chat.completions.create(
+        model=MODEL,
+        messages=messages(),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks, "empty stream"
+    content = "".join(
+        c.delta.content for ch in chunks for c in ch.choices if c.delta and c.delta.content
+    )
+    assert content == EXPECTED, f"streamed content {content!r}, want {EXPECTED!r}"
+    last = chunks[-1]
+    assert last.usage is not None, f"last chunk has no usage: {last}"
+    assert last.usage.total_tokens > 0, f"usage.total_tokens = {last.usage.total_tokens}"
+    assert last.choices == [], f"usage chunk has choices: {last.choices}"
+
+
+def check_wrong_key(base_url):
+    try:
+        make_client(base_url, api_key="sk-wrong-key").chat.completions.create(
+            model=MODEL, messages=messages()
+        )
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401, f"status {e.status_code}"
+        return
+    raise AssertionError("a wrong key was accepted")
+
+
+def check_unknown_model(base_url):
+    try:
+        make_client(base_url).chat.completions.create(
+            model="no-such-model", messages=messages()
+        )
+    except openai.NotFoundError as e:
+        assert e.status_code == 404, f"status {e.status_code}"
+        return
+    raise AssertionError("an unknown model was accepted")
+
+
+def check_models(base_url):
+    ids = [m.id for m in make_client(base_url).models.list()]
+    assert MODEL in ids, f"{MODEL} not in {ids}"
+
+
+def check_embeddings(base_url):
+    resp = make_client(base_url).embeddings.create(model=MODEL, input=["a", "b"])
+    assert len(resp.data) == 2, f"{len(resp.data)} vectors, want 2"
+    for i, item in enumerate(resp.data):
+        assert item.index == i, f"vector {i} has index {item.index}"
+        assert len(item.embedding) > 0, f"vector {i} is empty"
+        assert all(isinstance(x, float) for x in item.embedding), f"vector {i} is not floats"
+
+
+CHECKS = [
+    ("chat completion", check_chat),
+    ("streamed chat completion", check_stream),
+    ("stream with include_usage", check_stream_usage),
+    ("wrong key -> AuthenticationError", check_wrong_key),
+    ("unknown model -> NotFoundError", check_unknown_model),
+    ("models.list", check_models),
+    ("embeddings", check_embeddings),
+]
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(f"usage: {sys.argv[0]} BASE_URL (e.g. http://127.0.0.1:8080/v1)", file=sys.stderr)
+        return 2
+    base_url = sys.argv[1]
+    print(f"python openai sdk {openai.__version__} against {base_url}")
+    passed = failed = 0
+    for name, check in CHECKS:
+        try:
+            check(base_url)
+        except AssertionError as e:
+            failed += 1
+            print(f"FAIL {name}: {e}")
+        except Exception as e:  # noqa: BLE001 - any SDK error is a failed check
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+            traceback.print_exc(file=sys.stdout)
+        else:
+            passed += 1
+            print(f"ok   {name}")
+    print(f"python openai sdk: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
