@@ -89,7 +89,7 @@ async fn serve(
             return EXIT_CONFIG;
         }
     };
-    let snapshot = match Snapshot::build(config, &ProcessEnv) {
+    let snapshot = match Snapshot::build(config, &ProcessEnv, None) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(config = %path.display(), error = %e, "invalid config");
