@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tollgate::testkit::{reply_text, AuthCheck, Fault, MockUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate::testkit::{reply_text, AuthCheck, Fault, MockUpstream};
 
 const T: Duration = Duration::from_secs(5);
 
