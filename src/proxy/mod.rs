@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::credentials::{Lease, Outcome};
+use crate::credentials::{Lease, Outcome, Retry};
 use crate::error::ApiError;
 use crate::policy::{self, Endpoint};
 use crate::providers::{UpstreamRequest, UpstreamResponse};
@@ -141,7 +141,8 @@ async fn run(
     .await)
 }
 
-/// One upstream attempt, with one retry on a 401 when the credential could renew itself.
+/// One upstream attempt, with one retry on a 401 when the credential could renew itself and up
+/// to pool-size immediate retries when a pool member was rotated out (429 / 401 / 403).
 async fn attempt(
     upstream: &Arc<Upstream>,
     endpoint: Endpoint,
@@ -165,6 +166,11 @@ async fn attempt(
     }
     let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
     let mut renewed = false;
+    let mut rotations = 0;
+    let max_rotations = upstream
+        .credential
+        .as_ref()
+        .map_or(0, |c| c.max_rotations());
     loop {
         ledger.attempted();
         let lease: Option<Lease> = match &upstream.credential {
@@ -203,9 +209,16 @@ async fn attempt(
                 429 => Outcome::RateLimited(retry_after(&response.headers)),
                 _ => Outcome::Ok,
             };
-            if cred.report(lease, outcome) && !renewed && status == StatusCode::UNAUTHORIZED {
-                renewed = true;
-                continue;
+            match cred.report(lease, outcome) {
+                Retry::Renewed if !renewed && status == StatusCode::UNAUTHORIZED => {
+                    renewed = true;
+                    continue;
+                }
+                Retry::Rotated if rotations < max_rotations => {
+                    rotations += 1;
+                    continue;
+                }
+                _ => {}
             }
         }
         if !status.is_success() {
