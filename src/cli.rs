@@ -89,7 +89,7 @@ async fn serve(
             return EXIT_CONFIG;
         }
     };
-    let snapshot = match Snapshot::build(config, &ProcessEnv) {
+    let snapshot = match Snapshot::build(config, &ProcessEnv, None) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(config = %path.display(), error = %e, "invalid config");
@@ -117,12 +117,15 @@ async fn serve(
         }
     }
     let state = AppState::new(snapshot);
+    let stop_watch = tokio_util::sync::CancellationToken::new();
+    crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
     let router = crate::app::router(state);
     let opts = ServeOptions {
         header_read_timeout: server_cfg.header_read_timeout.0,
         shutdown_grace: server_cfg.shutdown_grace.0,
     };
     server::serve(listener, router, opts, server::shutdown_signal()).await;
+    stop_watch.cancel();
     tracing::info!("stopped");
     0
 }

@@ -61,6 +61,12 @@ pub enum ApiError {
     },
     #[error("the upstream could not be reached or closed the connection")]
     UpstreamUnreachable,
+    /// No upstream of the model can take the request now (breakers open, queues full).
+    #[error("no upstream is available: {message}")]
+    UpstreamUnavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
     #[error("the upstream sent an invalid response")]
@@ -96,7 +102,9 @@ impl ApiError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             RateLimited { .. } | CredentialsRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded { .. } | CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded { .. } | CredentialUnavailable { .. } | UpstreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
@@ -119,6 +127,7 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid",
             UpstreamStatus { status, .. } => match status.as_u16() {
@@ -134,9 +143,11 @@ impl ApiError {
     pub fn source(&self) -> Source {
         use ApiError::*;
         match self {
-            UpstreamUnreachable | UpstreamTimeout | UpstreamInvalid | UpstreamStatus { .. } => {
-                Source::Upstream
-            }
+            UpstreamUnreachable
+            | UpstreamUnavailable { .. }
+            | UpstreamTimeout
+            | UpstreamInvalid
+            | UpstreamStatus { .. } => Source::Upstream,
             CredentialUnavailable { .. }
             | CredentialsRateLimited { .. }
             | Overloaded { .. }
@@ -150,6 +161,7 @@ impl ApiError {
     pub fn retryable(&self) -> bool {
         match self {
             ApiError::UpstreamUnreachable
+            | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout
             | ApiError::UpstreamInvalid => true,
             ApiError::UpstreamStatus { status, .. } => {
@@ -191,6 +203,7 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "upstream_credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid_response",
             UpstreamStatus { .. } => "upstream_error",
@@ -211,6 +224,9 @@ impl ApiError {
                 retry_after_secs, ..
             }
             | CredentialUnavailable {
+                retry_after_secs, ..
+            }
+            | UpstreamUnavailable {
                 retry_after_secs, ..
             } => Some(HeaderValue::from(*retry_after_secs)),
             UpstreamStatus { retry_after, .. } => retry_after.clone(),

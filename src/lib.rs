@@ -31,6 +31,7 @@ pub mod error;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod secret;
 pub mod server;

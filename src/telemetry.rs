@@ -19,6 +19,12 @@ pub mod names {
     pub const TOKENS: &str = "tollgate_tokens_total";
     pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
     pub const ERRORS: &str = "tollgate_errors_total";
+    pub const ATTEMPTS: &str = "tollgate_upstream_attempts_total";
+    pub const BREAKER_STATE: &str = "tollgate_upstream_breaker_state";
+    pub const QUEUE_DEPTH: &str = "tollgate_upstream_queue_depth";
+    pub const QUEUE_WAIT: &str = "tollgate_upstream_queue_wait_seconds";
+    pub const RETRY_BUDGET_EXHAUSTED: &str = "tollgate_retry_budget_exhausted_total";
+    pub const FALLBACKS: &str = "tollgate_fallbacks_total";
     /// Token renewals (OAuth2 token calls that succeeded, JWT re-signs), by credential.
     pub const CREDENTIAL_RENEWALS: &str = "tollgate_credential_renewals_total";
     /// Failed token calls, by credential and class (transient / permanent).
@@ -106,6 +112,8 @@ pub struct RequestRecord {
     /// The client went away before the answer was complete.
     pub client_disconnected: bool,
     pub attempts: u32,
+    /// Every attempt as `upstream:outcome:ms`, comma separated.
+    pub attempt_log: String,
 }
 
 /// Write the request log line and update the metrics.
@@ -130,6 +138,7 @@ pub fn account(r: &RequestRecord) {
         completion_tokens = r.completion_tokens,
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
+        attempt_log = %r.attempt_log,
     );
     let status = r.status.to_string();
     metrics::counter!(names::REQUESTS, "model" => model.to_owned(), "team" => team.to_owned(),
