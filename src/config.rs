@@ -217,7 +217,7 @@ pub struct OAuth2Config {
     #[serde(default)]
     pub placement: Placement,
     /// Renew when this much lifetime remains at least (the margin is the larger of this and
-    /// `renew_fraction` of the lifetime).
+    /// `renew_fraction` of the lifetime, capped at half the lifetime).
     #[serde(default = "default_renew_margin")]
     pub renew_margin: Dur,
     /// Renew when this fraction of the lifetime remains at least.

@@ -2,8 +2,8 @@
 //!
 //! One background task per credential owns every token call (single flight by construction):
 //! requests read the current token lock-free from an `ArcSwap` and never wait while it is valid.
-//! The task renews ahead of expiry, when `max(renew_margin, renew_fraction × lifetime)` remains,
-//! but never more than once per `min_renew_interval`, so a token shorter-lived than the margin
+//! The task renews ahead of expiry, when `max(renew_margin, renew_fraction × lifetime)` remains
+//! (capped at half the lifetime), but never more than once per `min_renew_interval`, so a token shorter-lived than the margin
 //! cannot cause a renewal loop. Expiry is computed from the monotonic arrival time of the token
 //! response, never from wall-clock timestamps. A failed call is retried with full-jitter backoff
 //! (bounded attempts and delay) while the old token stays in use; `invalid_client` /
@@ -92,9 +92,13 @@ impl Settings {
         }
     }
 
-    /// How long before expiry to renew a token of this lifetime.
+    /// How long before expiry to renew a token of this lifetime: the larger of `renew_margin`
+    /// and `renew_fraction` of the lifetime, but at most half the lifetime (a 60 s token with the
+    /// default 60 s margin is renewed at 30 s, not continuously).
     pub fn margin(&self, lifetime: Duration) -> Duration {
-        self.renew_margin.max(lifetime.mul_f64(self.renew_fraction))
+        self.renew_margin
+            .max(lifetime.mul_f64(self.renew_fraction))
+            .min(lifetime / 2)
     }
 }
 
@@ -725,6 +729,20 @@ mod tests {
             Ok(l) => l,
             Err(e) => panic!("lease failed: {e}"),
         }
+    }
+
+    #[test]
+    fn margin_is_the_larger_of_fixed_and_fraction_capped_at_half() {
+        let s = Settings {
+            renew_margin: Duration::from_secs(60),
+            ..settings()
+        };
+        assert_eq!(
+            s.margin(Duration::from_secs(3600)),
+            Duration::from_secs(360)
+        );
+        assert_eq!(s.margin(Duration::from_secs(300)), Duration::from_secs(60));
+        assert_eq!(s.margin(Duration::from_secs(60)), Duration::from_secs(30));
     }
 
     #[test]
