@@ -282,6 +282,14 @@ impl Credential {
         }
     }
 
+    /// Whether a lease right now would not wait (an expiring credential has a usable value).
+    pub(crate) fn ready(&self) -> bool {
+        match &self.kind {
+            Kind::OAuth2(o) => o.ready(),
+            _ => true,
+        }
+    }
+
     /// Whether a 401 can be answered by renewing this credential.
     pub(crate) fn renewable(&self) -> bool {
         matches!(self.kind, Kind::OAuth2(_) | Kind::Jwt(_))

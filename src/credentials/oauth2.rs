@@ -251,6 +251,15 @@ impl OAuth2 {
             .get_or_init(|| TaskGuard::spawn(run(self.inner.clone())));
     }
 
+    /// Whether a usable token is at hand (a lease would not wait).
+    pub fn ready(&self) -> bool {
+        let inner = &self.inner;
+        inner.current.load().as_ref().is_some_and(|t| {
+            t.generation > inner.bad_generation.load(Ordering::Acquire)
+                && Instant::now() < t.expires_at
+        })
+    }
+
     /// The current token if usable; in steady state the only thing a request does.
     fn try_lease(&self) -> Option<Lease> {
         let inner = &self.inner;

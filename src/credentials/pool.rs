@@ -177,11 +177,14 @@ impl Pool {
             // Stable sort: ties keep the rotating order.
             order.sort_by_key(|&i| members.list[i].in_flight.load(Ordering::Relaxed));
         }
-        for index in order {
+        // Members that can lease without waiting first; a member still fetching its token is
+        // waited for only when nobody else is ready.
+        let (ready, waiting): (Vec<usize>, Vec<usize>) = order
+            .into_iter()
+            .filter(|&i| available(&members.list[i]))
+            .partition(|&i| members.list[i].cred.ready());
+        for index in ready.into_iter().chain(waiting) {
             let m = &members.list[index];
-            if !available(m) {
-                continue;
-            }
             match m.cred.lease().await {
                 Ok(mut l) => {
                     m.served.fetch_add(1, Ordering::Relaxed);
