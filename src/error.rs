@@ -43,6 +43,12 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// Every upstream credential of a pool is cooling down after 429s.
+    #[error("the upstream is rate limiting: {message}")]
+    CredentialsRateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("Tollgate is overloaded: {message}")]
     Overloaded {
         message: String,
@@ -95,7 +101,7 @@ impl ApiError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | CredentialsRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Overloaded { .. } | CredentialUnavailable { .. } | UpstreamUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -117,6 +123,7 @@ impl ApiError {
             ModelNotAllowed { .. } => "policy_model_denied",
             ModelNotFound { .. } => "client_model_unknown",
             RateLimited { .. } => "policy_rate_limited",
+            CredentialsRateLimited { .. } => "credential_rate_limited",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -141,7 +148,10 @@ impl ApiError {
             | UpstreamTimeout
             | UpstreamInvalid
             | UpstreamStatus { .. } => Source::Upstream,
-            CredentialUnavailable { .. } | Overloaded { .. } | Internal => Source::Internal,
+            CredentialUnavailable { .. }
+            | CredentialsRateLimited { .. }
+            | Overloaded { .. }
+            | Internal => Source::Internal,
             _ => Source::Client,
         }
     }
@@ -166,7 +176,7 @@ impl ApiError {
         match self {
             Unauthorized => "authentication_error",
             ModelNotAllowed { .. } => "permission_error",
-            RateLimited { .. } => "rate_limit_error",
+            RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_error",
             InvalidRequest { .. }
             | BodyTooLarge { .. }
             | BodyTimeout
@@ -189,7 +199,7 @@ impl ApiError {
             Unauthorized => "invalid_api_key",
             ModelNotAllowed { .. } => "model_not_allowed",
             ModelNotFound { .. } => "model_not_found",
-            RateLimited { .. } => "rate_limit_exceeded",
+            RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_exceeded",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "upstream_credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -208,6 +218,9 @@ impl ApiError {
                 retry_after_secs, ..
             }
             | Overloaded {
+                retry_after_secs, ..
+            }
+            | CredentialsRateLimited {
                 retry_after_secs, ..
             }
             | CredentialUnavailable {

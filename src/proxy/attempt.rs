@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::ledger::Ledger;
 use super::relay;
 use crate::config::{FallbackReason, Priority};
-use crate::credentials::{Lease, Outcome};
+use crate::credentials::{Lease, Outcome, Retry};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
@@ -232,7 +232,8 @@ fn reason_of(e: &ApiError) -> Option<FallbackReason> {
     }
 }
 
-/// One attempt on one upstream, with one retry on a 401 when the credential renewed itself.
+/// One attempt on one upstream, with one retry on a 401 when the credential renewed itself and up
+/// to pool-size immediate retries when a pool member was rotated out (429 / 401 / 403).
 async fn attempt(
     upstream: &Arc<Upstream>,
     model: &str,
@@ -336,12 +337,25 @@ async fn attempt_inner(
     }
     let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
     let mut renewed = false;
+    let mut rotations = 0;
+    let max_rotations = upstream
+        .credential
+        .as_ref()
+        .map_or(0, |c| c.max_rotations());
     let (response, sent_at) = loop {
         ledger.attempted();
-        let lease: Option<Lease> = match &upstream.credential {
-            Some(c) => Some(c.lease().await?),
-            None => None,
-        };
+        let lease: Option<Lease> =
+            match &upstream.credential {
+                // A lease waits only when no token is usable; that wait is bounded by the credential's
+                // lease_timeout and by the request's deadline.
+                Some(c) => Some(tokio::time::timeout(left(), c.lease()).await.map_err(
+                    |_| ApiError::CredentialUnavailable {
+                        message: format!("no upstream credential for '{}' in time", upstream.name),
+                        retry_after_secs: 1,
+                    },
+                )??),
+                None => None,
+            };
         let sent_at = Instant::now();
         let request = UpstreamRequest {
             endpoint: req.endpoint,
@@ -362,12 +376,16 @@ async fn attempt_inner(
                 429 => Outcome::RateLimited(super::retry_after(&response.headers)),
                 _ => Outcome::Ok,
             };
-            if cred.report(lease, outcome)
-                && !renewed
-                && response.status == StatusCode::UNAUTHORIZED
-            {
-                renewed = true;
-                continue;
+            match cred.report(lease, outcome) {
+                Retry::Renewed if !renewed && response.status == StatusCode::UNAUTHORIZED => {
+                    renewed = true;
+                    continue;
+                }
+                Retry::Rotated if rotations < max_rotations => {
+                    rotations += 1;
+                    continue;
+                }
+                _ => {}
             }
         }
         break (response, sent_at);
