@@ -110,21 +110,22 @@ async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(addr = %bound, config = %path.display(), "listening");
+    let state = AppState::new(snapshot);
+    let shutdown = server::shutdown_signal();
+    let stop_watch = tokio_util::sync::CancellationToken::new();
+    crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
     if let Some(f) = addr_file {
         if let Err(e) = std::fs::write(&f, &bound) {
             tracing::error!(file = %f.display(), error = %e, "cannot write addr file");
             return 1;
         }
     }
-    let state = AppState::new(snapshot);
-    let stop_watch = tokio_util::sync::CancellationToken::new();
-    crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
     let router = crate::app::router(state);
     let opts = ServeOptions {
         header_read_timeout: server_cfg.header_read_timeout.0,
         shutdown_grace: server_cfg.shutdown_grace.0,
     };
-    server::serve(listener, router, opts, server::shutdown_signal()).await;
+    server::serve(listener, router, opts, shutdown).await;
     stop_watch.cancel();
     tracing::info!("stopped");
     0

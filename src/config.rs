@@ -141,7 +141,7 @@ pub struct CorsConfig {
     pub allow_credentials: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum CredentialConfig {
     /// A fixed key.
@@ -194,7 +194,7 @@ pub enum TokenMethod {
     Get,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// The token endpoint, e.g. `https://auth.example.com/oauth2/token`.
@@ -298,7 +298,7 @@ fn default_failed_retry_interval() -> Dur {
     secs(300)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// The API key in the form `id.secret`, as `${ENV}` or `file:PATH`.
@@ -330,7 +330,7 @@ pub enum Selection {
     LeastInFlight,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Static tokens listed inline, each an `${ENV}` / `file:` reference (literals are warned).

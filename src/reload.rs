@@ -30,11 +30,14 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 /// Watch for SIGHUP and file changes until `stop` is cancelled.
+///
+/// The SIGHUP handler is installed before this returns, so a SIGHUP that follows never takes
+/// the default action (ending the process).
 pub fn spawn_watcher(state: AppState, path: PathBuf, stop: CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
         let mut last = stamp(&path);
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             #[cfg(unix)]

@@ -89,12 +89,19 @@ impl Snapshot {
         config.validate(env).map_err(|e| e.to_string())?;
         let keys = KeyIndex::from_config(&config, env)?;
         let admin = KeyIndex::admin(&config, env)?;
+        // Credentials whose config did not change keep running (tokens, renewal, pool state).
         let mut credentials = BTreeMap::new();
         for (name, c) in &config.credentials {
-            credentials.insert(
-                name.clone(),
-                Arc::new(Credential::from_config(name, c, env)?),
-            );
+            let kept = previous.and_then(|p| {
+                (p.config.credentials.get(name) == Some(c))
+                    .then(|| p.credentials.get(name).cloned())
+                    .flatten()
+            });
+            let cred = match kept {
+                Some(k) => k,
+                None => Arc::new(Credential::from_config(name, c, env)?),
+            };
+            credentials.insert(name.clone(), cred);
         }
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
@@ -102,9 +109,14 @@ impl Snapshot {
                 .credential
                 .as_ref()
                 .and_then(|c| credentials.get(c).cloned());
+            let same_credential = |old: &Upstream| match (&old.credential, &credential) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
             let kept = previous
                 .and_then(|p| p.upstreams.get(name))
-                .filter(|old| old.config == *u && old.credential.is_none() && credential.is_none());
+                .filter(|old| old.config == *u && same_credential(old));
             if let Some(old) = kept {
                 upstreams.insert(name.clone(), old.clone());
                 continue;

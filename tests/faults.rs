@@ -376,8 +376,7 @@ async fn fault_truncated_json() {
 async fn fault_truncated_stream_is_not_retried_and_not_completed() {
     // A 200 event stream cut in half with a clean end. Its first events are well formed, so
     // the stream is committed and relayed; the client sees a strict prefix of the content and
-    // no `[DONE]`, and nothing is retried. (See the ignored test below for the error event
-    // this should end with.)
+    // no `[DONE]`, and nothing is retried. (The test below checks the error event it ends with.)
     let s = setup().await;
     let text = "w1 w2 w3 w4 w5 w6 w7 w8";
     s.a.push_fault(Fault::TruncatedJson);
@@ -393,8 +392,6 @@ async fn fault_truncated_stream_is_not_retried_and_not_completed() {
 }
 
 #[tokio::test]
-#[ignore = "relay.rs relays a cut final event as-is at a clean end; it should end the stream \
-            with an SSE error event (see docs/RELIABILITY.md, known gaps)"]
 async fn fault_truncated_stream_ends_with_an_error_event() {
     let s = setup().await;
     s.a.push_fault(Fault::TruncatedJson);

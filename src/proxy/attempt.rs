@@ -269,12 +269,16 @@ async fn attempt(
             upstream.observe_ttfb(ttfb);
             Some(upstream.breaker.record(now, true, Some(ttfb), probe))
         }
+        // A 429 says "later", not "healthy": a probe that gets one neither closes nor reopens.
         Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 429 => {
-            if !probe {
-                None
-            } else {
-                Some(upstream.breaker.record(now, true, None, probe))
+            if probe {
+                upstream.breaker.abandon_probe();
             }
+            None
+        }
+        // An upstream 408 is its own timeout: a health failure.
+        Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 408 => {
+            Some(upstream.breaker.record(now, false, None, probe))
         }
         // Client-side errors say nothing about the upstream's health.
         Err(ApiError::UpstreamStatus { status, .. }) if status.is_client_error() => {

@@ -7,6 +7,7 @@
 //! error event. A client that goes away drops this stream, which drops the upstream body and so
 //! cancels the upstream request. Non-stream answers arrive here whole (read by the attempt step).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -21,6 +22,8 @@ use super::ledger::Ledger;
 use crate::error::error_json;
 use crate::providers::{parse_usage, BodyStream, Usage};
 use crate::routing::queue::Slot;
+use crate::state::Upstream;
+use crate::telemetry::names;
 
 /// Longest partial SSE event held while waiting for its end.
 const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -53,6 +56,7 @@ pub fn respond(
             let mut buf = BytesMut::with_capacity(first.len());
             buf.extend_from_slice(&first);
             let relay = SseRelay {
+                source: answer.upstream.clone(),
                 upstream: rest,
                 buf,
                 pending: true,
@@ -118,6 +122,8 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 struct SseRelay {
+    /// The upstream serving this stream: a break mid-stream counts against its breaker.
+    source: Arc<Upstream>,
     upstream: BodyStream,
     /// Bytes read but not yet passed on: at most one partial event.
     buf: BytesMut,
@@ -167,11 +173,15 @@ impl SseRelay {
                     ))
                 }
                 Ok(None) => {
-                    self.finish();
-                    // A last event without its blank line still goes out.
                     if !self.buf.is_empty() {
-                        return Some(self.buf.split().freeze());
+                        // Ended in the middle of an event: the cut event is not passed on.
+                        self.buf.clear();
+                        return Some(self.end_with_error(
+                            "upstream_invalid",
+                            "the upstream stream ended in the middle of an event",
+                        ));
                     }
+                    self.finish();
                     return None;
                 }
                 Ok(Some(Ok(chunk))) => {
@@ -235,6 +245,12 @@ impl SseRelay {
     fn end_with_error(&mut self, code: &'static str, message: &str) -> Bytes {
         self.finish();
         self.ledger.broken(code);
+        let state = self
+            .source
+            .breaker
+            .record(Instant::now(), false, None, false);
+        metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.to_string())
+            .set(state.gauge());
         let mut out = self.buf.split();
         // Close a half-written event before the error event.
         if !out.is_empty() {
