@@ -45,7 +45,8 @@ pub fn reply_text(body: &Map<String, Value>) -> String {
     words.join(" ")
 }
 
-fn content_text(v: Option<&Value>) -> String {
+/// The text of a message `content`: a string, or the text parts of an array.
+pub fn content_text(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts

@@ -442,21 +442,9 @@ pub(crate) fn json_resp(status: StatusCode, v: &Value, guard: FlightGuard) -> Re
 
 // ---- deterministic OpenAI payloads (answered by the mock upstream) ----
 
-/// The text of a message `content`: a string, or the text parts of an array.
-fn content_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| match p {
-                Value::String(s) => Some(s.as_str()),
-                _ => p.get("text").and_then(Value::as_str),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
+/// The text of a message `content`: a string, or the text parts of an array (the built-in
+/// mock provider reads requests the same way).
+use crate::providers::mock::content_text;
 
 /// `prompt` of /v1/completions: a string, or an array of strings.
 fn prompt_text(prompt: Option<&Value>) -> String {
