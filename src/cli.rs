@@ -117,12 +117,15 @@ async fn serve(
         }
     }
     let state = AppState::new(snapshot);
-    let router = crate::app::router(state);
+    let router = crate::app::router(state.clone());
     let opts = ServeOptions {
         header_read_timeout: server_cfg.header_read_timeout.0,
         shutdown_grace: server_cfg.shutdown_grace.0,
     };
     server::serve(listener, router, opts, server::shutdown_signal()).await;
+    if let Err(e) = state.snapshot.load().limiter.flush() {
+        tracing::warn!(error = %e, "limits state not saved");
+    }
     tracing::info!("stopped");
     0
 }

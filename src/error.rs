@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::limits::RateHeaders;
+
 /// Who caused an error; decides whether a retry on another upstream can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -38,11 +40,25 @@ pub enum ApiError {
     ModelNotAllowed { model: String },
     #[error("model '{model}' does not exist")]
     ModelNotFound { model: String },
-    #[error("too many requests: {message}")]
+    /// A rate or concurrency limit of the key or its team (see [`crate::limits`]).
+    #[error("{message}")]
     RateLimited {
         message: String,
         retry_after_secs: u64,
+        /// The `x-ratelimit-*` values at refusal.
+        headers: Box<RateHeaders>,
     },
+    /// The key's or team's budget is spent (OpenAI's `insufficient_quota`).
+    #[error("{message}")]
+    InsufficientQuota {
+        message: String,
+        /// Until the budget period ends; `None` for a budget that never resets.
+        retry_after_secs: Option<u64>,
+        headers: Box<RateHeaders>,
+    },
+    /// The limiter's backend is down and `limits.on_backend_error` is `fail_closed`.
+    #[error("rate limiting is temporarily unavailable; please retry")]
+    LimiterUnavailable,
     #[error("Tollgate is overloaded: {message}")]
     Overloaded {
         message: String,
@@ -89,8 +105,10 @@ impl ApiError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded { .. } | CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited { .. } | InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded { .. } | CredentialUnavailable { .. } | LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
@@ -109,6 +127,8 @@ impl ApiError {
             ModelNotAllowed { .. } => "policy_model_denied",
             ModelNotFound { .. } => "client_model_unknown",
             RateLimited { .. } => "policy_rate_limited",
+            InsufficientQuota { .. } => "policy_budget_exceeded",
+            LimiterUnavailable => "limiter_unavailable",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -130,7 +150,9 @@ impl ApiError {
             UpstreamUnreachable | UpstreamTimeout | UpstreamInvalid | UpstreamStatus { .. } => {
                 Source::Upstream
             }
-            CredentialUnavailable { .. } | Overloaded { .. } | Internal => Source::Internal,
+            CredentialUnavailable { .. } | Overloaded { .. } | LimiterUnavailable | Internal => {
+                Source::Internal
+            }
             _ => Source::Client,
         }
     }
@@ -155,6 +177,7 @@ impl ApiError {
             Unauthorized => "authentication_error",
             ModelNotAllowed { .. } => "permission_error",
             RateLimited { .. } => "rate_limit_error",
+            InsufficientQuota { .. } => "insufficient_quota",
             InvalidRequest { .. }
             | BodyTooLarge { .. }
             | BodyTimeout
@@ -178,6 +201,8 @@ impl ApiError {
             ModelNotAllowed { .. } => "model_not_allowed",
             ModelNotFound { .. } => "model_not_found",
             RateLimited { .. } => "rate_limit_exceeded",
+            InsufficientQuota { .. } => "insufficient_quota",
+            LimiterUnavailable => "limiter_unavailable",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "upstream_credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -200,6 +225,10 @@ impl ApiError {
             | CredentialUnavailable {
                 retry_after_secs, ..
             } => Some(HeaderValue::from(*retry_after_secs)),
+            InsufficientQuota {
+                retry_after_secs, ..
+            } => retry_after_secs.map(HeaderValue::from),
+            LimiterUnavailable => Some(HeaderValue::from(1u64)),
             UpstreamStatus { retry_after, .. } => retry_after.clone(),
             _ => None,
         }
@@ -249,6 +278,11 @@ impl IntoResponse for ApiError {
         );
         if let Some(v) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, v);
+        }
+        if let ApiError::RateLimited { headers: rate, .. }
+        | ApiError::InsufficientQuota { headers: rate, .. } = &self
+        {
+            rate.apply(headers);
         }
         // The error's kind travels to the request log and metrics through an extension.
         resp.extensions_mut().insert(ErrorKind(self.kind()));

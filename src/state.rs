@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use crate::auth::KeyIndex;
 use crate::config::{Config, ProviderKind, Timeouts};
 use crate::credentials::Credential;
+use crate::limits::Limiter;
 use crate::providers::{mock::Mock, openai::OpenAi, Provider};
 use crate::routing::Route;
 use crate::secret::EnvSource;
@@ -52,6 +53,9 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub routes: HashMap<String, Route>,
     pub forward_headers: Vec<HeaderName>,
+    /// Rate limits, concurrency and budgets (`limits:`). Memory-backend counters live in it, so
+    /// a future reload must carry it over rather than rebuild it.
+    pub limiter: Arc<Limiter>,
 }
 
 impl Snapshot {
@@ -59,6 +63,7 @@ impl Snapshot {
         config.validate(env).map_err(|e| e.to_string())?;
         let keys = KeyIndex::from_config(&config, env)?;
         let admin = KeyIndex::admin(&config, env)?;
+        let limiter = Arc::new(Limiter::from_config(&config, env)?);
         let mut credentials = HashMap::new();
         for (name, c) in &config.credentials {
             credentials.insert(
@@ -114,6 +119,7 @@ impl Snapshot {
             upstreams,
             routes,
             forward_headers,
+            limiter,
         })
     }
 }

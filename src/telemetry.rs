@@ -19,6 +19,13 @@ pub mod names {
     pub const TOKENS: &str = "tollgate_tokens_total";
     pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
     pub const ERRORS: &str = "tollgate_errors_total";
+    /// Requests refused by a limit, by `scope` (key/team) and `limit` (rpm/tpm/concurrency/budget).
+    pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
+    /// Limiter backend calls that failed, by `backend` and `op` (admit/settle).
+    pub const LIMITER_BACKEND_ERRORS: &str = "tollgate_limiter_backend_errors_total";
+    /// USD spent, by `team`. A gauge only because the metrics facade counts integers; it only
+    /// ever goes up (per process).
+    pub const SPEND_USD: &str = "tollgate_spend_usd_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.
@@ -93,6 +100,8 @@ pub struct RequestRecord {
     pub upstream_time: Duration,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Cost of the request's real usage, USD (from the limiter's price table).
+    pub cost_usd: f64,
     /// The client went away before the answer was complete.
     pub client_disconnected: bool,
     pub attempts: u32,
@@ -118,6 +127,7 @@ pub fn account(r: &RequestRecord) {
         ttfb_ms = r.ttfb.map(|t| t.as_secs_f64() * 1000.0),
         prompt_tokens = r.prompt_tokens,
         completion_tokens = r.completion_tokens,
+        cost_usd = r.cost_usd,
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
     );

@@ -50,7 +50,12 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
         Ok(resp) => resp,
         Err(e) => {
             ledger.fail(&e);
-            e.into_response()
+            let mut resp = e.into_response();
+            // Errors after admission carry the limiter's headers too.
+            if let Some(rate) = ledger.rate_headers() {
+                rate.apply(resp.headers_mut());
+            }
+            resp
         }
     }
 }
@@ -113,6 +118,11 @@ async fn run(
         );
     }
 
+    // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
+    let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
+    ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
+    let rate_headers = ledger.rate_headers().copied();
+
     // plan: model -> upstreams in attempt order.
     let plan = route.plan();
     let first = plan.first().ok_or_else(|| ApiError::Overloaded {
@@ -125,7 +135,7 @@ async fn run(
     let answered = attempt(first, endpoint, &mut json, shaped.stream, &headers, ledger).await?;
 
     // relay: bytes to the client as they come; account when the body ends.
-    Ok(relay::respond(
+    let mut resp = relay::respond(
         answered.response,
         relay::Context {
             stream: shaped.stream,
@@ -138,7 +148,11 @@ async fn run(
         },
         std::mem::take(ledger),
     )
-    .await)
+    .await;
+    if let Some(rate) = rate_headers {
+        rate.apply(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// One upstream attempt, with one retry on a 401 when the credential could renew itself.
