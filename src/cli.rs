@@ -89,7 +89,7 @@ async fn serve(
             return EXIT_CONFIG;
         }
     };
-    let snapshot = match Snapshot::build(config, &ProcessEnv) {
+    let snapshot = match Snapshot::build(config, &ProcessEnv, None) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(config = %path.display(), error = %e, "invalid config");
@@ -117,6 +117,8 @@ async fn serve(
         }
     }
     let state = AppState::new(snapshot);
+    let stop_watch = tokio_util::sync::CancellationToken::new();
+    crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
     let router = crate::app::router(state.clone());
     let opts = ServeOptions {
         header_read_timeout: server_cfg.header_read_timeout.0,
@@ -126,6 +128,7 @@ async fn serve(
     if let Err(e) = state.snapshot.load().limiter.flush() {
         tracing::warn!(error = %e, "limits state not saved");
     }
+    stop_watch.cancel();
     tracing::info!("stopped");
     0
 }

@@ -90,7 +90,7 @@ pub struct Config {
 }
 
 /// The limiter: backend, failure policy, estimates. Limits themselves are set per team and key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// `memory` (one instance; the default) or `redis` (state shared by every replica).
@@ -277,7 +277,7 @@ pub enum ProviderKind {
     Mock,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub provider: ProviderKind,
@@ -295,16 +295,54 @@ pub struct UpstreamConfig {
     /// Requests in flight to this upstream at once; beyond it Tollgate answers 503.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
+    /// Requests waiting for a slot when `max_concurrent` are in flight; beyond it, 503.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
     /// Behaviour of the `mock` provider.
     #[serde(default)]
     pub mock: MockConfig,
+}
+
+fn default_max_queue() -> usize {
+    1024
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Opens after this many failures in a row.
+    pub consecutive_failures: u32,
+    /// Opens when the error rate over `window` exceeds this (0..1)...
+    pub error_rate: f64,
+    /// ...or the P99 time to first byte over `window` exceeds this objective...
+    pub latency_objective: Option<Dur>,
+    /// ...once the window holds at least this many requests.
+    pub min_requests: u32,
+    pub window: Dur,
+    /// How long an open breaker stays open before one probe is let through.
+    pub cooldown: Dur,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            error_rate: 0.3,
+            latency_objective: None,
+            min_requests: 20,
+            window: secs(300),
+            cooldown: secs(30),
+        }
+    }
 }
 
 fn default_max_concurrent() -> usize {
     1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP (and TLS) connect.
@@ -328,7 +366,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockConfig {
     /// Stream chunks per answer (the reply is split into this many pieces).
@@ -355,14 +393,83 @@ impl Default for MockConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Upstreams serving this model. One is enough today; routing picks among several.
+    /// Upstreams serving this model, with weights.
     pub targets: Vec<TargetConfig>,
+    /// How the first target of each request is chosen.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Other models to try, in order, when every target failed for a retryable reason.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Per-reason fallbacks, tried first for that reason (e.g. `context_length: big-model`),
+    /// even when the reason is not retryable.
+    #[serde(default)]
+    pub fallback_on: BTreeMap<FallbackReason, String>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Overall deadline for one request to this model, retries and fallbacks included.
+    #[serde(default = "default_deadline")]
+    pub deadline: Dur,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+fn default_deadline() -> Dur {
+    secs(600)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Weighted random (weight 0 drains a target).
+    #[default]
+    Weighted,
+    /// The target with the fewest requests in flight (weight 0 still drains).
+    LeastInFlight,
+    /// The target with the lowest EWMA of time to first byte.
+    Latency,
+}
+
+/// Why every target of a model failed; keys of `fallback_on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// The upstream said the prompt is too long for the model.
+    ContextLength,
+    /// The upstream (or every target) is rate limited.
+    RateLimited,
+    /// Connect errors, timeouts, 5xx, open breakers.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per model, the first included (a request header can lower it).
+    pub max_attempts: u32,
+    /// Backoff before retry n is uniform in [0, min(max_backoff, base_backoff * 2^n)].
+    pub base_backoff: Dur,
+    pub max_backoff: Dur,
+    /// Retries may add at most this fraction to the upstream load...
+    pub budget_ratio: f64,
+    /// ...plus this many retries per second.
+    pub budget_min_per_sec: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            base_backoff: Dur(Duration::from_millis(50)),
+            max_backoff: secs(2),
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub upstream: String,
@@ -393,6 +500,28 @@ pub struct TeamConfig {
     pub max_concurrent: Option<u64>,
     /// Spending cap for all the team's keys together.
     pub budget: Option<BudgetConfig>,
+    /// Highest queue priority this team's requests may ask for (`x-tollgate-priority`).
+    pub max_priority: Option<Priority>,
+}
+
+/// Queue priority of a request waiting for an upstream slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High = 0,
+    Normal = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
 }
 
 /// A default applied when the client sends nothing, and a cap.
@@ -558,6 +687,12 @@ impl Config {
                     "must be greater than 0",
                 ));
             }
+            if !(0.0..=1.0).contains(&u.breaker.error_rate) {
+                return Err(err(
+                    format!("{path}.breaker.error_rate"),
+                    "must be between 0 and 1",
+                ));
+            }
             if u.mock.chunks == 0 {
                 return Err(err(format!("{path}.mock.chunks"), "must be at least 1"));
             }
@@ -577,6 +712,35 @@ impl Config {
                         format!("upstream '{}' is not defined under upstreams", t.upstream),
                     ));
                 }
+            }
+            let fallbacks = m
+                .fallbacks
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("{path}.fallbacks[{i}]"), f));
+            let on = m
+                .fallback_on
+                .iter()
+                .map(|(r, f)| (format!("{path}.fallback_on.{r:?}"), f));
+            for (fpath, f) in fallbacks.chain(on) {
+                if f == name || !self.models.contains_key(f) {
+                    return Err(err(
+                        fpath,
+                        format!("fallback model '{f}' is not another model defined under models"),
+                    ));
+                }
+            }
+            if m.retry.max_attempts == 0 {
+                return Err(err(
+                    format!("{path}.retry.max_attempts"),
+                    "must be at least 1",
+                ));
+            }
+            if !(0.0..=10.0).contains(&m.retry.budget_ratio) {
+                return Err(err(
+                    format!("{path}.retry.budget_ratio"),
+                    "must be between 0 and 10",
+                ));
             }
         }
         for (name, t) in &self.teams {

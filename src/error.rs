@@ -71,6 +71,12 @@ pub enum ApiError {
     },
     #[error("the upstream could not be reached or closed the connection")]
     UpstreamUnreachable,
+    /// No upstream of the model can take the request now (breakers open, queues full).
+    #[error("no upstream is available: {message}")]
+    UpstreamUnavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
     #[error("the upstream sent an invalid response")]
@@ -106,9 +112,10 @@ impl ApiError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             RateLimited { .. } | InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded { .. } | CredentialUnavailable { .. } | LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Overloaded { .. }
+            | CredentialUnavailable { .. }
+            | UpstreamUnavailable { .. }
+            | LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
@@ -132,6 +139,7 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid",
             UpstreamStatus { status, .. } => match status.as_u16() {
@@ -147,9 +155,11 @@ impl ApiError {
     pub fn source(&self) -> Source {
         use ApiError::*;
         match self {
-            UpstreamUnreachable | UpstreamTimeout | UpstreamInvalid | UpstreamStatus { .. } => {
-                Source::Upstream
-            }
+            UpstreamUnreachable
+            | UpstreamUnavailable { .. }
+            | UpstreamTimeout
+            | UpstreamInvalid
+            | UpstreamStatus { .. } => Source::Upstream,
             CredentialUnavailable { .. } | Overloaded { .. } | LimiterUnavailable | Internal => {
                 Source::Internal
             }
@@ -162,6 +172,7 @@ impl ApiError {
     pub fn retryable(&self) -> bool {
         match self {
             ApiError::UpstreamUnreachable
+            | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout
             | ApiError::UpstreamInvalid => true,
             ApiError::UpstreamStatus { status, .. } => {
@@ -206,6 +217,7 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "upstream_credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid_response",
             UpstreamStatus { .. } => "upstream_error",
@@ -223,6 +235,9 @@ impl ApiError {
                 retry_after_secs, ..
             }
             | CredentialUnavailable {
+                retry_after_secs, ..
+            }
+            | UpstreamUnavailable {
                 retry_after_secs, ..
             } => Some(HeaderValue::from(*retry_after_secs)),
             InsufficientQuota {

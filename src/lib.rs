@@ -33,6 +33,7 @@ pub mod limits;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod secret;
 pub mod server;

@@ -5,18 +5,21 @@
 //! first; a bad config never replaces a good one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
 use tokio::sync::Semaphore;
 
 use crate::auth::KeyIndex;
-use crate::config::{Config, ProviderKind, Timeouts};
+use crate::config::{Config, ProviderKind, Timeouts, UpstreamConfig};
 use crate::credentials::Credential;
 use crate::limits::Limiter;
 use crate::providers::{mock::Mock, openai::OpenAi, Provider};
+use crate::routing::breaker::{Breaker, State as BreakerState};
+use crate::routing::queue::Gate;
 use crate::routing::Route;
 use crate::secret::EnvSource;
 use crate::telemetry::Metrics;
@@ -29,18 +32,37 @@ pub struct Upstream {
     /// Model name sent upstream in place of the client's.
     pub model: Option<String>,
     pub timeouts: Timeouts,
-    /// Bounds requests in flight to this upstream.
-    pub permits: Arc<Semaphore>,
-    /// False after a connect failure or timeout, true again after a success; `/ready` reads it.
-    healthy: AtomicBool,
+    /// Bounds requests in flight to this upstream, with a priority queue behind it.
+    pub gate: Arc<Gate>,
+    pub breaker: Breaker,
+    /// EWMA of time to first byte in microseconds (0 = no sample yet), for the latency strategy.
+    ewma_ttfb_us: AtomicU64,
+    /// The config this was built from; an unchanged upstream keeps its state across reloads.
+    config: UpstreamConfig,
 }
 
 impl Upstream {
+    /// Not known to be down: `/ready` needs one such upstream.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.breaker.state() != BreakerState::Open
     }
-    pub fn set_healthy(&self, ok: bool) {
-        self.healthy.store(ok, Ordering::Relaxed);
+
+    pub fn ewma_ttfb_ms(&self) -> f64 {
+        self.ewma_ttfb_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Fold one time-to-first-byte sample into the EWMA (weight 0.2 for the new sample).
+    pub fn observe_ttfb(&self, d: Duration) {
+        let sample = d.as_micros().min(u128::from(u64::MAX / 2)) as u64;
+        let _ = self
+            .ewma_ttfb_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample.max(1)
+                } else {
+                    (old * 4 + sample) / 5
+                })
+            });
     }
 }
 
@@ -53,17 +75,34 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub routes: HashMap<String, Route>,
     pub forward_headers: Vec<HeaderName>,
-    /// Rate limits, concurrency and budgets (`limits:`). Memory-backend counters live in it, so
-    /// a future reload must carry it over rather than rebuild it.
+    /// Rate limits, concurrency and budgets (`limits:`). Its backend (with the memory
+    /// backend's counters) is carried over by a reload that leaves `limits:` unchanged.
     pub limiter: Arc<Limiter>,
 }
 
 impl Snapshot {
-    pub fn build(config: Config, env: &dyn EnvSource) -> Result<Snapshot, String> {
+    /// Build from a config. Upstreams whose config did not change since `previous` are carried
+    /// over with their breakers, queues and latency figures.
+    pub fn build(
+        config: Config,
+        env: &dyn EnvSource,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, String> {
         config.validate(env).map_err(|e| e.to_string())?;
         let keys = KeyIndex::from_config(&config, env)?;
         let admin = KeyIndex::admin(&config, env)?;
-        let limiter = Arc::new(Limiter::from_config(&config, env)?);
+        // The limiter's counters survive a reload unless `limits:` itself changed.
+        let limiter = Arc::new(match previous {
+            Some(p) if p.config.limits == config.limits => p.limiter.reconfigured(&config),
+            Some(p) => {
+                // Save the old backend's spend first, so a memory backend reads it back.
+                if let Err(e) = p.limiter.flush() {
+                    tracing::warn!(error = %e, "limits state not saved before reload");
+                }
+                Limiter::from_config(&config, env)?
+            }
+            None => Limiter::from_config(&config, env)?,
+        });
         let mut credentials = HashMap::new();
         for (name, c) in &config.credentials {
             credentials.insert(
@@ -73,6 +112,17 @@ impl Snapshot {
         }
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
+            let credential = u
+                .credential
+                .as_ref()
+                .and_then(|c| credentials.get(c).cloned());
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| old.config == *u && old.credential.is_none() && credential.is_none());
+            if let Some(old) = kept {
+                upstreams.insert(name.clone(), old.clone());
+                continue;
+            }
             let provider = match u.provider {
                 ProviderKind::Openai => Provider::OpenAi(OpenAi::new(
                     u.base_url.as_deref().unwrap_or_default(),
@@ -80,20 +130,19 @@ impl Snapshot {
                 )?),
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
             };
-            let credential = u
-                .credential
-                .as_ref()
-                .and_then(|c| credentials.get(c).cloned());
+            let name_arc: Arc<str> = Arc::from(name.as_str());
             upstreams.insert(
                 name.clone(),
                 Arc::new(Upstream {
-                    name: Arc::from(name.as_str()),
+                    name: name_arc.clone(),
                     provider,
                     credential,
                     model: u.model.clone(),
                     timeouts: u.timeouts.clone(),
-                    permits: Arc::new(Semaphore::new(u.max_concurrent)),
-                    healthy: AtomicBool::new(true),
+                    gate: Gate::new(name_arc, u.max_concurrent, u.max_queue),
+                    breaker: Breaker::new(u.breaker.clone()),
+                    ewma_ttfb_us: AtomicU64::new(0),
+                    config: u.clone(),
                 }),
             );
         }
@@ -104,7 +153,7 @@ impl Snapshot {
                 .iter()
                 .filter_map(|t| upstreams.get(&t.upstream).map(|u| (u.clone(), t.weight)))
                 .collect();
-            routes.insert(name.clone(), Route { targets });
+            routes.insert(name.clone(), Route::new(targets, m.clone()));
         }
         let forward_headers = config
             .server

@@ -19,6 +19,12 @@ pub mod names {
     pub const TOKENS: &str = "tollgate_tokens_total";
     pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
     pub const ERRORS: &str = "tollgate_errors_total";
+    pub const ATTEMPTS: &str = "tollgate_upstream_attempts_total";
+    pub const BREAKER_STATE: &str = "tollgate_upstream_breaker_state";
+    pub const QUEUE_DEPTH: &str = "tollgate_upstream_queue_depth";
+    pub const QUEUE_WAIT: &str = "tollgate_upstream_queue_wait_seconds";
+    pub const RETRY_BUDGET_EXHAUSTED: &str = "tollgate_retry_budget_exhausted_total";
+    pub const FALLBACKS: &str = "tollgate_fallbacks_total";
     /// Requests refused by a limit, by `scope` (key/team) and `limit` (rpm/tpm/concurrency/budget).
     pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
     /// Limiter backend calls that failed, by `backend` and `op` (admit/settle).
@@ -105,6 +111,8 @@ pub struct RequestRecord {
     /// The client went away before the answer was complete.
     pub client_disconnected: bool,
     pub attempts: u32,
+    /// Every attempt as `upstream:outcome:ms`, comma separated.
+    pub attempt_log: String,
 }
 
 /// Write the request log line and update the metrics.
@@ -130,6 +138,7 @@ pub fn account(r: &RequestRecord) {
         cost_usd = r.cost_usd,
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
+        attempt_log = %r.attempt_log,
     );
     let status = r.status.to_string();
     metrics::counter!(names::REQUESTS, "model" => model.to_owned(), "team" => team.to_owned(),

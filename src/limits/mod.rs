@@ -425,6 +425,16 @@ impl Limiter {
         })
     }
 
+    /// The same backend (and its counters) with the prices and defaults of a reloaded config
+    /// whose `limits:` did not change.
+    pub fn reconfigured(&self, cfg: &Config) -> Limiter {
+        Limiter {
+            inner: self.inner.clone(),
+            prices: Prices::new(&cfg.prices),
+            default_max_tokens: cfg.limits.default_max_tokens,
+        }
+    }
+
     pub fn prices(&self) -> &Prices {
         &self.prices
     }

@@ -66,6 +66,18 @@ impl Ledger {
     pub fn attempted(&mut self) {
         self.rec.attempts += 1;
     }
+    /// One attempt's outcome, for the request log's attempt list (`name:outcome:ms,…`).
+    pub fn attempt(&mut self, upstream: &str, outcome: &str, took: Duration) {
+        use std::fmt::Write;
+        if !self.rec.attempt_log.is_empty() {
+            self.rec.attempt_log.push(',');
+        }
+        let _ = write!(
+            self.rec.attempt_log,
+            "{upstream}:{outcome}:{:.1}ms",
+            took.as_secs_f64() * 1000.0
+        );
+    }
     pub fn attempts(&self) -> u32 {
         self.rec.attempts
     }

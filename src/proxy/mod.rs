@@ -5,38 +5,29 @@
 //! timeout, refresh-and-retry-once on a 401) and the hand-off to [`relay`]. It does not parse
 //! config, hash keys or format errors: those belong to their modules.
 
+mod attempt;
 pub mod ledger;
 pub mod relay;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
-use tokio::sync::OwnedSemaphorePermit;
 
-use crate::credentials::{Lease, Outcome};
+use crate::config::{Priority, TeamConfig};
 use crate::error::ApiError;
 use crate::policy::{self, Endpoint};
-use crate::providers::{UpstreamRequest, UpstreamResponse};
-use crate::state::{AppState, Snapshot, Upstream};
+use crate::state::{AppState, Snapshot};
 use ledger::Ledger;
 
 /// The request id, set by the `app` middleware before any handler runs.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
-
-/// What the client gets back once an upstream answered.
-struct Answered {
-    upstream: Arc<Upstream>,
-    response: UpstreamResponse,
-    permit: OwnedSemaphorePermit,
-    sent_at: Instant,
-}
 
 /// Handle one relayed OpenAI request: the whole path, in order.
 pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> Response {
@@ -50,10 +41,15 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
         Ok(resp) => resp,
         Err(e) => {
             ledger.fail(&e);
+            let attempts = ledger.attempts();
             let mut resp = e.into_response();
             // Errors after admission carry the limiter's headers too.
             if let Some(rate) = ledger.rate_headers() {
                 rate.apply(resp.headers_mut());
+            }
+            if attempts > 0 {
+                resp.headers_mut()
+                    .insert(relay::X_ATTEMPTS, HeaderValue::from(attempts));
             }
             resp
         }
@@ -99,12 +95,11 @@ async fn run(
     // shape: validate fields, apply the team's defaults and caps, check the model.
     let shaped = policy::shape(endpoint, team, &mut json)?;
     ledger.shaped(&shaped);
-    let route = snap
-        .routes
-        .get(&shaped.model)
-        .ok_or_else(|| ApiError::ModelNotFound {
+    if !snap.routes.contains_key(&shaped.model) {
+        return Err(ApiError::ModelNotFound {
             model: shaped.model.clone(),
-        })?;
+        });
+    }
     if !policy::model_allowed(team, &shaped.model) {
         return Err(ApiError::ModelNotAllowed {
             model: shaped.model.clone(),
@@ -117,148 +112,65 @@ async fn run(
             serde_json::json!({"include_usage": true}),
         );
     }
+    let wishes = attempt::Wishes {
+        priority: priority(&parts.headers, team)?,
+        max_attempts: max_attempts(&parts.headers)?,
+    };
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
     let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
     ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
     let rate_headers = ledger.rate_headers().copied();
 
-    // plan: model -> upstreams in attempt order.
-    let plan = route.plan();
-    let first = plan.first().ok_or_else(|| ApiError::Overloaded {
-        message: format!("no upstream is serving model '{}'", shaped.model),
-        retry_after_secs: 5,
-    })?;
-
-    // attempt: credential -> provider request -> first byte.
+    // plan + attempt: model -> upstreams in order; retries and fallbacks before the first byte.
     let headers = forward_headers(&snap, &parts.headers, ledger.request_id());
-    let answered = attempt(first, endpoint, &mut json, shaped.stream, &headers, ledger).await?;
+    let request = attempt::Request {
+        endpoint,
+        stream: shaped.stream,
+        headers: &headers,
+        max_response_bytes: snap.config.server.max_response_bytes,
+    };
+    let answer =
+        attempt::dispatch(&snap, &shaped.model, &mut json, &request, wishes, ledger).await?;
 
     // relay: bytes to the client as they come; account when the body ends.
-    let mut resp = relay::respond(
-        answered.response,
-        relay::Context {
-            stream: shaped.stream,
-            strip_usage: shaped.stream && !shaped.client_wants_usage,
-            timeouts: answered.upstream.timeouts.clone(),
-            max_response_bytes: snap.config.server.max_response_bytes,
-            sent_at: answered.sent_at,
-            upstream_name: answered.upstream.name.clone(),
-            permits: (in_flight, answered.permit),
-        },
-        std::mem::take(ledger),
-    )
-    .await;
+    let strip_usage = shaped.stream && !shaped.client_wants_usage;
+    let mut resp = relay::respond(answer, strip_usage, in_flight, std::mem::take(ledger));
     if let Some(rate) = rate_headers {
         rate.apply(resp.headers_mut());
     }
     Ok(resp)
 }
 
-/// One upstream attempt, with one retry on a 401 when the credential could renew itself.
-async fn attempt(
-    upstream: &Arc<Upstream>,
-    endpoint: Endpoint,
-    json: &mut Map<String, Value>,
-    stream: bool,
-    headers: &HeaderMap,
-    ledger: &mut Ledger,
-) -> Result<Answered, ApiError> {
-    ledger.upstream(&upstream.name);
-    let permit =
-        upstream
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded {
-                message: format!("upstream '{}' is at its concurrency limit", upstream.name),
-                retry_after_secs: 1,
-            })?;
-    if let Some(m) = &upstream.model {
-        json.insert("model".into(), Value::String(m.clone()));
-    }
-    let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
-    let mut renewed = false;
-    loop {
-        ledger.attempted();
-        let lease: Option<Lease> = match &upstream.credential {
-            Some(c) => Some(c.lease().await?),
-            None => None,
-        };
-        let sent_at = Instant::now();
-        let request = UpstreamRequest {
-            endpoint,
-            body: body.clone(),
-            stream,
-            headers,
-            lease: lease.as_ref(),
-            json,
-        };
-        let sent = tokio::time::timeout(
-            upstream.timeouts.first_byte.0,
-            upstream.provider.send(request),
-        )
-        .await
-        .map_err(|_| ApiError::UpstreamTimeout)
-        .and_then(|r| r);
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                upstream.set_healthy(false);
-                return Err(e);
-            }
-        };
-        upstream.set_healthy(true);
-        let status = response.status;
-        if let (Some(cred), Some(lease)) = (&upstream.credential, &lease) {
-            let outcome = match status.as_u16() {
-                401 => Outcome::Unauthorized,
-                403 => Outcome::Forbidden,
-                429 => Outcome::RateLimited(retry_after(&response.headers)),
-                _ => Outcome::Ok,
-            };
-            if cred.report(lease, outcome) && !renewed && status == StatusCode::UNAUTHORIZED {
-                renewed = true;
-                continue;
-            }
-        }
-        if !status.is_success() {
-            ledger.upstream_time(sent_at.elapsed());
-            return Err(upstream_error(response, upstream.timeouts.idle.0).await);
-        }
-        return Ok(Answered {
-            upstream: upstream.clone(),
-            response,
-            permit,
-            sent_at,
-        });
-    }
+/// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.
+fn priority(headers: &HeaderMap, team: &TeamConfig) -> Result<Priority, ApiError> {
+    let asked = match headers.get("x-tollgate-priority") {
+        None => Priority::Normal,
+        Some(v) => v.to_str().ok().and_then(Priority::parse).ok_or_else(|| {
+            ApiError::invalid(
+                "x-tollgate-priority must be high, normal or low",
+                Some("x-tollgate-priority"),
+            )
+        })?,
+    };
+    Ok(match team.max_priority {
+        Some(cap) if asked < cap => cap,
+        _ => asked,
+    })
 }
 
-/// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
-async fn upstream_error(resp: UpstreamResponse, idle: Duration) -> ApiError {
-    use futures_util::StreamExt;
-    const MAX: usize = 64 * 1024;
-    let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
-    let mut body = resp.body;
-    let mut buf = Vec::new();
-    while buf.len() < MAX {
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
-            _ => break,
-        }
+/// `x-tollgate-max-attempts: N` lowers (never raises) the model's attempt count.
+fn max_attempts(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    let Some(v) = headers.get("x-tollgate-max-attempts") else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+        Some(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(ApiError::invalid(
+            "x-tollgate-max-attempts must be a whole number of at least 1",
+            Some("x-tollgate-max-attempts"),
+        )),
     }
-    buf.truncate(MAX);
-    ApiError::UpstreamStatus {
-        status: resp.status,
-        body: Bytes::from(buf),
-        retry_after,
-    }
-}
-
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Only allowlisted client headers go upstream, plus our request id. Never the client's key,
@@ -274,6 +186,11 @@ fn forward_headers(snap: &Snapshot, client: &HeaderMap, request_id: &str) -> Hea
         out.insert(HeaderName::from_static("x-request-id"), v);
     }
     out
+}
+
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {

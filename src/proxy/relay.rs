@@ -5,111 +5,86 @@
 //! rest. The usage chunk is read for accounting and removed when the client did not ask for it.
 //! An upstream that breaks or stalls mid-stream ends the client's stream with a well-formed SSE
 //! error event. A client that goes away drops this stream, which drops the upstream body and so
-//! cancels the upstream request. Non-stream answers are read whole (bounded) to read their usage.
+//! cancels the upstream request. Non-stream answers arrive here whole (read by the attempt step).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::attempt::{Answer, AnswerBody};
 use super::ledger::Ledger;
-use crate::config::Timeouts;
-use crate::error::{error_json, ApiError};
-use crate::providers::{parse_usage, BodyStream, UpstreamResponse, Usage};
+use crate::error::error_json;
+use crate::providers::{parse_usage, BodyStream, Usage};
+use crate::routing::queue::Slot;
 
 /// Longest partial SSE event held while waiting for its end.
 const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
-pub struct Context {
-    pub stream: bool,
-    pub strip_usage: bool,
-    pub timeouts: Timeouts,
-    pub max_response_bytes: usize,
-    pub sent_at: Instant,
-    pub upstream_name: Arc<str>,
-    /// Held until the body ends: the global in-flight slot and the upstream's.
-    pub permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-}
+/// Header naming the upstream that answered.
+pub const X_UPSTREAM: HeaderName = HeaderName::from_static("x-tollgate-upstream");
+/// Header counting the attempts it took.
+pub const X_ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
 
-pub async fn respond(resp: UpstreamResponse, ctx: Context, mut ledger: Ledger) -> Response {
-    let is_sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let headers = client_headers(&resp.headers, &ctx.upstream_name, ledger.attempts());
-    let status = resp.status;
-    ledger.status(status.as_u16());
-    if ctx.stream && is_sse {
-        ledger.first_byte();
-        let relay = SseRelay {
-            upstream: resp.body,
-            buf: BytesMut::new(),
-            strip_usage: ctx.strip_usage,
-            idle: ctx.timeouts.idle.0,
-            deadline: ctx.sent_at + ctx.timeouts.total.0,
-            sent_at: ctx.sent_at,
-            usage: None,
-            content_events: 0,
-            ended: false,
-            ledger,
-            _permits: ctx.permits,
-        };
-        let body = futures_util::stream::unfold(relay, |mut r| async move {
-            r.next_out()
-                .await
-                .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), r))
-        });
-        let mut out = Response::new(Body::from_stream(body));
-        *out.status_mut() = status;
-        *out.headers_mut() = headers;
-        return out;
-    }
-
-    // Non-stream: read the whole (bounded) answer, then send it at once.
-    let deadline = ctx.sent_at + ctx.timeouts.total.0;
-    let mut body = resp.body;
-    let mut buf = BytesMut::new();
-    loop {
-        let wait = ctx
-            .timeouts
-            .idle
-            .0
-            .min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, body.next()).await {
-            Err(_) => return fail(&mut ledger, ApiError::UpstreamTimeout),
-            Ok(Some(Err(_))) => return fail(&mut ledger, ApiError::UpstreamUnreachable),
-            Ok(None) => break,
-            Ok(Some(Ok(chunk))) => {
-                if buf.len() + chunk.len() > ctx.max_response_bytes {
-                    return fail(&mut ledger, ApiError::UpstreamInvalid);
-                }
-                ledger.first_byte();
-                buf.extend_from_slice(&chunk);
+/// Start relaying `answer` to the client. `in_flight` is held until the body ends.
+pub fn respond(
+    answer: Answer,
+    strip_usage: bool,
+    in_flight: OwnedSemaphorePermit,
+    mut ledger: Ledger,
+) -> Response {
+    let headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
+    ledger.status(answer.status.as_u16());
+    ledger.first_byte();
+    let body = match answer.body {
+        AnswerBody::Full(bytes) => {
+            if let Some(u) = parse_usage(&bytes) {
+                ledger.usage(u);
             }
+            ledger.finish();
+            drop(in_flight);
+            Body::from(bytes)
         }
-    }
-    ledger.upstream_time(ctx.sent_at.elapsed());
-    let bytes = buf.freeze();
-    if let Some(u) = parse_usage(&bytes) {
-        ledger.usage(u);
-    }
-    ledger.finish();
-    let mut out = Response::new(Body::from(bytes));
-    *out.status_mut() = status;
+        AnswerBody::Stream { first, rest, slot } => {
+            let mut buf = BytesMut::with_capacity(first.len());
+            buf.extend_from_slice(&first);
+            let relay = SseRelay {
+                upstream: rest,
+                buf,
+                pending: true,
+                strip_usage,
+                idle: answer.upstream.timeouts.idle.0,
+                deadline: answer.deadline,
+                sent_at: answer.sent_at,
+                usage: None,
+                content_events: 0,
+                ended: false,
+                ledger,
+                _held: (in_flight, slot),
+            };
+            Body::from_stream(futures_util::stream::unfold(relay, |mut r| async move {
+                r.next_out()
+                    .await
+                    .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), r))
+            }))
+        }
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = answer.status;
     *out.headers_mut() = headers;
-    drop(ctx.permits);
     out
 }
 
-fn fail(ledger: &mut Ledger, e: ApiError) -> Response {
-    ledger.fail(&e);
-    e.into_response()
+/// Whether a first stream chunk starts like server-sent events.
+pub fn looks_like_sse(chunk: &[u8]) -> bool {
+    let start = chunk.trim_ascii_start();
+    [&b"data:"[..], b":", b"event:", b"id:", b"retry:"]
+        .iter()
+        .any(|p| start.starts_with(p))
 }
 
 /// Upstream response headers the client may see: hop-by-hop and length headers are dropped.
@@ -121,12 +96,9 @@ fn client_headers(upstream: &HeaderMap, name: &str, attempts: u32) -> HeaderMap 
         }
     }
     if let Ok(v) = HeaderValue::from_str(name) {
-        out.insert(HeaderName::from_static("x-tollgate-upstream"), v);
+        out.insert(X_UPSTREAM, v);
     }
-    out.insert(
-        HeaderName::from_static("x-tollgate-attempts"),
-        HeaderValue::from(attempts),
-    );
+    out.insert(X_ATTEMPTS, HeaderValue::from(attempts));
     out
 }
 
@@ -149,6 +121,8 @@ struct SseRelay {
     upstream: BodyStream,
     /// Bytes read but not yet passed on: at most one partial event.
     buf: BytesMut,
+    /// `buf` holds the first chunk, not yet looked at.
+    pending: bool,
     strip_usage: bool,
     idle: Duration,
     deadline: Instant,
@@ -158,7 +132,8 @@ struct SseRelay {
     content_events: u64,
     ended: bool,
     ledger: Ledger,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Held until the stream ends: the global in-flight slot and the upstream's.
+    _held: (OwnedSemaphorePermit, Slot),
 }
 
 impl SseRelay {
@@ -167,6 +142,13 @@ impl SseRelay {
         loop {
             if self.ended {
                 return None;
+            }
+            if self.pending {
+                self.pending = false;
+                if let Some(out) = self.take_events() {
+                    return Some(out);
+                }
+                continue;
             }
             let wait = self
                 .idle

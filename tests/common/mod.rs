@@ -33,7 +33,7 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => panic!("test config does not parse: {e}"),
         };
-        let snapshot = match Snapshot::build(config, &env) {
+        let snapshot = match Snapshot::build(config, &env, None) {
             Ok(s) => s,
             Err(e) => panic!("test config is invalid: {e}"),
         };

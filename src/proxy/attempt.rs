@@ -1,0 +1,450 @@
+//! The plan and attempt steps: walk a model's upstreams (then its fallbacks) until one answers,
+//! all before the first byte reaches the client.
+//!
+//! A retry happens only on a retryable failure (connect error, reset or timeout before the first
+//! byte, 408/409/429, 5xx, an invalid answer), only while the retry budget allows, after a
+//! full-jitter backoff, and never past the request's deadline. A stream is committed only once
+//! its first chunk arrived and looks right; a non-stream answer only once it was read whole and
+//! parses, so a reset in either case can still be retried. Each attempt feeds the upstream's
+//! breaker and latency EWMA and is listed in the request log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value};
+
+use super::ledger::Ledger;
+use super::relay;
+use crate::config::{FallbackReason, Priority};
+use crate::credentials::{Lease, Outcome};
+use crate::error::ApiError;
+use crate::policy::Endpoint;
+use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
+use crate::routing::breaker::Admit;
+use crate::routing::queue::{Refused, Slot};
+use crate::routing::retry::backoff;
+use crate::state::{Snapshot, Upstream};
+use crate::telemetry::names;
+
+/// What stays the same over every attempt of one request.
+pub struct Request<'a> {
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    pub headers: &'a HeaderMap,
+    pub max_response_bytes: usize,
+}
+
+/// What the client asked of the attempt loop through headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Wishes {
+    pub priority: Priority,
+    pub max_attempts: Option<u32>,
+}
+
+/// An upstream answer ready to relay: nothing of it has reached the client yet.
+pub struct Answer {
+    pub upstream: Arc<Upstream>,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: AnswerBody,
+    pub sent_at: Instant,
+    pub deadline: Instant,
+}
+
+pub enum AnswerBody {
+    /// A whole non-stream body.
+    Full(Bytes),
+    /// A stream whose first chunk has arrived; the upstream slot is held until it ends.
+    Stream {
+        first: Bytes,
+        rest: BodyStream,
+        slot: Slot,
+    },
+}
+
+/// Try the model's upstreams, then its fallbacks, until one answers.
+pub async fn dispatch(
+    snap: &Snapshot,
+    model: &str,
+    json: &mut Map<String, Value>,
+    req: &Request<'_>,
+    wishes: Wishes,
+    ledger: &mut Ledger,
+) -> Result<Answer, ApiError> {
+    let started = Instant::now();
+    let first = snap
+        .routes
+        .get(model)
+        .ok_or_else(|| ApiError::ModelNotFound {
+            model: model.to_owned(),
+        })?;
+    let deadline = started + first.config.deadline.0;
+    let mut tried: Vec<&str> = Vec::new();
+    let mut current = model;
+    loop {
+        tried.push(current);
+        let route = snap.routes.get(current).ok_or(ApiError::Internal)?;
+        let max_attempts = route
+            .config
+            .retry
+            .max_attempts
+            .min(wishes.max_attempts.unwrap_or(u32::MAX))
+            .max(1);
+        route.budget.deposit(Instant::now());
+        let plan = route.plan(Instant::now());
+        let mut err = no_upstream(route, current);
+        for n in 0..max_attempts {
+            let Some(upstream) = plan.get(n as usize % plan.len().max(1)) else {
+                break;
+            };
+            if n > 0 {
+                if !route.budget.withdraw(Instant::now()) {
+                    metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => current.to_owned())
+                        .increment(1);
+                    break;
+                }
+                let wait = backoff(
+                    n - 1,
+                    route.config.retry.base_backoff.0,
+                    route.config.retry.max_backoff.0,
+                );
+                if Instant::now() + wait >= deadline {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let t0 = Instant::now();
+            let result = attempt(
+                upstream,
+                current,
+                json,
+                req,
+                wishes.priority,
+                deadline,
+                ledger,
+            )
+            .await;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.kind(),
+            };
+            ledger.attempt(&upstream.name, outcome, t0.elapsed());
+            metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.to_string(),
+                "outcome" => outcome)
+            .increment(1);
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    let retry = e.retryable();
+                    err = e;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        // fall back: a per-reason fallback first, then the ordered list (retryable errors only).
+        let reason = reason_of(&err);
+        let by_reason = reason
+            .and_then(|r| route.config.fallback_on.get(&r))
+            .map(String::as_str)
+            .filter(|m| !tried.contains(m));
+        let ordered = || {
+            first
+                .config
+                .fallbacks
+                .iter()
+                .map(String::as_str)
+                .find(|m| !tried.contains(m))
+        };
+        let next = by_reason.or_else(|| if err.retryable() { ordered() } else { None });
+        match next {
+            Some(m) if Instant::now() < deadline => {
+                metrics::counter!(names::FALLBACKS, "from" => current.to_owned(), "to" => m.to_owned())
+                    .increment(1);
+                current = m;
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
+fn no_upstream(route: &crate::routing::Route, model: &str) -> ApiError {
+    let now = Instant::now();
+    let soonest = route
+        .targets
+        .iter()
+        .filter_map(|(u, _)| u.breaker.rate_limited_until(now))
+        .min();
+    match soonest {
+        Some(t)
+            if route
+                .targets
+                .iter()
+                .all(|(u, _)| u.breaker.rate_limited_until(now).is_some()) =>
+        {
+            ApiError::UpstreamStatus {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                body: crate::error::error_json(
+                    &format!("every upstream of model '{model}' is rate limited"),
+                    "rate_limit_error",
+                    None,
+                    "upstream_rate_limited",
+                ),
+                retry_after: Some(http::HeaderValue::from(
+                    t.duration_since(now).as_secs().max(1),
+                )),
+            }
+        }
+        _ => ApiError::UpstreamUnavailable {
+            message: format!("every upstream of model '{model}' is down or draining"),
+            retry_after_secs: 5,
+        },
+    }
+}
+
+/// Which `fallback_on` entry an error calls for.
+fn reason_of(e: &ApiError) -> Option<FallbackReason> {
+    match e {
+        ApiError::UpstreamStatus { status, body, .. } => {
+            if status.as_u16() == 429 {
+                Some(FallbackReason::RateLimited)
+            } else if status.is_client_error() {
+                let text = String::from_utf8_lossy(body);
+                (text.contains("context_length_exceeded")
+                    || text.contains("maximum context length"))
+                .then_some(FallbackReason::ContextLength)
+            } else {
+                Some(FallbackReason::Unavailable)
+            }
+        }
+        e if e.retryable() => Some(FallbackReason::Unavailable),
+        _ => None,
+    }
+}
+
+/// One attempt on one upstream, with one retry on a 401 when the credential renewed itself.
+async fn attempt(
+    upstream: &Arc<Upstream>,
+    model: &str,
+    json: &mut Map<String, Value>,
+    req: &Request<'_>,
+    priority: Priority,
+    deadline: Instant,
+    ledger: &mut Ledger,
+) -> Result<Answer, ApiError> {
+    ledger.upstream(&upstream.name);
+    let probe = match upstream.breaker.admit(Instant::now()) {
+        Admit::Yes => false,
+        Admit::Probe => true,
+        Admit::No => {
+            return Err(ApiError::UpstreamUnavailable {
+                message: format!("upstream '{}' is not taking requests", upstream.name),
+                retry_after_secs: 1,
+            })
+        }
+    };
+    let result = attempt_inner(upstream, model, json, req, priority, deadline, ledger).await;
+    let now = Instant::now();
+    let state = match &result {
+        Ok(a) => {
+            let ttfb = now.duration_since(a.sent_at);
+            upstream.observe_ttfb(ttfb);
+            Some(upstream.breaker.record(now, true, Some(ttfb), probe))
+        }
+        Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 429 => {
+            if !probe {
+                None
+            } else {
+                Some(upstream.breaker.record(now, true, None, probe))
+            }
+        }
+        // Client-side errors say nothing about the upstream's health.
+        Err(ApiError::UpstreamStatus { status, .. }) if status.is_client_error() => {
+            Some(upstream.breaker.record(now, true, None, probe))
+        }
+        Err(ApiError::UpstreamUnavailable { .. }) | Err(ApiError::CredentialUnavailable { .. }) => {
+            if probe {
+                Some(upstream.breaker.record(now, false, None, probe))
+            } else {
+                None
+            }
+        }
+        Err(e) if e.source() == crate::error::Source::Upstream => {
+            Some(upstream.breaker.record(now, false, None, probe))
+        }
+        Err(_) => probe.then(|| upstream.breaker.record(now, true, None, probe)),
+    };
+    if let Some(s) = state {
+        metrics::gauge!(names::BREAKER_STATE, "upstream" => upstream.name.to_string())
+            .set(s.gauge());
+    }
+    result
+}
+
+async fn attempt_inner(
+    upstream: &Arc<Upstream>,
+    model: &str,
+    json: &mut Map<String, Value>,
+    req: &Request<'_>,
+    priority: Priority,
+    deadline: Instant,
+    ledger: &mut Ledger,
+) -> Result<Answer, ApiError> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let slot = upstream.gate.acquire(priority, left()).await.map_err(|r| {
+        ApiError::UpstreamUnavailable {
+            message: match r {
+                Refused::QueueFull => format!("upstream '{}' queue is full", upstream.name),
+                Refused::Timeout => format!("no slot at upstream '{}' in time", upstream.name),
+            },
+            retry_after_secs: 1,
+        }
+    })?;
+    let upstream_model = upstream.model.as_deref().unwrap_or(model);
+    if json.get("model").and_then(Value::as_str) != Some(upstream_model) {
+        json.insert("model".into(), Value::String(upstream_model.to_owned()));
+    }
+    let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
+    let mut renewed = false;
+    let (response, sent_at) = loop {
+        ledger.attempted();
+        let lease: Option<Lease> = match &upstream.credential {
+            Some(c) => Some(c.lease().await?),
+            None => None,
+        };
+        let sent_at = Instant::now();
+        let request = UpstreamRequest {
+            endpoint: req.endpoint,
+            body: body.clone(),
+            stream: req.stream,
+            headers: req.headers,
+            lease: lease.as_ref(),
+            json,
+        };
+        let wait = upstream.timeouts.first_byte.0.min(left());
+        let response = tokio::time::timeout(wait, upstream.provider.send(request))
+            .await
+            .map_err(|_| ApiError::UpstreamTimeout)??;
+        if let (Some(cred), Some(lease)) = (&upstream.credential, &lease) {
+            let outcome = match response.status.as_u16() {
+                401 => Outcome::Unauthorized,
+                403 => Outcome::Forbidden,
+                429 => Outcome::RateLimited(super::retry_after(&response.headers)),
+                _ => Outcome::Ok,
+            };
+            if cred.report(lease, outcome)
+                && !renewed
+                && response.status == StatusCode::UNAUTHORIZED
+            {
+                renewed = true;
+                continue;
+            }
+        }
+        break (response, sent_at);
+    };
+    if !response.status.is_success() {
+        ledger.upstream_time(sent_at.elapsed());
+        if response.status == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(d) = super::retry_after(&response.headers) {
+                upstream.breaker.rate_limited(Instant::now() + d, false);
+            }
+        }
+        return Err(upstream_error(response, upstream.timeouts.idle.0.min(left())).await);
+    }
+    let is_sse = response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let UpstreamResponse {
+        status,
+        headers,
+        body: mut stream,
+    } = response;
+    if req.stream && is_sse {
+        // Commit only once the first chunk is here and looks like SSE.
+        let wait = upstream.timeouts.first_byte.0.min(left());
+        let first = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Err(ApiError::UpstreamTimeout),
+            Ok(None) | Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable),
+            Ok(Some(Ok(first))) => first,
+        };
+        if !relay::looks_like_sse(&first) {
+            return Err(ApiError::UpstreamInvalid);
+        }
+        return Ok(Answer {
+            upstream: upstream.clone(),
+            status,
+            headers,
+            body: AnswerBody::Stream {
+                first,
+                rest: stream,
+                slot,
+            },
+            sent_at,
+            deadline: sent_at + upstream.timeouts.total.0.min(left()),
+        });
+    }
+    // Non-stream: read it whole, so a reset or a cut body can still be retried.
+    let total_deadline = (sent_at + upstream.timeouts.total.0).min(deadline);
+    let mut buf = BytesMut::new();
+    loop {
+        let wait = upstream
+            .timeouts
+            .idle
+            .0
+            .min(total_deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Err(ApiError::UpstreamTimeout),
+            Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable),
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > req.max_response_bytes {
+                    return Err(ApiError::UpstreamInvalid);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    ledger.upstream_time(sent_at.elapsed());
+    let is_json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.contains("json"));
+    if is_json && serde_json::from_slice::<serde::de::IgnoredAny>(&buf).is_err() {
+        return Err(ApiError::UpstreamInvalid);
+    }
+    drop(slot);
+    Ok(Answer {
+        upstream: upstream.clone(),
+        status,
+        headers,
+        body: AnswerBody::Full(buf.freeze()),
+        sent_at,
+        deadline: total_deadline,
+    })
+}
+
+/// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
+async fn upstream_error(resp: UpstreamResponse, idle: Duration) -> ApiError {
+    const MAX: usize = 64 * 1024;
+    let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
+    let mut body = resp.body;
+    let mut buf = Vec::new();
+    while buf.len() < MAX {
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(MAX);
+    ApiError::UpstreamStatus {
+        status: resp.status,
+        body: Bytes::from(buf),
+        retry_after,
+    }
+}
