@@ -686,3 +686,48 @@ async fn two_gateways_share_one_team_limit_and_their_spend_adds_up() {
         spent
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A client that leaves mid-stream
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_releases_its_slot_and_pays_its_prompt() {
+    let cfg = format!(
+        r#"
+upstreams:
+  mock:
+    provider: mock
+    mock: {{ chunks: 20, chunk_delay: 100ms }}
+models:
+  mock-gpt: {{ targets: [ {{ upstream: mock }} ] }}
+teams:
+  demo: {{ models: ["*"], budget: {{ amount_usd: 1, period: monthly }} }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256}, max_concurrent: 1 }}
+{}
+"#,
+        limits_block(Backend::Memory, "")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut stream = gw
+        .post(
+            "/v1/chat/completions",
+            chat("mock-gpt", "one two three four five six seven eight", true),
+        )
+        .await;
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await;
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    // The slot is held while the stream runs.
+    let r = gw.post("/v1/chat/completions", body(8)).await;
+    assert_eq!(r.status(), 429);
+    drop(stream);
+    // Gone: the prompt is charged (no usage chunk reached Tollgate) and the slot comes back.
+    let charged = eventually(5, || async { spend(&gw, Scope::Team, "demo").await > 0.0 }).await;
+    assert!(charged, "a disconnected stream cost nothing");
+    let ok = eventually(5, || async {
+        gw.post("/v1/chat/completions", body(8)).await.status() == 200
+    })
+    .await;
+    assert!(ok, "the slot of a disconnected stream was not released");
+}

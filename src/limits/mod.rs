@@ -497,6 +497,7 @@ impl Limiter {
             lease_id,
             scopes: settle,
             estimated_tokens: tokens,
+            estimated_prompt: est.prompt_tokens,
             price: est.price,
             headers: RateHeaders::default(),
         };
@@ -634,6 +635,7 @@ pub struct Admission {
     lease_id: u64,
     scopes: Vec<ScopeSettle>,
     estimated_tokens: u64,
+    estimated_prompt: u64,
     price: Option<Price>,
     headers: RateHeaders,
 }
@@ -652,6 +654,12 @@ impl Admission {
     /// skipped).
     pub fn headers(&self) -> &RateHeaders {
         &self.headers
+    }
+
+    /// The prompt tokens estimated at admission (charged when the client leaves before the
+    /// real usage is known).
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        self.estimated_prompt
     }
 
     /// The admission did not go through the backend (no limits, or failing open): settle only

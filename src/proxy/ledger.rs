@@ -122,10 +122,16 @@ impl Drop for Ledger {
         }
         self.rec.latency = started.elapsed();
         if let Some(a) = self.admission.take() {
-            self.rec.cost_usd = a.settle(Usage {
+            let mut usage = Usage {
                 prompt_tokens: self.rec.prompt_tokens,
                 completion_tokens: self.rec.completion_tokens,
-            });
+            };
+            if !self.finished {
+                // The client left before the usage was known: the upstream has at least read
+                // the prompt, so charge the estimated prompt (never free to walk away).
+                usage.prompt_tokens = usage.prompt_tokens.max(a.estimated_prompt_tokens());
+            }
+            self.rec.cost_usd = a.settle(usage);
         }
         telemetry::account(&self.rec);
     }
