@@ -830,6 +830,19 @@ impl Config {
                 "limits.state_file: ignored with backend: redis (spend lives in Redis)".into(),
             );
         }
+        let budgeted = self.teams.values().any(|t| t.budget.is_some())
+            || self.keys.iter().any(|k| k.budget.is_some());
+        if budgeted {
+            let prices = crate::limits::prices::Prices::new(&self.prices);
+            for name in self.models.keys() {
+                if prices.get(name).is_none() {
+                    warnings.push(format!(
+                        "models.{name}: no price (built in or under prices:); its requests \
+                         cost 0 against budgets"
+                    ));
+                }
+            }
+        }
         for (name, p) in &self.prices {
             for (field, v) in [
                 ("input_per_million", p.input_per_million),
@@ -941,6 +954,63 @@ models:
 teams:
   t: { models: ["*"] }
 "#;
+
+    fn validate(text: &str) -> Result<Vec<String>, String> {
+        Config::parse(text)
+            .map_err(|e| e.to_string())?
+            .validate(&HashMap::new())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_are_validated_with_field_paths() {
+        let t = BASE.replace(
+            r#"t: { models: ["*"] }"#,
+            r#"t: { models: ["*"], requests_per_minute: 0 }"#,
+        );
+        assert_eq!(
+            validate(&t).err().as_deref(),
+            Some("teams.t.requests_per_minute: must be greater than 0 (leave it out for no limit)")
+        );
+        let t = format!(
+            "{BASE}keys:\n  - {{ name: k, team: t, sha256: {}, budget: {{ amount_usd: -1 }} }}\n",
+            "a".repeat(64)
+        );
+        assert_eq!(
+            validate(&t).err().as_deref(),
+            Some("keys[0].budget.amount_usd: must be a number from 0 to 1e9")
+        );
+        let t = format!("{BASE}limits: {{ backend: redis }}\n");
+        assert_eq!(
+            validate(&t).err().as_deref(),
+            Some("limits.redis_url: is required with backend: redis")
+        );
+        let t = format!("{BASE}limits: {{ backend: redis, redis_url: \"http://x\" }}\n");
+        assert!(validate(&t).is_err_and(|e| e.starts_with("limits.redis_url: must start")));
+        let t = format!("{BASE}limits: {{ backned: redis }}\n");
+        assert!(validate(&t).is_err_and(|e| e.contains("backned")));
+        let t =
+            format!("{BASE}prices: {{ x: {{ input_per_million: -1, output_per_million: 1 }} }}\n");
+        assert_eq!(
+            validate(&t).err().as_deref(),
+            Some("prices.x.input_per_million: must be a number of at least 0")
+        );
+    }
+
+    #[test]
+    fn unpriced_models_are_warned_about_when_budgets_are_set() {
+        let t = BASE.replace("mock-gpt:", "house-model:").replace(
+            r#"t: { models: ["*"] }"#,
+            r#"t: { models: ["*"], budget: { amount_usd: 10, period: daily } }"#,
+        );
+        let w = validate(&t).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("models.house-model: no price")),
+            "{w:?}"
+        );
+        assert!(validate(BASE).is_ok_and(|w| w.is_empty()));
+    }
 
     #[test]
     fn durations_parse_with_units() {
