@@ -13,14 +13,35 @@ START=$SECONDS
 step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { echo "test.sh: FAILED: $*" >&2; exit 1; }
 
+# Ctrl-C / SIGTERM stop the running step and everything under it. `timeout` runs its command
+# in a process group of its own (so a timeout kills all of it, test processes included); that
+# group does not get the terminal's Ctrl-C, so the step runs in the background, `wait` is
+# interrupted by the signal, and the trap passes it on to `timeout`.
+child=""
+on_signal() {
+    trap - INT TERM
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+    echo "test.sh: interrupted" >&2
+    exit 130
+}
+trap on_signal INT TERM
+
 # run LIMIT DESCRIPTION CMD...: run CMD bounded by LIMIT, fail with DESCRIPTION.
 run() {
     local limit=$1 what=$2
     shift 2
     local rc=0
-    timeout --kill-after=30s "$limit" "$@" || rc=$?
-    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    timeout --kill-after=30s "$limit" "$@" &
+    child=$!
+    wait "$child" || rc=$?
+    child=""
+    if [ $rc -eq 124 ]; then
         fail "$what: timed out after $limit"
+    elif [ $rc -eq 137 ]; then
+        fail "$what: killed (SIGKILL: out of memory, or still running 30s after the $limit timeout)"
     elif [ $rc -ne 0 ]; then
         fail "$what (exit $rc)"
     fi

@@ -5,10 +5,10 @@
 //! surface is never open by accident. Each concern adds its routes to [`router`]; this module owns
 //! only the gate and the route table.
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -19,6 +19,11 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/status", get(status))
+        .route("/admin/credentials", get(credentials))
+        .route(
+            "/admin/credentials/{name}/members/{index}/enable",
+            post(enable_member),
+        )
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -41,6 +46,37 @@ async fn status(State(s): State<AppState>) -> Response {
         "config_keys": snap.config.keys.len(),
     }))
     .into_response()
+}
+
+/// Every upstream credential and pool member: kind, state, expiry, last error, requests served
+/// and a short fingerprint; never a secret.
+async fn credentials(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.load();
+    let list: Vec<_> = snap.credentials.values().map(|c| c.view()).collect();
+    Json(json!({ "credentials": list })).into_response()
+}
+
+/// Re-enable a disabled or cooling pool member.
+async fn enable_member(
+    State(s): State<AppState>,
+    Path((name, index)): Path<(String, usize)>,
+) -> Response {
+    let snap = s.snapshot.load();
+    let Some(c) = snap.credentials.get(&name) else {
+        return ApiError::RouteNotFound {
+            path: format!(
+                "credential '{}'",
+                name.chars().take(100).collect::<String>()
+            ),
+        }
+        .into_response();
+    };
+    match c.enable_member(index) {
+        Ok(()) => {
+            Json(json!({"enabled": true, "credential": name, "index": index})).into_response()
+        }
+        Err(message) => ApiError::invalid(message, Some("index")).into_response(),
+    }
 }
 
 async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {

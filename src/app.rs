@@ -141,12 +141,17 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 async fn framing(req: Request<Body>, next: Next) -> Response {
     let h = req.headers();
     let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
-    if lengths > 1 || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING)) {
-        return ApiError::invalid(
+    let marked = h.contains_key(crate::server::framing::MARK);
+    if marked || lengths > 1 || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING)) {
+        let mut resp = ApiError::invalid(
             "conflicting Content-Length / Transfer-Encoding headers",
             None,
         )
         .into_response();
+        // The rest of this connection's bytes cannot be trusted: close it.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
     }
     next.run(req).await
 }

@@ -249,10 +249,216 @@ pub struct CorsConfig {
 pub enum CredentialConfig {
     /// A fixed key.
     Static {
+        /// The key, as `${ENV}` or `file:PATH` (a literal is warned about).
         secret: SecretRef,
+        /// Where the key goes on upstream requests.
         #[serde(default)]
         placement: Placement,
     },
+    /// OAuth2 client credentials (RFC 6749 §4.4), renewed in the background.
+    Oauth2(OAuth2Config),
+    /// A self-signed HS256 JWT from an `id.secret` API key (Zhipu GLM style).
+    Jwt(JwtConfig),
+    /// Many credentials for one upstream, with rotation, cooldown and a watched token file.
+    Pool(PoolConfig),
+}
+
+impl CredentialConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialConfig::Static { .. } => "static",
+            CredentialConfig::Oauth2(_) => "oauth2",
+            CredentialConfig::Jwt(_) => "jwt",
+            CredentialConfig::Pool(_) => "pool",
+        }
+    }
+}
+
+/// How the OAuth2 client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    #[default]
+    Form,
+    /// HTTP Basic with the client id and secret (`client_secret_basic`).
+    Basic,
+    /// `grant_type`, `client_id`, `client_secret` as query parameters (Baidu's AK/SK endpoint).
+    Query,
+}
+
+/// HTTP method used for the token request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenMethod {
+    #[default]
+    Post,
+    /// Only meaningful with `client_auth: query`.
+    Get,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// The token endpoint, e.g. `https://auth.example.com/oauth2/token`.
+    pub token_url: String,
+    /// The client id (for Baidu: the API key).
+    pub client_id: SecretRef,
+    /// The client secret (for Baidu: the secret key), as `${ENV}` or `file:PATH`.
+    pub client_secret: SecretRef,
+    /// Scope to ask for; none sends no `scope`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// How the client authenticates to the token endpoint.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Method of the token request.
+    #[serde(default)]
+    pub token_method: TokenMethod,
+    /// Where the access token goes on upstream requests (`bearer`, `{header: name}`,
+    /// `{query: access_token}`).
+    #[serde(default)]
+    pub placement: Placement,
+    /// Renew when this much lifetime remains at least (the margin is the larger of this and
+    /// `renew_fraction` of the lifetime, capped at half the lifetime).
+    #[serde(default = "default_renew_margin")]
+    pub renew_margin: Dur,
+    /// Renew when this fraction of the lifetime remains at least.
+    #[serde(default = "default_renew_fraction")]
+    pub renew_fraction: f64,
+    /// At most one renewal per this interval, so a short-lived token never causes a loop.
+    #[serde(default = "default_min_renew_interval")]
+    pub min_renew_interval: Dur,
+    /// Lifetime assumed when the token response has no usable `expires_in`.
+    #[serde(default = "default_lifetime")]
+    pub default_lifetime: Dur,
+    /// `expires_in` is clamped to at least this.
+    #[serde(default = "default_min_lifetime")]
+    pub min_lifetime: Dur,
+    /// `expires_in` is clamped to at most this (guards against absurd values).
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime: Dur,
+    /// Connect timeout of the token request.
+    #[serde(default = "default_token_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Total timeout of one token request; a hung token server cannot hang renewals.
+    #[serde(default = "default_token_timeout")]
+    pub timeout: Dur,
+    /// Longest a client request waits for a token when none is usable; then 503.
+    #[serde(default = "default_lease_timeout")]
+    pub lease_timeout: Dur,
+    /// Token requests per renewal round before giving up until the next round.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff step between failed token requests (full jitter, doubling).
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base: Dur,
+    /// Largest backoff between failed token requests, and the pause between failed rounds.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Dur,
+    /// After a permanent failure (`invalid_client`, `invalid_grant`), retry this slowly.
+    #[serde(default = "default_failed_retry_interval")]
+    pub failed_retry_interval: Dur,
+}
+
+fn default_renew_margin() -> Dur {
+    secs(60)
+}
+fn default_renew_fraction() -> f64 {
+    0.1
+}
+fn default_min_renew_interval() -> Dur {
+    secs(1)
+}
+fn default_lifetime() -> Dur {
+    secs(3600)
+}
+fn default_min_lifetime() -> Dur {
+    secs(1)
+}
+fn default_max_lifetime() -> Dur {
+    secs(7 * 24 * 3600)
+}
+fn default_token_connect_timeout() -> Dur {
+    secs(5)
+}
+fn default_token_timeout() -> Dur {
+    secs(10)
+}
+fn default_lease_timeout() -> Dur {
+    secs(10)
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_base() -> Dur {
+    Dur(Duration::from_millis(200))
+}
+fn default_backoff_max() -> Dur {
+    secs(30)
+}
+fn default_failed_retry_interval() -> Dur {
+    secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The API key in the form `id.secret`, as `${ENV}` or `file:PATH`.
+    pub api_key: SecretRef,
+    /// Lifetime written into each token's `exp`.
+    #[serde(default = "default_jwt_ttl")]
+    pub ttl: Dur,
+    /// Re-sign when this much lifetime remains (clamped to half the ttl).
+    #[serde(default = "default_jwt_margin")]
+    pub renew_margin: Dur,
+    /// Where the token goes on upstream requests.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+fn default_jwt_ttl() -> Dur {
+    secs(1800)
+}
+fn default_jwt_margin() -> Dur {
+    secs(60)
+}
+
+/// How a pool picks its next member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    #[default]
+    RoundRobin,
+    LeastInFlight,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Static tokens listed inline, each an `${ENV}` / `file:` reference (literals are warned).
+    #[serde(default)]
+    pub tokens: Vec<SecretRef>,
+    /// A file with one token per line (blank lines and `#` comments ignored); watched, edits
+    /// apply within 2 s.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Members of any other kind (e.g. several OAuth2 clients). Pools do not nest.
+    #[serde(default)]
+    pub members: Vec<CredentialConfig>,
+    /// Where `tokens` and `file` tokens go on upstream requests.
+    #[serde(default)]
+    pub placement: Placement,
+    /// Round robin (default) or least in flight.
+    #[serde(default)]
+    pub selection: Selection,
+    /// Cooldown after a 429 that carries no `Retry-After`.
+    #[serde(default = "default_cooldown")]
+    pub default_cooldown: Dur,
+}
+
+fn default_cooldown() -> Dur {
+    secs(30)
 }
 
 /// Where a credential goes on the upstream request.
@@ -648,12 +854,7 @@ impl Config {
         }
         for (name, c) in &self.credentials {
             let path = format!("credentials.{name}");
-            match c {
-                CredentialConfig::Static { secret, placement } => {
-                    check_secret(secret, &format!("{path}.secret"), env, &mut warnings)?;
-                    check_placement(placement, &format!("{path}.placement"))?;
-                }
-            }
+            check_credential(c, &path, env, &mut warnings)?;
         }
         if self.upstreams.is_empty() {
             return Err(err("upstreams", "at least one upstream is required"));
@@ -931,6 +1132,117 @@ fn check_secret(
     Ok(())
 }
 
+fn check_credential(
+    c: &CredentialConfig,
+    path: &str,
+    env: &dyn EnvSource,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    match c {
+        CredentialConfig::Static { secret, placement } => {
+            check_secret(secret, &format!("{path}.secret"), env, warnings)?;
+            check_placement(placement, &format!("{path}.placement"))?;
+        }
+        CredentialConfig::Oauth2(o) => {
+            let url = reqwest::Url::parse(&o.token_url)
+                .map_err(|e| err(format!("{path}.token_url"), format!("invalid URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(err(format!("{path}.token_url"), "must be http or https"));
+            }
+            check_secret(
+                &o.client_id,
+                &format!("{path}.client_id"),
+                env,
+                &mut Vec::new(),
+            )?;
+            check_secret(
+                &o.client_secret,
+                &format!("{path}.client_secret"),
+                env,
+                warnings,
+            )?;
+            check_placement(&o.placement, &format!("{path}.placement"))?;
+            if o.token_method == TokenMethod::Get && o.client_auth != ClientAuth::Query {
+                return Err(err(
+                    format!("{path}.token_method"),
+                    "get is only allowed with client_auth: query",
+                ));
+            }
+            if !(0.0..1.0).contains(&o.renew_fraction) {
+                return Err(err(
+                    format!("{path}.renew_fraction"),
+                    "must be at least 0 and below 1",
+                ));
+            }
+            if o.max_attempts == 0 {
+                return Err(err(format!("{path}.max_attempts"), "must be at least 1"));
+            }
+            if o.min_lifetime.0.is_zero() || o.min_lifetime.0 > o.max_lifetime.0 {
+                return Err(err(
+                    format!("{path}.min_lifetime"),
+                    "must be above 0 and not above max_lifetime",
+                ));
+            }
+            for (field, d) in [
+                ("timeout", o.timeout),
+                ("connect_timeout", o.connect_timeout),
+                ("lease_timeout", o.lease_timeout),
+                ("min_renew_interval", o.min_renew_interval),
+                ("backoff_max", o.backoff_max),
+                ("default_lifetime", o.default_lifetime),
+            ] {
+                if d.0.is_zero() {
+                    return Err(err(format!("{path}.{field}"), "must be above 0"));
+                }
+            }
+        }
+        CredentialConfig::Jwt(j) => {
+            let key = j
+                .api_key
+                .resolve(env)
+                .map_err(|m| err(format!("{path}.api_key"), m))?;
+            match key.expose().split_once('.') {
+                Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {}
+                _ => {
+                    return Err(err(
+                        format!("{path}.api_key"),
+                        "must have the form id.secret",
+                    ))
+                }
+            }
+            check_secret(&j.api_key, &format!("{path}.api_key"), env, warnings)?;
+            if j.ttl.0 < Duration::from_secs(2) {
+                return Err(err(format!("{path}.ttl"), "must be at least 2s"));
+            }
+            check_placement(&j.placement, &format!("{path}.placement"))?;
+        }
+        CredentialConfig::Pool(p) => {
+            if p.tokens.is_empty() && p.file.is_none() && p.members.is_empty() {
+                return Err(err(path, "a pool needs tokens, a file or members"));
+            }
+            for (i, t) in p.tokens.iter().enumerate() {
+                check_secret(t, &format!("{path}.tokens[{i}]"), env, warnings)?;
+            }
+            if let Some(f) = &p.file {
+                std::fs::metadata(f)
+                    .map_err(|e| err(format!("{path}.file"), format!("cannot read {f}: {e}")))?;
+            }
+            for (i, m) in p.members.iter().enumerate() {
+                let mpath = format!("{path}.members[{i}]");
+                if matches!(m, CredentialConfig::Pool(_)) {
+                    return Err(err(mpath, "pools do not nest"));
+                }
+                check_credential(m, &mpath, env, warnings)?;
+            }
+            check_placement(&p.placement, &format!("{path}.placement"))?;
+            if p.default_cooldown.0.is_zero() {
+                return Err(err(format!("{path}.default_cooldown"), "must be above 0"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_placement(p: &Placement, path: &str) -> Result<(), ConfigError> {
     match p {
         Placement::Header(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
@@ -955,7 +1267,7 @@ teams:
   t: { models: ["*"] }
 "#;
 
-    fn validate(text: &str) -> Result<Vec<String>, String> {
+    fn check(text: &str) -> Result<Vec<String>, String> {
         Config::parse(text)
             .map_err(|e| e.to_string())?
             .validate(&HashMap::new())
@@ -969,7 +1281,7 @@ teams:
             r#"t: { models: ["*"], requests_per_minute: 0 }"#,
         );
         assert_eq!(
-            validate(&t).err().as_deref(),
+            check(&t).err().as_deref(),
             Some("teams.t.requests_per_minute: must be greater than 0 (leave it out for no limit)")
         );
         let t = format!(
@@ -977,22 +1289,22 @@ teams:
             "a".repeat(64)
         );
         assert_eq!(
-            validate(&t).err().as_deref(),
+            check(&t).err().as_deref(),
             Some("keys[0].budget.amount_usd: must be a number from 0 to 1e9")
         );
         let t = format!("{BASE}limits: {{ backend: redis }}\n");
         assert_eq!(
-            validate(&t).err().as_deref(),
+            check(&t).err().as_deref(),
             Some("limits.redis_url: is required with backend: redis")
         );
         let t = format!("{BASE}limits: {{ backend: redis, redis_url: \"http://x\" }}\n");
-        assert!(validate(&t).is_err_and(|e| e.starts_with("limits.redis_url: must start")));
+        assert!(check(&t).is_err_and(|e| e.starts_with("limits.redis_url: must start")));
         let t = format!("{BASE}limits: {{ backned: redis }}\n");
-        assert!(validate(&t).is_err_and(|e| e.contains("backned")));
+        assert!(check(&t).is_err_and(|e| e.contains("backned")));
         let t =
             format!("{BASE}prices: {{ x: {{ input_per_million: -1, output_per_million: 1 }} }}\n");
         assert_eq!(
-            validate(&t).err().as_deref(),
+            check(&t).err().as_deref(),
             Some("prices.x.input_per_million: must be a number of at least 0")
         );
     }
@@ -1003,13 +1315,13 @@ teams:
             r#"t: { models: ["*"] }"#,
             r#"t: { models: ["*"], budget: { amount_usd: 10, period: daily } }"#,
         );
-        let w = validate(&t).unwrap_or_else(|e| panic!("{e}"));
+        let w = check(&t).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             w.iter()
                 .any(|w| w.starts_with("models.house-model: no price")),
             "{w:?}"
         );
-        assert!(validate(BASE).is_ok_and(|w| w.is_empty()));
+        assert!(check(BASE).is_ok_and(|w| w.is_empty()));
     }
 
     #[test]
@@ -1043,5 +1355,55 @@ teams:
             e.err().as_deref(),
             Some("models.mock-gpt.targets[0].upstream: upstream 'nope' is not defined under upstreams")
         );
+    }
+
+    fn validate(text: &str, env: &HashMap<String, String>) -> Result<Vec<String>, String> {
+        Config::parse(text)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate(env).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn credential_kinds_parse_validate_and_warn_on_literals() {
+        let env: HashMap<String, String> = [
+            ("SK".to_string(), "s3cret".to_string()),
+            ("GLM".to_string(), "id.sec".to_string()),
+        ]
+        .into();
+        let text = format!(
+            "{BASE}
+credentials:
+  baidu:
+    kind: oauth2
+    token_url: http://127.0.0.1:1/oauth/2.0/token
+    client_id: ak
+    client_secret: ${{SK}}
+    client_auth: query
+    placement: {{ query: access_token }}
+  glm: {{ kind: jwt, api_key: '${{GLM}}' }}
+  pool:
+    kind: pool
+    tokens: [literal-token]
+    members:
+      - {{ kind: static, secret: '${{SK}}' }}
+"
+        );
+        let w = validate(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("credentials.pool.tokens[0]"), "{w:?}");
+        assert!(!w[0].contains("literal-token"), "{w:?}");
+
+        let bad = text.replace("client_auth: query", "client_auth: query\n    bogus: 1");
+        let e = validate(&bad, &env).err().unwrap_or_default();
+        assert!(e.contains("bogus"), "{e}");
+        let bad = text.replace("'${GLM}'", "'${SK}'");
+        let e = validate(&bad, &env).err().unwrap_or_default();
+        assert_eq!(e, "credentials.glm.api_key: must have the form id.secret");
+        let bad = text.replace(
+            "{ kind: static, secret: '${SK}' }",
+            "{ kind: pool, tokens: [x] }",
+        );
+        let e = validate(&bad, &env).err().unwrap_or_default();
+        assert_eq!(e, "credentials.pool.members[0]: pools do not nest");
     }
 }

@@ -59,6 +59,12 @@ pub enum ApiError {
     /// The limiter's backend is down and `limits.on_backend_error` is `fail_closed`.
     #[error("rate limiting is temporarily unavailable; please retry")]
     LimiterUnavailable,
+    /// Every upstream credential of a pool is cooling down after 429s.
+    #[error("the upstream is rate limiting: {message}")]
+    CredentialsRateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("Tollgate is overloaded: {message}")]
     Overloaded {
         message: String,
@@ -111,7 +117,9 @@ impl ApiError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            RateLimited { .. } | InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | InsufficientQuota { .. } | CredentialsRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Overloaded { .. }
             | CredentialUnavailable { .. }
             | UpstreamUnavailable { .. }
@@ -136,6 +144,7 @@ impl ApiError {
             RateLimited { .. } => "policy_rate_limited",
             InsufficientQuota { .. } => "policy_budget_exceeded",
             LimiterUnavailable => "limiter_unavailable",
+            CredentialsRateLimited { .. } => "credential_rate_limited",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -160,9 +169,11 @@ impl ApiError {
             | UpstreamTimeout
             | UpstreamInvalid
             | UpstreamStatus { .. } => Source::Upstream,
-            CredentialUnavailable { .. } | Overloaded { .. } | LimiterUnavailable | Internal => {
-                Source::Internal
-            }
+            CredentialUnavailable { .. }
+            | CredentialsRateLimited { .. }
+            | Overloaded { .. }
+            | LimiterUnavailable
+            | Internal => Source::Internal,
             _ => Source::Client,
         }
     }
@@ -187,7 +198,7 @@ impl ApiError {
         match self {
             Unauthorized => "authentication_error",
             ModelNotAllowed { .. } => "permission_error",
-            RateLimited { .. } => "rate_limit_error",
+            RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             InvalidRequest { .. }
             | BodyTooLarge { .. }
@@ -211,7 +222,7 @@ impl ApiError {
             Unauthorized => "invalid_api_key",
             ModelNotAllowed { .. } => "model_not_allowed",
             ModelNotFound { .. } => "model_not_found",
-            RateLimited { .. } => "rate_limit_exceeded",
+            RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_exceeded",
             InsufficientQuota { .. } => "insufficient_quota",
             LimiterUnavailable => "limiter_unavailable",
             Overloaded { .. } => "overloaded",
@@ -232,6 +243,9 @@ impl ApiError {
                 retry_after_secs, ..
             }
             | Overloaded {
+                retry_after_secs, ..
+            }
+            | CredentialsRateLimited {
                 retry_after_secs, ..
             }
             | CredentialUnavailable {

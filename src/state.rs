@@ -4,7 +4,7 @@
 //! and routes together and a request never sees a mix. Building a snapshot validates everything
 //! first; a bad config never replaces a good one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +73,8 @@ pub struct Snapshot {
     /// The admin key; `None` closes `/admin`.
     pub admin: Option<KeyIndex>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Upstream credentials by name (their background tasks live as long as this snapshot).
+    pub credentials: BTreeMap<String, Arc<Credential>>,
     pub routes: HashMap<String, Route>,
     pub forward_headers: Vec<HeaderName>,
     /// Rate limits, concurrency and budgets (`limits:`). Its backend (with the memory
@@ -103,7 +105,7 @@ impl Snapshot {
             }
             None => Limiter::from_config(&config, env)?,
         });
-        let mut credentials = HashMap::new();
+        let mut credentials = BTreeMap::new();
         for (name, c) in &config.credentials {
             credentials.insert(
                 name.clone(),
@@ -166,6 +168,7 @@ impl Snapshot {
             keys,
             admin,
             upstreams,
+            credentials,
             routes,
             forward_headers,
             limiter,

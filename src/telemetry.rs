@@ -25,6 +25,16 @@ pub mod names {
     pub const QUEUE_WAIT: &str = "tollgate_upstream_queue_wait_seconds";
     pub const RETRY_BUDGET_EXHAUSTED: &str = "tollgate_retry_budget_exhausted_total";
     pub const FALLBACKS: &str = "tollgate_fallbacks_total";
+    /// Token renewals (OAuth2 token calls that succeeded, JWT re-signs), by credential.
+    pub const CREDENTIAL_RENEWALS: &str = "tollgate_credential_renewals_total";
+    /// Failed token calls, by credential and class (transient / permanent).
+    pub const CREDENTIAL_RENEWAL_FAILURES: &str = "tollgate_credential_renewal_failures_total";
+    /// Upstream 401s answered by renewing the credential and retrying, by credential.
+    pub const CREDENTIAL_401_RETRIES: &str = "tollgate_credential_401_retries_total";
+    /// Upstream 429s answered by rotating to another pool member, by credential.
+    pub const CREDENTIAL_429_ROTATIONS: &str = "tollgate_credential_429_rotations_total";
+    /// Pool members by state (valid / cooling_down / disabled), by credential.
+    pub const CREDENTIAL_POOL_MEMBERS: &str = "tollgate_credential_pool_members";
     /// Requests refused by a limit, by `scope` (key/team) and `limit` (rpm/tpm/concurrency/budget).
     pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
     /// Limiter backend calls that failed, by `backend` and `op` (admit/settle).

@@ -95,7 +95,15 @@ impl Drop for Running {
 
 fn python() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            bail!(
+                "TOLLGATE_TEST_PYTHON={} does not exist; run ./scripts/test.sh (it creates \
+                 target/pyvenv with the openai SDK)",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let venv = Path::new(MANIFEST_DIR).join("target/pyvenv/bin/python");
     if venv.exists() {

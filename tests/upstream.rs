@@ -330,6 +330,50 @@ async fn raw(gw: &Gateway, request: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn ambiguous_framing_is_refused() {
+    let m = mock().await;
+    let gw = start(&m).await;
+    let body = r#"{"model":"gpt","messages":[{"role":"user","content":"x"}]}"#;
+    for (cl, te) in [
+        ("content-length", "transfer-encoding"),
+        ("Transfer-Encoding", "Content-Length"),
+    ] {
+        let (first, second) = if cl.starts_with('c') {
+            (format!("{cl}: {}", body.len()), format!("{te}: chunked"))
+        } else {
+            (format!("{cl}: chunked"), format!("{te}: {}", body.len()))
+        };
+        let both = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {DEMO_KEY}\r\n\
+             {first}\r\n{second}\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        let out = raw(&gw, both.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(
+            out.to_ascii_lowercase().contains("connection: close"),
+            "{out}"
+        );
+    }
+    // A well-framed chunked request on a kept-alive connection after a fixed-length one works.
+    let ok = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {DEMO_KEY}\r\n\
+         content-length: {}\r\n\r\n{body}POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\
+         authorization: Bearer {DEMO_KEY}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len(),
+        body.len()
+    );
+    let out = raw(&gw, ok.as_bytes()).await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    assert_eq!(
+        m.request_count(),
+        2,
+        "only the two well-framed requests reached the upstream"
+    );
+}
+
+#[tokio::test]
 async fn conflicting_content_lengths_are_refused() {
     let m = mock().await;
     let gw = start(&m).await;

@@ -1,15 +1,29 @@
 //! Upstream credentials behind one interface: "give me what to attach to this request" and
 //! "this is what the upstream said about it".
 //!
-//! [`Credential::lease`] returns a [`Lease`]: the secret, where it goes ([`Placement`]) and the
-//! generation it came from. [`Credential::report`] tells the credential how the upstream answered
-//! (a 401 may invalidate that generation, a 429 may cool a pool member down) and says whether one
-//! retry with a fresh lease makes sense. Kinds: static keys today; expiring and pooled kinds plug
-//! in here without the proxy changing. Secrets stay inside [`Lease`] and are written only onto the
-//! outgoing request.
+//! [`Credential::lease`] returns a [`Lease`]: the secret, where it goes ([`Placement`]), the
+//! generation it came from and, for pools, which member gave it. [`Credential::report`] tells the
+//! credential how the upstream answered and returns a [`Retry`] verdict: a 401 invalidates that
+//! generation and asks for one retry with a renewed value ([`Retry::Renewed`]); a 429/401/403 on a
+//! pool member cools it down or disables it and asks for a retry with another member at once
+//! ([`Retry::Rotated`]). The proxy enforces the bounds (one renewal retry, pool-size rotations).
+//!
+//! Kinds, one file each: static keys (here), [`oauth2`] (background renewal, single flight,
+//! backoff), [`jwt`] (self-signed HS256, Zhipu style), [`pool`] (rotation, cooldown, a watched
+//! token file). Background tasks are owned through a [`TaskGuard`] and stop when the credential is
+//! dropped (config reload). Secrets stay inside [`Lease`] and are written only onto the outgoing
+//! request; views and logs carry a fingerprint.
 
+pub mod backoff;
+pub mod jwt;
+pub mod oauth2;
+pub mod pool;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::config::{CredentialConfig, Placement};
 use crate::error::ApiError;
@@ -24,17 +38,76 @@ pub enum Outcome {
     RateLimited(Option<Duration>),
 }
 
+/// What the proxy may do after [`Credential::report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Give the upstream's answer to the client.
+    No,
+    /// The credential renewed (or is renewing) itself: retry once with a fresh lease.
+    Renewed,
+    /// A pool member was cooled down or disabled: retry at once with another member.
+    Rotated,
+}
+
+/// Which pool member gave a lease, and from which version of the member list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRef {
+    pub list_version: u64,
+    pub index: usize,
+}
+
+/// Counts a lease as in flight on its pool member until the last clone is dropped.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What to attach to one upstream request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Lease {
     pub placement: Arc<Placement>,
     pub value: Secret,
     /// Which generation of the credential produced this value; a 401 only invalidates the
     /// generation that got it.
     pub generation: u64,
+    /// The pool member that gave this lease, if it came from a pool.
+    pub member: Option<MemberRef>,
+    /// Held while the request is in flight (least-in-flight selection).
+    in_flight: Option<Arc<InFlight>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("placement", &self.placement)
+            .field("value", &self.value)
+            .field("generation", &self.generation)
+            .field("member", &self.member)
+            .finish()
+    }
 }
 
 impl Lease {
+    pub fn new(placement: Arc<Placement>, value: Secret, generation: u64) -> Lease {
+        Lease {
+            placement,
+            value,
+            generation,
+            member: None,
+            in_flight: None,
+        }
+    }
+
     pub fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self.placement.as_ref() {
             Placement::Bearer => req.bearer_auth(self.value.expose()),
@@ -44,16 +117,89 @@ impl Lease {
     }
 }
 
-#[derive(Debug)]
+/// Aborts a background task when dropped: credentials own their renewal / watch tasks, so a
+/// config reload that drops a credential stops its tasks.
+pub struct TaskGuard(tokio::task::AbortHandle);
+
+impl TaskGuard {
+    pub fn spawn<F>(fut: F) -> TaskGuard
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        TaskGuard(tokio::spawn(fut).abort_handle())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What `/admin/credentials` shows about one credential or pool member. Never a secret.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct View {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub kind: &'static str,
+    /// `valid`, `renewing`, `cooling_down`, `disabled`, `failed`, `unavailable`, `pending`.
+    pub state: &'static str,
+    /// First 8 hex digits of the SHA-256 of the current value.
+    pub fingerprint: Option<String>,
+    /// Seconds until the current value expires (expiring kinds).
+    pub expires_in_secs: Option<f64>,
+    /// Unix time (seconds) at which a cooldown ends.
+    pub cooling_down_until: Option<u64>,
+    pub last_error: Option<String>,
+    /// Leases handed out.
+    pub requests_served: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewals: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_failures: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<View>,
+}
+
+/// Unix seconds of a monotonic instant in the future (for display only).
+pub(crate) fn unix_at(at: tokio::time::Instant) -> u64 {
+    let ahead = at.saturating_duration_since(tokio::time::Instant::now());
+    (std::time::SystemTime::now() + ahead)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A static key with its served counter.
+struct StaticKey {
+    lease: Lease,
+    served: AtomicU64,
+}
+
 enum Kind {
-    Static(Lease),
+    Static(StaticKey),
+    OAuth2(oauth2::OAuth2),
+    Jwt(jwt::Jwt),
+    Pool(pool::Pool),
 }
 
 /// One named upstream credential.
-#[derive(Debug)]
 pub struct Credential {
     pub name: String,
     kind: Kind,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("kind", &self.kind_label())
+            .finish()
+    }
 }
 
 impl Credential {
@@ -63,13 +209,19 @@ impl Credential {
         env: &dyn EnvSource,
     ) -> Result<Credential, String> {
         let kind = match cfg {
-            CredentialConfig::Static { secret, placement } => Kind::Static(Lease {
-                placement: Arc::new(placement.clone()),
-                value: secret
-                    .resolve(env)
-                    .map_err(|e| format!("credentials.{name}.secret: {e}"))?,
-                generation: 0,
+            CredentialConfig::Static { secret, placement } => Kind::Static(StaticKey {
+                lease: Lease::new(
+                    Arc::new(placement.clone()),
+                    secret
+                        .resolve(env)
+                        .map_err(|e| format!("credentials.{name}.secret: {e}"))?,
+                    0,
+                ),
+                served: AtomicU64::new(0),
             }),
+            CredentialConfig::Oauth2(c) => Kind::OAuth2(oauth2::OAuth2::from_config(name, c, env)?),
+            CredentialConfig::Jwt(c) => Kind::Jwt(jwt::Jwt::from_config(name, c, env)?),
+            CredentialConfig::Pool(c) => Kind::Pool(pool::Pool::from_config(name, c, env)?),
         };
         Ok(Credential {
             name: name.to_owned(),
@@ -77,21 +229,95 @@ impl Credential {
         })
     }
 
-    /// What to attach to the next request. Never waits in steady state.
-    pub async fn lease(&self) -> Result<Lease, ApiError> {
-        match &self.kind {
-            Kind::Static(l) => Ok(l.clone()),
+    /// A static key (pool members read from a token list).
+    pub(crate) fn static_key(name: String, placement: Arc<Placement>, value: Secret) -> Self {
+        Credential {
+            name,
+            kind: Kind::Static(StaticKey {
+                lease: Lease::new(placement, value, 0),
+                served: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Record the upstream's answer; true when one retry with a fresh lease may succeed.
-    pub fn report(&self, _lease: &Lease, outcome: Outcome) -> bool {
+    pub fn kind_label(&self) -> &'static str {
+        match &self.kind {
+            Kind::Static(_) => "static",
+            Kind::OAuth2(_) => "oauth2",
+            Kind::Jwt(_) => "jwt",
+            Kind::Pool(_) => "pool",
+        }
+    }
+
+    /// What to attach to the next request. Never waits in steady state.
+    pub async fn lease(&self) -> Result<Lease, ApiError> {
+        match &self.kind {
+            Kind::Static(k) => {
+                k.served.fetch_add(1, Ordering::Relaxed);
+                Ok(k.lease.clone())
+            }
+            Kind::OAuth2(o) => o.lease().await,
+            Kind::Jwt(j) => j.lease(),
+            // Boxed: a pool leases from member credentials (the future is recursive).
+            Kind::Pool(p) => Box::pin(p.lease()).await,
+        }
+    }
+
+    /// Record the upstream's answer and say whether (and how) to retry.
+    pub fn report(&self, lease: &Lease, outcome: Outcome) -> Retry {
         match &self.kind {
             // A static key cannot renew itself: a 401 goes back to the client.
-            Kind::Static(_) => {
-                let _ = outcome;
-                false
-            }
+            Kind::Static(_) => Retry::No,
+            Kind::OAuth2(o) => o.report(lease, outcome),
+            Kind::Jwt(j) => j.report(lease, outcome),
+            Kind::Pool(p) => p.report(lease, outcome),
+        }
+    }
+
+    /// How many times the proxy may rotate to another member for one request.
+    pub fn max_rotations(&self) -> usize {
+        match &self.kind {
+            Kind::Pool(p) => p.size(),
+            _ => 0,
+        }
+    }
+
+    /// Whether a lease right now would not wait (an expiring credential has a usable value).
+    pub(crate) fn ready(&self) -> bool {
+        match &self.kind {
+            Kind::OAuth2(o) => o.ready(),
+            _ => true,
+        }
+    }
+
+    /// Whether a 401 can be answered by renewing this credential.
+    pub(crate) fn renewable(&self) -> bool {
+        matches!(self.kind, Kind::OAuth2(_) | Kind::Jwt(_))
+    }
+
+    /// The admin view: state, expiry, counters, fingerprint; never the secret.
+    pub fn view(&self) -> View {
+        let mut v = match &self.kind {
+            Kind::Static(k) => View {
+                kind: "static",
+                state: "valid",
+                fingerprint: Some(k.lease.value.fingerprint()),
+                requests_served: k.served.load(Ordering::Relaxed),
+                ..View::default()
+            },
+            Kind::OAuth2(o) => o.view(),
+            Kind::Jwt(j) => j.view(),
+            Kind::Pool(p) => p.view(),
+        };
+        v.name = Some(self.name.clone());
+        v
+    }
+
+    /// Re-enable a disabled (or cooling) pool member; `Err` names what is wrong.
+    pub fn enable_member(&self, index: usize) -> Result<(), String> {
+        match &self.kind {
+            Kind::Pool(p) => p.enable(index),
+            _ => Err(format!("credential '{}' is not a pool", self.name)),
         }
     }
 }

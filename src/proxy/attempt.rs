@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::ledger::Ledger;
 use super::relay;
 use crate::config::{FallbackReason, Priority};
-use crate::credentials::{Lease, Outcome};
+use crate::credentials::{Lease, Outcome, Retry};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
@@ -97,7 +97,17 @@ pub async fn dispatch(
         let plan = route.plan(Instant::now());
         let mut err = no_upstream(route, current);
         for n in 0..max_attempts {
-            let Some(upstream) = plan.get(n as usize % plan.len().max(1)) else {
+            // Fix: the next upstream in plan order that can take a request *now*. An upstream
+            // an earlier attempt of this request marked rate limited (429 + Retry-After) or
+            // opened is skipped; when none is left we stop and the last error stands. Before,
+            // the retry was sent to the rate-limited upstream, refused by its breaker, and
+            // the client got a 503 "not taking requests" instead of the upstream's 429 with
+            // its Retry-After.
+            let now = Instant::now();
+            let Some(upstream) = (0..plan.len())
+                .map(|k| &plan[(n as usize + k) % plan.len()])
+                .find(|u| u.breaker.available(now))
+            else {
                 break;
             };
             if n > 0 {
@@ -174,18 +184,14 @@ pub async fn dispatch(
 
 fn no_upstream(route: &crate::routing::Route, model: &str) -> ApiError {
     let now = Instant::now();
-    let soonest = route
-        .targets
-        .iter()
+    // Fix: only live (weight > 0) targets count; a drained target is never tried, so it must
+    // not turn "every upstream is rate limited" (429 + Retry-After) into a 503.
+    let live = || route.targets.iter().filter(|(_, w)| *w > 0);
+    let soonest = live()
         .filter_map(|(u, _)| u.breaker.rate_limited_until(now))
         .min();
     match soonest {
-        Some(t)
-            if route
-                .targets
-                .iter()
-                .all(|(u, _)| u.breaker.rate_limited_until(now).is_some()) =>
-        {
+        Some(t) if live().all(|(u, _)| u.breaker.rate_limited_until(now).is_some()) => {
             ApiError::UpstreamStatus {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 body: crate::error::error_json(
@@ -226,7 +232,8 @@ fn reason_of(e: &ApiError) -> Option<FallbackReason> {
     }
 }
 
-/// One attempt on one upstream, with one retry on a 401 when the credential renewed itself.
+/// One attempt on one upstream, with one retry on a 401 when the credential renewed itself and up
+/// to pool-size immediate retries when a pool member was rotated out (429 / 401 / 403).
 async fn attempt(
     upstream: &Arc<Upstream>,
     model: &str,
@@ -247,7 +254,14 @@ async fn attempt(
             })
         }
     };
+    // Fix: if this future is dropped mid-attempt (client gone), the probe slot is given back;
+    // otherwise the breaker stayed half-open with its one probe "in flight" forever.
+    let mut abandoned = ProbeGuard {
+        breaker: probe.then_some(&upstream.breaker),
+    };
     let result = attempt_inner(upstream, model, json, req, priority, deadline, ledger).await;
+    // An outcome is recorded below, with no await in between.
+    abandoned.breaker = None;
     let now = Instant::now();
     let state = match &result {
         Ok(a) => {
@@ -285,6 +299,19 @@ async fn attempt(
     result
 }
 
+/// Gives a half-open probe back to its breaker when the attempt ends without an outcome.
+struct ProbeGuard<'a> {
+    breaker: Option<&'a crate::routing::breaker::Breaker>,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.breaker {
+            b.abandon_probe();
+        }
+    }
+}
+
 async fn attempt_inner(
     upstream: &Arc<Upstream>,
     model: &str,
@@ -310,12 +337,25 @@ async fn attempt_inner(
     }
     let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
     let mut renewed = false;
+    let mut rotations = 0;
+    let max_rotations = upstream
+        .credential
+        .as_ref()
+        .map_or(0, |c| c.max_rotations());
     let (response, sent_at) = loop {
         ledger.attempted();
-        let lease: Option<Lease> = match &upstream.credential {
-            Some(c) => Some(c.lease().await?),
-            None => None,
-        };
+        let lease: Option<Lease> =
+            match &upstream.credential {
+                // A lease waits only when no token is usable; that wait is bounded by the credential's
+                // lease_timeout and by the request's deadline.
+                Some(c) => Some(tokio::time::timeout(left(), c.lease()).await.map_err(
+                    |_| ApiError::CredentialUnavailable {
+                        message: format!("no upstream credential for '{}' in time", upstream.name),
+                        retry_after_secs: 1,
+                    },
+                )??),
+                None => None,
+            };
         let sent_at = Instant::now();
         let request = UpstreamRequest {
             endpoint: req.endpoint,
@@ -336,12 +376,16 @@ async fn attempt_inner(
                 429 => Outcome::RateLimited(super::retry_after(&response.headers)),
                 _ => Outcome::Ok,
             };
-            if cred.report(lease, outcome)
-                && !renewed
-                && response.status == StatusCode::UNAUTHORIZED
-            {
-                renewed = true;
-                continue;
+            match cred.report(lease, outcome) {
+                Retry::Renewed if !renewed && response.status == StatusCode::UNAUTHORIZED => {
+                    renewed = true;
+                    continue;
+                }
+                Retry::Rotated if rotations < max_rotations => {
+                    rotations += 1;
+                    continue;
+                }
+                _ => {}
             }
         }
         break (response, sent_at);
@@ -366,16 +410,33 @@ async fn attempt_inner(
         body: mut stream,
     } = response;
     if req.stream && is_sse {
-        // Commit only once the first chunk is here and looks like SSE.
-        let wait = upstream.timeouts.first_byte.0.min(left());
-        let first = match tokio::time::timeout(wait, stream.next()).await {
-            Err(_) => return Err(ApiError::UpstreamTimeout),
-            Ok(None) | Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable),
-            Ok(Some(Ok(first))) => first,
-        };
-        if !relay::looks_like_sse(&first) {
-            return Err(ApiError::UpstreamInvalid);
+        // Commit only once the first whole event is here and is well formed. Fix: this used
+        // to commit on the first chunk if it merely started like SSE, so a malformed first
+        // event (`data: {"choices":[{"delta":{"content":` cut short) reached the client as a
+        // 200 with garbage although nothing had been sent yet and a retry was still allowed.
+        let until = Instant::now() + upstream.timeouts.first_byte.0.min(left());
+        let mut first = BytesMut::new();
+        loop {
+            let wait = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, stream.next()).await {
+                Err(_) => return Err(ApiError::UpstreamTimeout),
+                Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable),
+                // Ended before one whole event: nothing usable was sent.
+                Ok(None) if first.is_empty() => return Err(ApiError::UpstreamUnreachable),
+                Ok(None) => return Err(ApiError::UpstreamInvalid),
+                Ok(Some(Ok(chunk))) => first.extend_from_slice(&chunk),
+            }
+            if !relay::looks_like_sse(&first) || first.len() > MAX_FIRST_EVENT {
+                return Err(ApiError::UpstreamInvalid);
+            }
+            if let Some(ok) = first_event_ok(&first) {
+                if !ok {
+                    return Err(ApiError::UpstreamInvalid);
+                }
+                break;
+            }
         }
+        let first = first.freeze();
         return Ok(Answer {
             upstream: upstream.clone(),
             status,
@@ -411,11 +472,10 @@ async fn attempt_inner(
         }
     }
     ledger.upstream_time(sent_at.elapsed());
-    let is_json = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.contains("json"));
-    if is_json && serde_json::from_slice::<serde::de::IgnoredAny>(&buf).is_err() {
+    // Fix: every relayed endpoint (chat, completions, embeddings) answers JSON, so the body
+    // must parse whatever its content type says. Checking only `*json*` content types let a
+    // 200 `text/event-stream` of garbage through to a non-stream client instead of retrying.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&buf).is_err() {
         return Err(ApiError::UpstreamInvalid);
     }
     drop(slot);
@@ -427,6 +487,36 @@ async fn attempt_inner(
         sent_at,
         deadline: total_deadline,
     })
+}
+
+/// Largest first stream event waited for before the stream is committed.
+const MAX_FIRST_EVENT: usize = 1024 * 1024;
+
+/// Whether the first SSE event in `buf` is well formed: `None` while it is incomplete, else
+/// whether its `data` (if any) is JSON or `[DONE]`. Comment-only events (keep-alives) pass.
+fn first_event_ok(buf: &[u8]) -> Option<bool> {
+    // The event ends at a blank line: "\n\n" or "\n\r\n" (as the relay splits them).
+    let end = (0..buf.len()).find_map(|i| match &buf[i..] {
+        [b'\n', b'\n', ..] => Some(i + 2),
+        [b'\n', b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })?;
+    let mut data: Vec<u8> = Vec::new();
+    for line in buf[..end].split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(d) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+        }
+    }
+    let data = data.trim_ascii();
+    Some(
+        data.is_empty()
+            || data == b"[DONE]"
+            || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok(),
+    )
 }
 
 /// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
@@ -446,5 +536,24 @@ async fn upstream_error(resp: UpstreamResponse, idle: Duration) -> ApiError {
         status: resp.status,
         body: Bytes::from(buf),
         retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_event_ok;
+
+    #[test]
+    fn first_event_must_be_whole_and_well_formed() {
+        assert_eq!(first_event_ok(b"data: {\"a\":1}"), None);
+        assert_eq!(first_event_ok(b"data: {\"a\":1}\n\ndata: {x"), Some(true));
+        assert_eq!(first_event_ok(b"data: {\"a\":1}\r\n\r\n"), Some(true));
+        assert_eq!(first_event_ok(b"data: [DONE]\n\n"), Some(true));
+        assert_eq!(first_event_ok(b": keep-alive\n\n"), Some(true));
+        assert_eq!(
+            first_event_ok(b"data: {\"choices\":[{\"delta\":{\"content\":\n\n"),
+            Some(false)
+        );
+        assert_eq!(first_event_ok(b"data: {not json}\n\n"), Some(false));
     }
 }

@@ -164,6 +164,17 @@ impl Breaker {
         }
     }
 
+    /// The probe ended without an outcome (its request was cancelled, e.g. the client went
+    /// away): give the probe slot back so the next request probes. Fix: without this an
+    /// abandoned probe left the breaker half-open with `probe_in_flight` set for good, and the
+    /// upstream was skipped until the process restarted.
+    pub fn abandon_probe(&self) {
+        let mut g = self.lock();
+        if g.state == State::HalfOpen {
+            g.probe_in_flight = false;
+        }
+    }
+
     /// A 429: skip this upstream until `until`; not a health failure.
     pub fn rate_limited(&self, until: Instant, probe: bool) {
         let mut g = self.lock();
@@ -328,6 +339,21 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
         b.record(t0, false, None, false);
         assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_probe_slot() {
+        let b = Breaker::new(cfg());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(t0, false, None, false);
+        }
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(b.admit(later), Admit::Probe);
+        assert!(!b.available(later));
+        b.abandon_probe();
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.admit(later), Admit::Probe);
     }
 
     #[test]

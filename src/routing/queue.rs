@@ -58,6 +58,24 @@ impl Gate {
         self.lock().in_flight
     }
 
+    /// Requests waiting for a slot now (waiters that gave up are not counted).
+    pub fn queued(&self) -> usize {
+        let g = self.lock();
+        g.waiting
+            .iter()
+            .flatten()
+            .filter(|tx| !tx.is_closed())
+            .count()
+    }
+
+    /// Publish the queue depth gauge. Fix: the gauge used to be set only when a waiter was
+    /// added, so it never went down and `/metrics` showed the deepest queue ever seen.
+    fn publish_depth(&self, g: &Inner) {
+        let depth: usize = g.waiting.iter().map(VecDeque::len).sum();
+        metrics::gauge!(crate::telemetry::names::QUEUE_DEPTH, "upstream" => self.name.to_string())
+            .set(depth as f64);
+    }
+
     /// Take a slot, waiting up to `wait` in the queue.
     pub async fn acquire(
         self: &Arc<Gate>,
@@ -81,8 +99,7 @@ impl Gate {
             }
             let (tx, rx) = oneshot::channel();
             g.waiting[prio as usize].push_back(tx);
-            metrics::gauge!(crate::telemetry::names::QUEUE_DEPTH, "upstream" => self.name.to_string())
-                .set((queued + 1) as f64);
+            self.publish_depth(&g);
             rx
         };
         let started = Instant::now();
@@ -91,7 +108,15 @@ impl Gate {
             .record(started.elapsed());
         match got {
             Ok(Ok(slot)) => Ok(slot),
-            _ => Err(Refused::Timeout),
+            _ => {
+                // Our receiver is gone: drop it (and any other dead waiter) from the count.
+                let mut g = self.lock();
+                for q in g.waiting.iter_mut() {
+                    q.retain(|tx| !tx.is_closed());
+                }
+                self.publish_depth(&g);
+                Err(Refused::Timeout)
+            }
         }
     }
 
@@ -103,13 +128,17 @@ impl Gate {
                 match tx.send(Slot {
                     gate: Some(self.clone()),
                 }) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        self.publish_depth(&g);
+                        return;
+                    }
                     Err(mut slot) => {
                         slot.gate = None;
                     }
                 }
             }
         }
+        self.publish_depth(&g);
         g.in_flight = g.in_flight.saturating_sub(1);
     }
 }

@@ -4,6 +4,8 @@
 //! connections open). On shutdown the listener closes at once; connections in flight, streams
 //! included, get the grace period to finish, then the rest are dropped.
 
+pub mod framing;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -50,7 +52,8 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let io = TokioIo::new(framing::Guarded::new(stream));
+        let conn = builder.serve_connection_with_upgrades(io, service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             let _ = conn.await;
