@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::secret::{EnvSource, SecretRef};
 
 /// Who is calling: enough for policy, limits and accounting.
@@ -22,6 +23,11 @@ pub struct Caller {
     /// The key's name from config; safe to log.
     pub key_id: Arc<str>,
     pub team: Arc<str>,
+    /// This key's own limits (rate, tokens, concurrency, budget); unset fields do not limit.
+    /// Config keys fill it from `keys[]`; store keys set it from their row.
+    pub key_limits: Limits,
+    /// The team's limits, shared by all its keys (from `teams.<name>`).
+    pub team_limits: Limits,
 }
 
 #[derive(Debug, Default)]
@@ -38,11 +44,14 @@ impl KeyIndex {
         let mut by_hash = HashMap::new();
         for k in &cfg.keys {
             let hash = key_hash(&k.name, &k.sha256, &k.key, env)?;
+            let team_limits = cfg.teams.get(&k.team).map(Limits::of_team);
             by_hash.insert(
                 hash,
                 Caller {
                     key_id: Arc::from(k.name.as_str()),
                     team: Arc::from(k.team.as_str()),
+                    key_limits: Limits::of_key(k),
+                    team_limits: team_limits.unwrap_or_default(),
                 },
             );
         }
@@ -56,6 +65,8 @@ impl KeyIndex {
         let caller = Caller {
             key_id: Arc::from("admin"),
             team: Arc::from("admin"),
+            key_limits: Limits::default(),
+            team_limits: Limits::default(),
         };
         Ok(Some(KeyIndex {
             by_hash: HashMap::from([(hash, caller)]),
@@ -117,6 +128,8 @@ mod tests {
             Caller {
                 key_id: "k".into(),
                 team: "t".into(),
+                key_limits: Limits::default(),
+                team_limits: Limits::default(),
             },
         );
         let mut h = HeaderMap::new();

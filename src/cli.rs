@@ -120,12 +120,15 @@ async fn serve(
             return 1;
         }
     }
-    let router = crate::app::router(state);
+    let router = crate::app::router(state.clone());
     let opts = ServeOptions {
         header_read_timeout: server_cfg.header_read_timeout.0,
         shutdown_grace: server_cfg.shutdown_grace.0,
     };
     server::serve(listener, router, opts, shutdown).await;
+    if let Err(e) = state.snapshot.load().limiter.flush() {
+        tracing::warn!(error = %e, "limits state not saved");
+    }
     stop_watch.cancel();
     tracing::info!("stopped");
     0

@@ -81,6 +81,109 @@ pub struct Config {
     /// The admin API's key; without it `/admin` is closed.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Where rate-limit, concurrency and spend state lives, and what happens when it is down.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Prices per client-facing model (USD per million tokens); overrides the built-in table.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+}
+
+/// The limiter: backend, failure policy, estimates. Limits themselves are set per team and key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `memory` (one instance; the default) or `redis` (state shared by every replica).
+    pub backend: LimiterBackend,
+    /// Redis URL (`redis://[:password@]host:port[/db]`), best as `${ENV}` or `file:`; required
+    /// with `backend: redis`.
+    pub redis_url: Option<SecretRef>,
+    /// Prefix of every Redis key Tollgate writes, so deployments can share one Redis.
+    pub redis_prefix: String,
+    /// Longest wait for Redis on the request path; beyond it `on_backend_error` applies.
+    pub redis_timeout: Dur,
+    /// When the backend cannot answer: `fail_open` admits unlimited (and logs, and counts),
+    /// `fail_closed` answers 503.
+    pub on_backend_error: OnBackendError,
+    /// Completion tokens assumed for the estimate when a request sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// A request's concurrency slot and budget reservation expire after this long even if the
+    /// replica holding them died; keep it above the longest request (`timeouts.total`).
+    pub lease_ttl: Dur,
+    /// Memory backend: spend is saved to this JSON file and read back at start (none: spend is
+    /// lost on restart).
+    pub state_file: Option<std::path::PathBuf>,
+    /// Memory backend: how often the state file is rewritten when spend changed.
+    pub state_flush_interval: Dur,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: LimiterBackend::Memory,
+            redis_url: None,
+            redis_prefix: "tollgate:".into(),
+            redis_timeout: Dur(Duration::from_millis(250)),
+            on_backend_error: OnBackendError::FailOpen,
+            default_max_tokens: 1024,
+            lease_ttl: secs(900),
+            state_file: None,
+            state_flush_interval: secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimiterBackend {
+    /// In process: exact and fastest, but each replica counts alone.
+    #[default]
+    Memory,
+    /// Redis: one atomic script per admission, shared by every replica.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendError {
+    /// Admit without limits while the backend is down (availability first).
+    #[default]
+    FailOpen,
+    /// Refuse with 503 while the backend is down (budgets first).
+    FailClosed,
+}
+
+/// A model's price, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Prompt (input) tokens.
+    pub input_per_million: f64,
+    /// Completion (output) tokens.
+    pub output_per_million: f64,
+}
+
+/// A spending cap.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// The cap in US dollars.
+    pub amount_usd: f64,
+    /// When spend starts again from zero: `daily` / `monthly` (UTC) or `none` (never).
+    #[serde(default)]
+    pub period: BudgetPeriod,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    /// Resets at 00:00 UTC.
+    Daily,
+    /// Resets at 00:00 UTC on the 1st.
+    #[default]
+    Monthly,
+    /// Never resets.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -595,6 +698,14 @@ pub struct TeamConfig {
     pub max_messages: Option<usize>,
     /// Largest body this team may send (capped by `server.max_body_bytes`).
     pub max_body_bytes: Option<usize>,
+    /// Requests per minute, all the team's keys together.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt + completion) per minute, all the team's keys together.
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once, all the team's keys together.
+    pub max_concurrent: Option<u64>,
+    /// Spending cap for all the team's keys together.
+    pub budget: Option<BudgetConfig>,
     /// Highest queue priority this team's requests may ask for (`x-tollgate-priority`).
     pub max_priority: Option<Priority>,
 }
@@ -649,6 +760,18 @@ pub struct KeyConfig {
     /// The key itself, as an `${ENV}` or `file:` reference.
     #[serde(default)]
     pub key: Option<SecretRef>,
+    /// Requests per minute for this key alone (the team's limit applies too).
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute for this key alone.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once for this key alone.
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    /// Spending cap for this key alone.
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
 }
 
 /// A config problem, naming the field.
@@ -831,6 +954,13 @@ impl Config {
                     ));
                 }
             }
+            check_limits(
+                &path,
+                t.requests_per_minute,
+                t.tokens_per_minute,
+                t.max_concurrent,
+                &t.budget,
+            )?;
             if let Some(tp) = &t.temperature {
                 if let (Some(lo), Some(hi)) = (tp.min, tp.max) {
                     if lo > hi {
@@ -851,9 +981,115 @@ impl Config {
                 ));
             }
             check_key_source(&k.sha256, &k.key, &path, env, &mut warnings)?;
+            check_limits(
+                &path,
+                k.requests_per_minute,
+                k.tokens_per_minute,
+                k.max_concurrent,
+                &k.budget,
+            )?;
         }
+        self.validate_limits(env, &mut warnings)?;
         Ok(warnings)
     }
+}
+
+impl Config {
+    fn validate_limits(
+        &self,
+        env: &dyn EnvSource,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        match (&l.backend, &l.redis_url) {
+            (LimiterBackend::Redis, None) => {
+                return Err(err("limits.redis_url", "is required with backend: redis"))
+            }
+            (_, Some(r)) => {
+                check_secret(r, "limits.redis_url", env, warnings)?;
+                let url = r.resolve(env).map_err(|m| err("limits.redis_url", m))?;
+                if !url.expose().starts_with("redis://") {
+                    return Err(err(
+                        "limits.redis_url",
+                        "must start with redis:// (TLS to Redis is not built in)",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if l.redis_timeout.0.is_zero() {
+            return Err(err("limits.redis_timeout", "must be greater than 0"));
+        }
+        if l.lease_ttl.0 < Duration::from_secs(1) {
+            return Err(err("limits.lease_ttl", "must be at least 1s"));
+        }
+        if l.state_flush_interval.0 < Duration::from_millis(10) {
+            return Err(err("limits.state_flush_interval", "must be at least 10ms"));
+        }
+        if l.state_file.is_some() && l.backend == LimiterBackend::Redis {
+            warnings.push(
+                "limits.state_file: ignored with backend: redis (spend lives in Redis)".into(),
+            );
+        }
+        let budgeted = self.teams.values().any(|t| t.budget.is_some())
+            || self.keys.iter().any(|k| k.budget.is_some());
+        if budgeted {
+            let prices = crate::limits::prices::Prices::new(&self.prices);
+            for name in self.models.keys() {
+                if prices.get(name).is_none() {
+                    warnings.push(format!(
+                        "models.{name}: no price (built in or under prices:); its requests \
+                         cost 0 against budgets"
+                    ));
+                }
+            }
+        }
+        for (name, p) in &self.prices {
+            for (field, v) in [
+                ("input_per_million", p.input_per_million),
+                ("output_per_million", p.output_per_million),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(err(
+                        format!("prices.{name}.{field}"),
+                        "must be a number of at least 0",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Limits are positive when set; budgets are finite and not negative.
+fn check_limits(
+    path: &str,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    concurrent: Option<u64>,
+    budget: &Option<BudgetConfig>,
+) -> Result<(), ConfigError> {
+    for (field, v) in [
+        ("requests_per_minute", rpm),
+        ("tokens_per_minute", tpm),
+        ("max_concurrent", concurrent),
+    ] {
+        if v == Some(0) {
+            return Err(err(
+                format!("{path}.{field}"),
+                "must be greater than 0 (leave it out for no limit)",
+            ));
+        }
+    }
+    if let Some(b) = budget {
+        if !b.amount_usd.is_finite() || b.amount_usd < 0.0 || b.amount_usd > 1e9 {
+            return Err(err(
+                format!("{path}.budget.amount_usd"),
+                "must be a number from 0 to 1e9",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A key is given as exactly one of a SHA-256 or a secret reference.
@@ -1030,6 +1266,63 @@ models:
 teams:
   t: { models: ["*"] }
 "#;
+
+    fn check(text: &str) -> Result<Vec<String>, String> {
+        Config::parse(text)
+            .map_err(|e| e.to_string())?
+            .validate(&HashMap::new())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_are_validated_with_field_paths() {
+        let t = BASE.replace(
+            r#"t: { models: ["*"] }"#,
+            r#"t: { models: ["*"], requests_per_minute: 0 }"#,
+        );
+        assert_eq!(
+            check(&t).err().as_deref(),
+            Some("teams.t.requests_per_minute: must be greater than 0 (leave it out for no limit)")
+        );
+        let t = format!(
+            "{BASE}keys:\n  - {{ name: k, team: t, sha256: {}, budget: {{ amount_usd: -1 }} }}\n",
+            "a".repeat(64)
+        );
+        assert_eq!(
+            check(&t).err().as_deref(),
+            Some("keys[0].budget.amount_usd: must be a number from 0 to 1e9")
+        );
+        let t = format!("{BASE}limits: {{ backend: redis }}\n");
+        assert_eq!(
+            check(&t).err().as_deref(),
+            Some("limits.redis_url: is required with backend: redis")
+        );
+        let t = format!("{BASE}limits: {{ backend: redis, redis_url: \"http://x\" }}\n");
+        assert!(check(&t).is_err_and(|e| e.starts_with("limits.redis_url: must start")));
+        let t = format!("{BASE}limits: {{ backned: redis }}\n");
+        assert!(check(&t).is_err_and(|e| e.contains("backned")));
+        let t =
+            format!("{BASE}prices: {{ x: {{ input_per_million: -1, output_per_million: 1 }} }}\n");
+        assert_eq!(
+            check(&t).err().as_deref(),
+            Some("prices.x.input_per_million: must be a number of at least 0")
+        );
+    }
+
+    #[test]
+    fn unpriced_models_are_warned_about_when_budgets_are_set() {
+        let t = BASE.replace("mock-gpt:", "house-model:").replace(
+            r#"t: { models: ["*"] }"#,
+            r#"t: { models: ["*"], budget: { amount_usd: 10, period: daily } }"#,
+        );
+        let w = check(&t).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("models.house-model: no price")),
+            "{w:?}"
+        );
+        assert!(check(BASE).is_ok_and(|w| w.is_empty()));
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::limits::RateHeaders;
+
 /// Who caused an error; decides whether a retry on another upstream can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -38,11 +40,25 @@ pub enum ApiError {
     ModelNotAllowed { model: String },
     #[error("model '{model}' does not exist")]
     ModelNotFound { model: String },
-    #[error("too many requests: {message}")]
+    /// A rate or concurrency limit of the key or its team (see [`crate::limits`]).
+    #[error("{message}")]
     RateLimited {
         message: String,
         retry_after_secs: u64,
+        /// The `x-ratelimit-*` values at refusal.
+        headers: Box<RateHeaders>,
     },
+    /// The key's or team's budget is spent (OpenAI's `insufficient_quota`).
+    #[error("{message}")]
+    InsufficientQuota {
+        message: String,
+        /// Until the budget period ends; `None` for a budget that never resets.
+        retry_after_secs: Option<u64>,
+        headers: Box<RateHeaders>,
+    },
+    /// The limiter's backend is down and `limits.on_backend_error` is `fail_closed`.
+    #[error("rate limiting is temporarily unavailable; please retry")]
+    LimiterUnavailable,
     /// Every upstream credential of a pool is cooling down after 429s.
     #[error("the upstream is rate limiting: {message}")]
     CredentialsRateLimited {
@@ -101,10 +117,13 @@ impl ApiError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            RateLimited { .. } | CredentialsRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded { .. } | CredentialUnavailable { .. } | UpstreamUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
+            RateLimited { .. } | InsufficientQuota { .. } | CredentialsRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
             }
+            Overloaded { .. }
+            | CredentialUnavailable { .. }
+            | UpstreamUnavailable { .. }
+            | LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
@@ -123,6 +142,8 @@ impl ApiError {
             ModelNotAllowed { .. } => "policy_model_denied",
             ModelNotFound { .. } => "client_model_unknown",
             RateLimited { .. } => "policy_rate_limited",
+            InsufficientQuota { .. } => "policy_budget_exceeded",
+            LimiterUnavailable => "limiter_unavailable",
             CredentialsRateLimited { .. } => "credential_rate_limited",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
@@ -151,6 +172,7 @@ impl ApiError {
             CredentialUnavailable { .. }
             | CredentialsRateLimited { .. }
             | Overloaded { .. }
+            | LimiterUnavailable
             | Internal => Source::Internal,
             _ => Source::Client,
         }
@@ -177,6 +199,7 @@ impl ApiError {
             Unauthorized => "authentication_error",
             ModelNotAllowed { .. } => "permission_error",
             RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_error",
+            InsufficientQuota { .. } => "insufficient_quota",
             InvalidRequest { .. }
             | BodyTooLarge { .. }
             | BodyTimeout
@@ -200,6 +223,8 @@ impl ApiError {
             ModelNotAllowed { .. } => "model_not_allowed",
             ModelNotFound { .. } => "model_not_found",
             RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_exceeded",
+            InsufficientQuota { .. } => "insufficient_quota",
+            LimiterUnavailable => "limiter_unavailable",
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "upstream_credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -229,6 +254,10 @@ impl ApiError {
             | UpstreamUnavailable {
                 retry_after_secs, ..
             } => Some(HeaderValue::from(*retry_after_secs)),
+            InsufficientQuota {
+                retry_after_secs, ..
+            } => retry_after_secs.map(HeaderValue::from),
+            LimiterUnavailable => Some(HeaderValue::from(1u64)),
             UpstreamStatus { retry_after, .. } => retry_after.clone(),
             _ => None,
         }
@@ -278,6 +307,11 @@ impl IntoResponse for ApiError {
         );
         if let Some(v) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, v);
+        }
+        if let ApiError::RateLimited { headers: rate, .. }
+        | ApiError::InsufficientQuota { headers: rate, .. } = &self
+        {
+            rate.apply(headers);
         }
         // The error's kind travels to the request log and metrics through an extension.
         resp.extensions_mut().insert(ErrorKind(self.kind()));

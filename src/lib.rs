@@ -12,10 +12,11 @@
 //! accept        (app)          body limit and read deadline, request id, CORS
 //! authenticate  (auth)         key -> caller (key id, team)              -> 401
 //! shape         (policy)       team defaults and caps, model allowed       -> 400 / 403 / 404
+//! admit         (limits)       rate limits, concurrency, budget            -> 429
 //! plan          (routing)      model -> ordered attempts over upstreams
 //! attempt       (proxy)        credential -> provider request -> send -> first byte
 //! relay         (proxy::relay) bytes to the client as they come; usage captured on the way
-//! account       (telemetry)    request log line and metrics
+//! account       (telemetry)    request log line and metrics; limits settled with real usage
 //! ```
 //!
 //! Shared state lives in [`state::AppState`]: an `ArcSwap`'d [`state::Snapshot`] of the config and
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod limits;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::auth::KeyIndex;
 use crate::config::{Config, ProviderKind, Timeouts, UpstreamConfig};
 use crate::credentials::Credential;
+use crate::limits::Limiter;
 use crate::providers::{mock::Mock, openai::OpenAi, Provider};
 use crate::routing::breaker::{Breaker, State as BreakerState};
 use crate::routing::queue::Gate;
@@ -76,6 +77,9 @@ pub struct Snapshot {
     pub credentials: BTreeMap<String, Arc<Credential>>,
     pub routes: HashMap<String, Route>,
     pub forward_headers: Vec<HeaderName>,
+    /// Rate limits, concurrency and budgets (`limits:`). Its backend (with the memory
+    /// backend's counters) is carried over by a reload that leaves `limits:` unchanged.
+    pub limiter: Arc<Limiter>,
 }
 
 impl Snapshot {
@@ -89,6 +93,18 @@ impl Snapshot {
         config.validate(env).map_err(|e| e.to_string())?;
         let keys = KeyIndex::from_config(&config, env)?;
         let admin = KeyIndex::admin(&config, env)?;
+        // The limiter's counters survive a reload unless `limits:` itself changed.
+        let limiter = Arc::new(match previous {
+            Some(p) if p.config.limits == config.limits => p.limiter.reconfigured(&config),
+            Some(p) => {
+                // Save the old backend's spend first, so a memory backend reads it back.
+                if let Err(e) = p.limiter.flush() {
+                    tracing::warn!(error = %e, "limits state not saved before reload");
+                }
+                Limiter::from_config(&config, env)?
+            }
+            None => Limiter::from_config(&config, env)?,
+        });
         // Credentials whose config did not change keep running (tokens, renewal, pool state).
         let mut credentials = BTreeMap::new();
         for (name, c) in &config.credentials {
@@ -167,6 +183,7 @@ impl Snapshot {
             credentials,
             routes,
             forward_headers,
+            limiter,
         })
     }
 }

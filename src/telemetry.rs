@@ -35,6 +35,13 @@ pub mod names {
     pub const CREDENTIAL_429_ROTATIONS: &str = "tollgate_credential_429_rotations_total";
     /// Pool members by state (valid / cooling_down / disabled), by credential.
     pub const CREDENTIAL_POOL_MEMBERS: &str = "tollgate_credential_pool_members";
+    /// Requests refused by a limit, by `scope` (key/team) and `limit` (rpm/tpm/concurrency/budget).
+    pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
+    /// Limiter backend calls that failed, by `backend` and `op` (admit/settle).
+    pub const LIMITER_BACKEND_ERRORS: &str = "tollgate_limiter_backend_errors_total";
+    /// USD spent, by `team`. A gauge only because the metrics facade counts integers; it only
+    /// ever goes up (per process).
+    pub const SPEND_USD: &str = "tollgate_spend_usd_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.
@@ -109,6 +116,8 @@ pub struct RequestRecord {
     pub upstream_time: Duration,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Cost of the request's real usage, USD (from the limiter's price table).
+    pub cost_usd: f64,
     /// The client went away before the answer was complete.
     pub client_disconnected: bool,
     pub attempts: u32,
@@ -136,6 +145,7 @@ pub fn account(r: &RequestRecord) {
         ttfb_ms = r.ttfb.map(|t| t.as_secs_f64() * 1000.0),
         prompt_tokens = r.prompt_tokens,
         completion_tokens = r.completion_tokens,
+        cost_usd = r.cost_usd,
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
         attempt_log = %r.attempt_log,

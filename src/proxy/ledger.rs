@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::limits::{Admission, RateHeaders};
 use crate::policy::Shaped;
 use crate::providers::Usage;
 use crate::telemetry::{self, InFlightGuard, RequestRecord};
@@ -21,6 +22,8 @@ pub struct Ledger {
     /// The answer reached its end (or failed with a known error); otherwise the client left.
     finished: bool,
     _in_flight: Option<InFlightGuard>,
+    /// The limiter's admission, settled with the real usage when the ledger drops.
+    admission: Option<Admission>,
 }
 
 impl Ledger {
@@ -34,6 +37,7 @@ impl Ledger {
             started: Some(Instant::now()),
             finished: false,
             _in_flight: Some(InFlightGuard::new()),
+            admission: None,
         }
     }
 
@@ -47,6 +51,14 @@ impl Ledger {
     pub fn shaped(&mut self, s: &Shaped) {
         self.rec.model = Some(s.model.clone());
         self.rec.stream = s.stream;
+    }
+    /// The request passed the limiter; its reservation is settled when this ledger drops.
+    pub fn admitted(&mut self, a: Admission) {
+        self.admission = Some(a);
+    }
+    /// The `x-ratelimit-*` values of the admission, if any.
+    pub fn rate_headers(&self) -> Option<&RateHeaders> {
+        self.admission.as_ref().map(Admission::headers)
     }
     pub fn upstream(&mut self, name: &Arc<str>) {
         self.rec.upstream = Some(name.clone());
@@ -109,6 +121,18 @@ impl Drop for Ledger {
             }
         }
         self.rec.latency = started.elapsed();
+        if let Some(a) = self.admission.take() {
+            let mut usage = Usage {
+                prompt_tokens: self.rec.prompt_tokens,
+                completion_tokens: self.rec.completion_tokens,
+            };
+            if !self.finished {
+                // The client left before the usage was known: the upstream has at least read
+                // the prompt, so charge the estimated prompt (never free to walk away).
+                usage.prompt_tokens = usage.prompt_tokens.max(a.estimated_prompt_tokens());
+            }
+            self.rec.cost_usd = a.settle(usage);
+        }
         telemetry::account(&self.rec);
     }
 }

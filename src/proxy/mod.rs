@@ -43,6 +43,10 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
             ledger.fail(&e);
             let attempts = ledger.attempts();
             let mut resp = e.into_response();
+            // Errors after admission carry the limiter's headers too.
+            if let Some(rate) = ledger.rate_headers() {
+                rate.apply(resp.headers_mut());
+            }
             if attempts > 0 {
                 resp.headers_mut()
                     .insert(relay::X_ATTEMPTS, HeaderValue::from(attempts));
@@ -113,6 +117,11 @@ async fn run(
         max_attempts: max_attempts(&parts.headers)?,
     };
 
+    // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
+    let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
+    ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
+    let rate_headers = ledger.rate_headers().copied();
+
     // plan + attempt: model -> upstreams in order; retries and fallbacks before the first byte.
     let headers = forward_headers(&snap, &parts.headers, ledger.request_id());
     let request = attempt::Request {
@@ -126,12 +135,11 @@ async fn run(
 
     // relay: bytes to the client as they come; account when the body ends.
     let strip_usage = shaped.stream && !shaped.client_wants_usage;
-    Ok(relay::respond(
-        answer,
-        strip_usage,
-        in_flight,
-        std::mem::take(ledger),
-    ))
+    let mut resp = relay::respond(answer, strip_usage, in_flight, std::mem::take(ledger));
+    if let Some(rate) = rate_headers {
+        rate.apply(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.

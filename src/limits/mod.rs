@@ -1,0 +1,766 @@
+//! The admit step: rate limits, concurrency and budgets, per key and per team.
+//!
+//! [`Limiter::admit`] runs once per request, between shaping and planning. It checks every limit
+//! of the caller's key and team in ONE atomic step of the backend, and on success reserves what
+//! the request may use: one request of the rate, its estimated tokens (prompt characters and
+//! `max_tokens`), one concurrency slot, its estimated cost against the budget. The returned
+//! [`Admission`] is settled when the request ends ([`Admission::settle`], called by the
+//! [`crate::proxy::ledger::Ledger`] with the real usage, or on drop): the concurrency slot and the
+//! reservation are released, the real cost is added to spend, the token limit is corrected by
+//! the difference between the estimate and the real count.
+//!
+//! Algorithms: GCRA for requests and tokens per minute ([`gcra`]); a counter of leases for
+//! concurrency; reserve-then-settle for budgets, so parallel requests cannot overrun one (the
+//! check is `spent + reserved + estimate <= budget`).
+//!
+//! Backends: [`memory`] (one process; sharded map, a mutex per key/team entry, no global lock)
+//! and [`redis`] (a Lua script per admission and per settlement, shared by all replicas). The
+//! failure policy when a backend cannot answer is `limits.on_backend_error`: `fail_open` admits
+//! the request without limits, `fail_closed` answers 503; both log a warning when the backend goes
+//! away (and an info line when it is back) and count `tollgate_limiter_backend_errors_total`.
+//! There is never a silent fallback: an admission that skipped the backend carries no
+//! `x-ratelimit-*` headers. Redis connections recover on their own (the connection manager
+//! reconnects), without a restart.
+//!
+//! Money is integer nano-dollars ([`prices`]); budget periods are UTC days or months
+//! ([`budget`]).
+
+pub mod budget;
+pub mod gcra;
+pub mod memory;
+pub mod prices;
+pub mod redis;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::auth::Caller;
+pub use crate::config::{BudgetConfig as Budget, BudgetPeriod};
+use crate::config::{Config, LimiterBackend, OnBackendError};
+use crate::error::ApiError;
+use crate::policy::{Endpoint, Shaped};
+use crate::providers::Usage;
+use crate::telemetry::names;
+use prices::{Price, Prices, NANOS_PER_USD};
+
+/// One key's or one team's limits. Unset fields do not limit. Filled from config keys and teams
+/// (and, later, from keys in the store), carried on the [`Caller`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute.
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    pub max_concurrent: Option<u64>,
+    /// Spending cap per period.
+    pub budget: Option<Budget>,
+}
+
+impl Limits {
+    /// A team's limits from its config.
+    pub fn of_team(t: &crate::config::TeamConfig) -> Limits {
+        Limits {
+            rpm: t.requests_per_minute,
+            tpm: t.tokens_per_minute,
+            max_concurrent: t.max_concurrent,
+            budget: t.budget,
+        }
+    }
+    /// A config key's own limits.
+    pub fn of_key(k: &crate::config::KeyConfig) -> Limits {
+        Limits {
+            rpm: k.requests_per_minute,
+            tpm: k.tokens_per_minute,
+            max_concurrent: k.max_concurrent,
+            budget: k.budget,
+        }
+    }
+    /// True when nothing is limited: the admission can skip the backend.
+    pub fn is_unlimited(&self) -> bool {
+        self.rpm.is_none()
+            && self.tpm.is_none()
+            && self.max_concurrent.is_none()
+            && self.budget.is_none()
+    }
+    fn budget_nanos(&self) -> Option<u64> {
+        self.budget
+            .map(|b| (b.amount_usd * NANOS_PER_USD).round().max(0.0) as u64)
+    }
+}
+
+/// Whose limit: the key's own, or its team's (shared by all the team's keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Key,
+    Team,
+}
+
+impl Scope {
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Team => "team",
+        }
+    }
+    /// Short tag in backend key names.
+    fn tag(self) -> &'static str {
+        match self {
+            Scope::Key => "k",
+            Scope::Team => "t",
+        }
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Rpm,
+    Tpm,
+    Concurrency,
+    Budget,
+}
+
+impl LimitKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Rpm => "rpm",
+            LimitKind::Tpm => "tpm",
+            LimitKind::Concurrency => "concurrency",
+            LimitKind::Budget => "budget",
+        }
+    }
+    fn parse(s: &str) -> Option<LimitKind> {
+        Some(match s {
+            "rpm" => LimitKind::Rpm,
+            "tpm" => LimitKind::Tpm,
+            "concurrency" => LimitKind::Concurrency,
+            "budget" => LimitKind::Budget,
+            _ => return None,
+        })
+    }
+}
+
+/// One limit's state for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the limit is fully available again.
+    pub reset: Duration,
+}
+
+/// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` values: of the key's and the
+/// team's limit, the one with less remaining. `None` when neither scope sets that limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub requests: Option<RateInfo>,
+    pub tokens: Option<RateInfo>,
+}
+
+impl RateHeaders {
+    fn merge(slot: &mut Option<RateInfo>, info: RateInfo) {
+        if slot.is_none_or(|s| info.remaining < s.remaining) {
+            *slot = Some(info);
+        }
+    }
+    pub fn add_requests(&mut self, info: RateInfo) {
+        Self::merge(&mut self.requests, info);
+    }
+    pub fn add_tokens(&mut self, info: RateInfo) {
+        Self::merge(&mut self.tokens, info);
+    }
+
+    /// Write the headers OpenAI sends (reset as a Go-style duration, e.g. `1s`, `6m0s`, `20ms`).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (info, suffix) in [(&self.requests, "requests"), (&self.tokens, "tokens")] {
+            let Some(i) = info else { continue };
+            for (name, value) in [
+                ("limit", i.limit.to_string()),
+                ("remaining", i.remaining.to_string()),
+                ("reset", go_duration(i.reset)),
+            ] {
+                let name = format!("x-ratelimit-{name}-{suffix}");
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+        }
+    }
+}
+
+/// `1h2m3.5s`, `6m0s`, `1.25s`, `20ms`, `0s`, the way OpenAI (Go) prints durations.
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let h = ms / 3_600_000;
+    let m = (ms / 60_000) % 60;
+    let s = (ms % 60_000) as f64 / 1000.0;
+    let secs = format!("{s:.3}");
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
+    }
+}
+
+/// What a request is expected to use, known before it is sent.
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    pub prompt_tokens: u64,
+    /// `max_tokens` after shaping, or `limits.default_max_tokens` (0 for embeddings).
+    pub completion_tokens: u64,
+    /// The model's price; `None` when the model has no price (it costs 0).
+    pub price: Option<Price>,
+}
+
+impl Estimate {
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+    pub fn cost_nanos(&self) -> u64 {
+        self.price
+            .map(|p| p.cost_nanos(self.prompt_tokens, self.completion_tokens))
+            .unwrap_or(0)
+    }
+}
+
+/// Tokens in the prompt, estimated without a tokenizer: a token per 4 ASCII characters, a token
+/// per other character (CJK text is close to one token per character). Counts every string in
+/// `messages`, `prompt`, `input`, `tools` and `functions`.
+pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    fn walk(v: &Value, ascii: &mut u64, other: &mut u64) {
+        match v {
+            Value::String(s) => {
+                for c in s.chars() {
+                    if c.is_ascii() {
+                        *ascii += 1
+                    } else {
+                        *other += 1
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, ascii, other)),
+            Value::Object(o) => o.values().for_each(|v| walk(v, ascii, other)),
+            _ => {}
+        }
+    }
+    let (mut ascii, mut other) = (0, 0);
+    for f in ["messages", "prompt", "input", "tools", "functions"] {
+        if let Some(v) = body.get(f) {
+            walk(v, &mut ascii, &mut other);
+        }
+    }
+    ascii.div_ceil(4) + other
+}
+
+/// What the backend checks for one scope.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeCheck {
+    pub scope: Scope,
+    pub id: Arc<str>,
+    pub limits: Limits,
+    pub budget_nanos: Option<u64>,
+    /// Spend counter of the period containing now.
+    pub period_tag: String,
+}
+
+/// One admission as the backend sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct AdmitRequest {
+    /// Unique across replicas: names the lease in Redis.
+    pub lease_id: u64,
+    pub scopes: Vec<ScopeCheck>,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+}
+
+/// The backend's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decision {
+    Admit(RateHeaders),
+    Deny {
+        scope: Scope,
+        limit: LimitKind,
+        /// `None`: waiting will not help (a request larger than the limit, a budget).
+        retry_after: Option<Duration>,
+        headers: RateHeaders,
+    },
+}
+
+/// What settling does for one scope.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeSettle {
+    pub scope: Scope,
+    pub id: Arc<str>,
+    /// The token limit the estimate was charged to (corrected by the difference).
+    pub tpm: Option<u64>,
+    /// A concurrency slot / lease is held.
+    pub leased: bool,
+    /// Nano-dollars reserved against the budget.
+    pub reserved: u64,
+    pub period: BudgetPeriod,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SettleRequest {
+    pub lease_id: u64,
+    pub scopes: Vec<ScopeSettle>,
+    /// Real tokens minus estimated tokens.
+    pub token_delta: i64,
+    pub cost_nanos: u64,
+}
+
+/// A backend failure (Redis down, timed out, script error). Never shown to clients.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+enum Backend {
+    Memory(Arc<memory::Memory>),
+    Redis(Box<redis::RedisLimiter>),
+}
+
+struct Inner {
+    backend: Backend,
+    on_error: OnBackendError,
+    /// True while the backend is failing: the warning is logged once per outage.
+    degraded: AtomicBool,
+}
+
+impl Inner {
+    fn backend_label(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    fn backend_failed(&self, op: &'static str, e: &BackendError) {
+        metrics::counter!(names::LIMITER_BACKEND_ERRORS, "backend" => self.backend_label(),
+            "op" => op)
+        .increment(1);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(backend = self.backend_label(), op, error = %e,
+                policy = ?self.on_error, "limiter backend unavailable");
+        }
+    }
+
+    fn backend_ok(&self) {
+        if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(backend = self.backend_label(), "limiter backend is back");
+        }
+    }
+
+    async fn settle(&self, req: SettleRequest) {
+        let result = match &self.backend {
+            Backend::Memory(m) => {
+                m.settle(&req);
+                Ok(())
+            }
+            Backend::Redis(r) => r.settle(&req).await,
+        };
+        match result {
+            Ok(()) => self.backend_ok(),
+            Err(e) => self.backend_failed("settle", &e),
+        }
+    }
+}
+
+/// The limiter of one config snapshot. Cheap to share.
+pub struct Limiter {
+    inner: Arc<Inner>,
+    prices: Prices,
+    default_max_tokens: u64,
+}
+
+impl Limiter {
+    /// Build from config: reads the memory backend's state file, prepares the Redis client (it
+    /// connects on first use). Call inside a Tokio runtime to get the state-file flusher.
+    pub fn from_config(
+        cfg: &Config,
+        env: &dyn crate::secret::EnvSource,
+    ) -> Result<Limiter, String> {
+        let l = &cfg.limits;
+        let backend = match l.backend {
+            LimiterBackend::Memory => Backend::Memory(memory::Memory::open(
+                l.state_file.clone(),
+                l.state_flush_interval.0,
+            )?),
+            LimiterBackend::Redis => {
+                let url = l
+                    .redis_url
+                    .as_ref()
+                    .ok_or("limits.redis_url is required with backend: redis")?
+                    .resolve(env)?;
+                Backend::Redis(Box::new(redis::RedisLimiter::new(
+                    url.expose(),
+                    &l.redis_prefix,
+                    l.redis_timeout.0,
+                    l.lease_ttl.0,
+                )?))
+            }
+        };
+        Ok(Limiter {
+            inner: Arc::new(Inner {
+                backend,
+                on_error: l.on_backend_error,
+                degraded: AtomicBool::new(false),
+            }),
+            prices: Prices::new(&cfg.prices),
+            default_max_tokens: l.default_max_tokens,
+        })
+    }
+
+    /// The same backend (and its counters) with the prices and defaults of a reloaded config
+    /// whose `limits:` did not change.
+    pub fn reconfigured(&self, cfg: &Config) -> Limiter {
+        Limiter {
+            inner: self.inner.clone(),
+            prices: Prices::new(&cfg.prices),
+            default_max_tokens: cfg.limits.default_max_tokens,
+        }
+    }
+
+    pub fn prices(&self) -> &Prices {
+        &self.prices
+    }
+
+    /// Estimate a shaped request: prompt tokens from its text, completion tokens from
+    /// `max_tokens` (or the default), cost from the price table.
+    pub fn estimate(
+        &self,
+        endpoint: Endpoint,
+        shaped: &Shaped,
+        body: &Map<String, Value>,
+    ) -> Estimate {
+        let completion_tokens = match endpoint {
+            Endpoint::Embeddings => 0,
+            _ => shaped.max_tokens.unwrap_or(self.default_max_tokens),
+        };
+        Estimate {
+            prompt_tokens: estimate_prompt_tokens(body),
+            completion_tokens,
+            price: self.prices.get(&shaped.model),
+        }
+    }
+
+    /// The admit step: check and reserve everything in one atomic backend step.
+    /// Errors: 429 `rate_limit_exceeded`, 429 `insufficient_quota`, or (backend down and
+    /// `fail_closed`) 503.
+    pub async fn admit(&self, caller: &Caller, est: &Estimate) -> Result<Admission, ApiError> {
+        let now = budget::unix_now();
+        let cost = est.cost_nanos();
+        let tokens = est.tokens();
+        let lease_id = rand::random::<u64>();
+        let mut settle = Vec::with_capacity(2);
+        let mut checks = Vec::with_capacity(2);
+        for (scope, id, limits) in [
+            (Scope::Key, &caller.key_id, caller.key_limits),
+            (Scope::Team, &caller.team, caller.team_limits),
+        ] {
+            let period = limits.budget.map_or(BudgetPeriod::Monthly, |b| b.period);
+            let budget_nanos = limits.budget_nanos();
+            settle.push(ScopeSettle {
+                scope,
+                id: id.clone(),
+                tpm: limits.tpm,
+                leased: limits.max_concurrent.is_some() || budget_nanos.is_some(),
+                reserved: if budget_nanos.is_some() { cost } else { 0 },
+                period,
+            });
+            if !limits.is_unlimited() {
+                checks.push(ScopeCheck {
+                    scope,
+                    id: id.clone(),
+                    limits,
+                    budget_nanos,
+                    period_tag: budget::period_tag(period, now),
+                });
+            }
+        }
+        let mut admission = Admission {
+            inner: Some(self.inner.clone()),
+            lease_id,
+            scopes: settle,
+            estimated_tokens: tokens,
+            estimated_prompt: est.prompt_tokens,
+            price: est.price,
+            headers: RateHeaders::default(),
+        };
+        if checks.is_empty() {
+            admission.unchecked();
+            return Ok(admission);
+        }
+        let req = AdmitRequest {
+            lease_id,
+            scopes: checks,
+            tokens,
+            cost_nanos: cost,
+        };
+        let decision = match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.admit(&req)),
+            Backend::Redis(r) => r.admit(&req).await,
+        };
+        match decision {
+            Ok(Decision::Admit(headers)) => {
+                self.inner.backend_ok();
+                admission.headers = headers;
+                Ok(admission)
+            }
+            Ok(Decision::Deny {
+                scope,
+                limit,
+                retry_after,
+                headers,
+            }) => {
+                self.inner.backend_ok();
+                admission.disarm();
+                metrics::counter!(names::LIMIT_REJECTIONS, "scope" => scope.label(),
+                    "limit" => limit.label())
+                .increment(1);
+                Err(rejection(caller, scope, limit, retry_after, headers, now))
+            }
+            Err(e) => {
+                self.inner.backend_failed("admit", &e);
+                match self.inner.on_error {
+                    OnBackendError::FailOpen => {
+                        admission.unchecked();
+                        Ok(admission)
+                    }
+                    OnBackendError::FailClosed => {
+                        admission.disarm();
+                        Err(ApiError::LimiterUnavailable)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Spend so far in the current period, USD, of a key or team (for tests and the admin API).
+    pub async fn spend_usd(
+        &self,
+        scope: Scope,
+        id: &str,
+        period: BudgetPeriod,
+    ) -> Result<f64, BackendError> {
+        let tag = budget::period_tag(period, budget::unix_now());
+        let nanos = match &self.inner.backend {
+            Backend::Memory(m) => m.spend(scope, id, &tag),
+            Backend::Redis(r) => r.spend(scope, id, &tag).await?,
+        };
+        Ok(nanos as f64 / NANOS_PER_USD)
+    }
+
+    /// Write the memory backend's state file now (on shutdown). A no-op for Redis.
+    pub fn flush(&self) -> Result<(), String> {
+        match &self.inner.backend {
+            Backend::Memory(m) => m.save(),
+            Backend::Redis(_) => Ok(()),
+        }
+    }
+}
+
+fn rejection(
+    caller: &Caller,
+    scope: Scope,
+    limit: LimitKind,
+    retry_after: Option<Duration>,
+    headers: RateHeaders,
+    now: u64,
+) -> ApiError {
+    let who = match scope {
+        Scope::Key => format!("key '{}'", caller.key_id),
+        Scope::Team => format!("team '{}'", caller.team),
+    };
+    let retry_secs = retry_after.map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
+    let headers = Box::new(headers);
+    if limit == LimitKind::Budget {
+        let limits = match scope {
+            Scope::Key => caller.key_limits,
+            Scope::Team => caller.team_limits,
+        };
+        let b = limits.budget.map(|b| (b.amount_usd, b.period));
+        let (amount, period) = b.unwrap_or((0.0, BudgetPeriod::None));
+        let period_word = match period {
+            BudgetPeriod::Daily => "daily ",
+            BudgetPeriod::Monthly => "monthly ",
+            BudgetPeriod::None => "",
+        };
+        return ApiError::InsufficientQuota {
+            message: format!(
+                "You exceeded the {period_word}budget of ${amount:.2} of {who}; it covers the \
+                 spend so far, the requests in flight and this request's estimate."
+            ),
+            retry_after_secs: budget::secs_until_reset(period, now),
+            headers,
+        };
+    }
+    let what = match limit {
+        LimitKind::Rpm => "requests per minute",
+        LimitKind::Tpm => "tokens per minute",
+        _ => "concurrent requests",
+    };
+    let message = match retry_secs {
+        Some(s) => format!("Rate limit reached for {who} on {what}. Please try again in {s}s."),
+        None => format!(
+            "Request too large for {who} on {what}: its estimated tokens exceed the limit. \
+             Lower max_tokens or the prompt."
+        ),
+    };
+    ApiError::RateLimited {
+        message,
+        retry_after_secs: retry_secs.unwrap_or(60),
+        headers,
+    }
+}
+
+/// A request admitted by the limiter. Holds its concurrency slot and budget reservation until
+/// settled; settling on drop (with zero usage) covers failures and cancelled handlers.
+pub struct Admission {
+    inner: Option<Arc<Inner>>,
+    lease_id: u64,
+    scopes: Vec<ScopeSettle>,
+    estimated_tokens: u64,
+    estimated_prompt: u64,
+    price: Option<Price>,
+    headers: RateHeaders,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("lease_id", &self.lease_id)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The `x-ratelimit-*` values at admission (empty when no limit applies or the backend was
+    /// skipped).
+    pub fn headers(&self) -> &RateHeaders {
+        &self.headers
+    }
+
+    /// The prompt tokens estimated at admission (charged when the client leaves before the
+    /// real usage is known).
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        self.estimated_prompt
+    }
+
+    /// The admission did not go through the backend (no limits, or failing open): settle only
+    /// records spend.
+    fn unchecked(&mut self) {
+        for s in &mut self.scopes {
+            s.tpm = None;
+            s.leased = false;
+            s.reserved = 0;
+        }
+    }
+
+    /// Refused: nothing to release or record.
+    fn disarm(&mut self) {
+        self.inner = None;
+    }
+
+    /// The request ended with this usage: release the slot and the reservation, record the real
+    /// cost, correct the token limit. Returns the cost in USD. Runs in the background for Redis.
+    pub fn settle(mut self, usage: Usage) -> f64 {
+        self.settle_inner(usage)
+    }
+
+    fn settle_inner(&mut self, usage: Usage) -> f64 {
+        let Some(inner) = self.inner.take() else {
+            return 0.0;
+        };
+        let cost = self.price.map(|p| p.cost_of(usage)).unwrap_or(0);
+        let actual = usage.prompt_tokens + usage.completion_tokens;
+        let req = SettleRequest {
+            lease_id: self.lease_id,
+            scopes: std::mem::take(&mut self.scopes),
+            token_delta: actual as i64 - self.estimated_tokens as i64,
+            cost_nanos: cost,
+        };
+        if cost > 0 {
+            if let Some(team) = req.scopes.iter().find(|s| s.scope == Scope::Team) {
+                metrics::gauge!(names::SPEND_USD, "team" => team.id.to_string())
+                    .increment(cost as f64 / NANOS_PER_USD);
+            }
+        }
+        match &inner.backend {
+            Backend::Memory(m) => m.settle(&req),
+            Backend::Redis(_) => match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(async move { inner.settle(req).await });
+                }
+                Err(_) => tracing::warn!("limiter settle outside a runtime: dropped"),
+            },
+        }
+        cost as f64 / NANOS_PER_USD
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.settle_inner(Usage::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+        assert_eq!(go_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(go_duration(Duration::from_millis(1000)), "1s");
+        assert_eq!(go_duration(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
+    }
+
+    #[test]
+    fn headers_take_the_scope_with_less_remaining() {
+        let mut h = RateHeaders::default();
+        h.add_requests(RateInfo {
+            limit: 100,
+            remaining: 50,
+            reset: Duration::from_secs(30),
+        });
+        h.add_requests(RateInfo {
+            limit: 10,
+            remaining: 3,
+            reset: Duration::from_secs(42),
+        });
+        let mut map = HeaderMap::new();
+        h.apply(&mut map);
+        assert_eq!(map["x-ratelimit-limit-requests"], "10");
+        assert_eq!(map["x-ratelimit-remaining-requests"], "3");
+        assert_eq!(map["x-ratelimit-reset-requests"], "42s");
+        assert!(map.get("x-ratelimit-limit-tokens").is_none());
+    }
+
+    #[test]
+    fn prompt_estimate_counts_ascii_by_four_and_cjk_by_one() {
+        let body = serde_json::json!({"messages":[{"role":"user","content":"abcdefgh"},
+            {"role":"user","content":[{"type":"text","text":"你好"}]}]});
+        let Value::Object(m) = body else { panic!() };
+        // Values only: "user"+"abcdefgh"+"user"+"text" = 20 ascii -> 5; 2 CJK -> 2.
+        assert_eq!(estimate_prompt_tokens(&m), 7);
+    }
+}
