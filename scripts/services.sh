@@ -31,7 +31,28 @@ redis_up() {
         [ "$(timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]
 }
 
+# The tests connect as postgres@127.0.0.1 without a password (trust auth, as on this machine
+# kind). A freshly installed Debian cluster asks for one: switch loopback to trust once.
+pg_trust() {
+    PGCONNECT_TIMEOUT=3 psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qAtc 'select 1' \
+        >/dev/null 2>&1 && return 0
+    local hba
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | head -n 1)
+    [ -n "$hba" ] || die "PostgreSQL refuses postgres@$PG_HOST and no pg_hba.conf was found"
+    say "allowing trust auth on loopback in $hba"
+    "${SUDO[@]}" sed -i -E 's/^(host[[:space:]]+all[[:space:]]+all[[:space:]]+(127\.0\.0\.1\/32|::1\/128)[[:space:]]+).*/\1trust/' "$hba"
+    # shellcheck disable=SC2046,SC2012
+    "${SUDO[@]}" pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main reload >/dev/null 2>&1 || true
+    for _ in $(seq 1 20); do
+        PGCONNECT_TIMEOUT=3 psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qAtc 'select 1' \
+            >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    die "PostgreSQL still refuses postgres@$PG_HOST without a password"
+}
+
 if pg_up && redis_up; then
+    pg_trust
     exit 0
 fi
 
@@ -83,6 +104,7 @@ while :; do
     pg_up && pg_ok=1
     redis_up && redis_ok=1
     if [ $pg_ok -eq 1 ] && [ $redis_ok -eq 1 ]; then
+        pg_trust
         say "PostgreSQL and Redis are up"
         exit 0
     fi
