@@ -4,6 +4,10 @@
 //! `x-api-key: …`) is hashed, looked up, and the stored hash compared in constant time. The key
 //! itself never leaves this module; logs carry the key's name (its id) only. This module does not
 //! decide what a caller may do: that is [`crate::policy`].
+//!
+//! Two sources, config keys first: the config file's keys (a `HashMap` built with the snapshot)
+//! and, when a store is configured, keys made through the admin API, read through
+//! [`crate::store::KeyCache`] so the request path does not query the database in steady state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,16 +16,89 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
+use crate::config::{Config, TeamConfig};
 use crate::error::ApiError;
 use crate::secret::{EnvSource, SecretRef};
+use crate::state::{AppState, Snapshot};
+use crate::store::{Limits, TeamRecord};
 
 /// Who is calling: enough for policy, limits and accounting.
-#[derive(Debug, Clone)]
+///
+/// Config keys fill only `key_id` and `team`; the `Option` fields are set for store keys.
+#[derive(Debug, Clone, Default)]
 pub struct Caller {
-    /// The key's name from config; safe to log.
+    /// The key's name from config, or a store key's id (`key_…`); safe to log.
     pub key_id: Arc<str>,
     pub team: Arc<str>,
+    /// Store keys: models this key may use, narrowing its team's (`*` allowed). `None`: the
+    /// team's models.
+    pub models: Option<Arc<[String]>>,
+    /// Store keys: the key's own limits and budget, for the limits module. `None`: no
+    /// key-level limits.
+    pub limits: Option<Arc<Limits>>,
+    /// The team as the store has it, when the team lives in the store (its policy, limits and
+    /// budget). `None`: a config team, found in `config.teams`.
+    pub store_team: Option<Arc<StoreTeam>>,
+    /// Store keys: when the key stops working (ms since the epoch; rotation grace or expiry),
+    /// checked on every request.
+    pub expires_at: Option<i64>,
+}
+
+/// A store team, with the policy the request path applies for it.
+#[derive(Debug, Clone)]
+pub struct StoreTeam {
+    pub record: TeamRecord,
+    /// Shaping policy: the store holds models only; other fields are defaults.
+    pub policy: TeamConfig,
+}
+
+impl From<TeamRecord> for StoreTeam {
+    fn from(record: TeamRecord) -> Self {
+        StoreTeam {
+            policy: TeamConfig {
+                models: record.models.clone(),
+                ..TeamConfig::default()
+            },
+            record,
+        }
+    }
+}
+
+impl Caller {
+    /// The caller's team policy: the store's for store teams, else the config's.
+    pub fn team_policy<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a TeamConfig> {
+        match &self.store_team {
+            Some(t) => Some(&t.policy),
+            None => snap.config.teams.get(self.team.as_ref()),
+        }
+    }
+
+    /// Whether the key itself may use `model` (its team is checked separately).
+    pub fn key_allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|m| m == "*" || m == model))
+    }
+}
+
+/// Authenticate from request headers: config keys, then (with a store) store keys.
+pub async fn authenticate(
+    state: &AppState,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
+    let hash = hash_key(key);
+    if let Some(c) = snap.keys.lookup(&hash) {
+        return Ok(c);
+    }
+    let Some(store) = &state.store else {
+        return Err(ApiError::Unauthorized);
+    };
+    match store.keys.lookup(hash).await? {
+        Some(c) => Ok(c),
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +120,7 @@ impl KeyIndex {
                 Caller {
                     key_id: Arc::from(k.name.as_str()),
                     team: Arc::from(k.team.as_str()),
+                    ..Caller::default()
                 },
             );
         }
@@ -56,6 +134,7 @@ impl KeyIndex {
         let caller = Caller {
             key_id: Arc::from("admin"),
             team: Arc::from("admin"),
+            ..Caller::default()
         };
         Ok(Some(KeyIndex {
             by_hash: HashMap::from([(hash, caller)]),
@@ -65,11 +144,20 @@ impl KeyIndex {
     /// Authenticate from request headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
-        let hash = hash_key(key);
-        match self.by_hash.get_key_value(&hash) {
-            Some((stored, caller)) if bool::from(stored.ct_eq(&hash)) => Ok(caller.clone()),
-            _ => Err(ApiError::Unauthorized),
+        self.lookup(&hash_key(key)).ok_or(ApiError::Unauthorized)
+    }
+
+    /// The caller for a key hash, compared in constant time.
+    pub fn lookup(&self, hash: &[u8; 32]) -> Option<Caller> {
+        match self.by_hash.get_key_value(hash) {
+            Some((stored, caller)) if bool::from(stored.ct_eq(hash)) => Some(caller.clone()),
+            _ => None,
         }
+    }
+
+    /// Whether a config key has this SHA-256 (a store key must not shadow one).
+    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+        self.by_hash.contains_key(hash)
     }
 }
 
@@ -117,6 +205,7 @@ mod tests {
             Caller {
                 key_id: "k".into(),
                 team: "t".into(),
+                ..Caller::default()
             },
         );
         let mut h = HeaderMap::new();

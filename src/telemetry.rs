@@ -19,6 +19,10 @@ pub mod names {
     pub const TOKENS: &str = "tollgate_tokens_total";
     pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
     pub const ERRORS: &str = "tollgate_errors_total";
+    /// Usage rows by outcome: written, spilled, replayed, lost.
+    pub const USAGE_ROWS: &str = "tollgate_usage_rows_total";
+    pub const USAGE_QUEUE: &str = "tollgate_usage_queue_depth";
+    pub const USAGE_WRITE_ERRORS: &str = "tollgate_usage_write_errors_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.
@@ -96,6 +100,10 @@ pub struct RequestRecord {
     /// The client went away before the answer was complete.
     pub client_disconnected: bool,
     pub attempts: u32,
+    /// What the request cost in US dollars (set by the limits module's price table; 0 until then).
+    pub cost_usd: f64,
+    /// Answered from the response cache.
+    pub cache_hit: bool,
 }
 
 /// Write the request log line and update the metrics.

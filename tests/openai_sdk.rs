@@ -85,7 +85,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.done || matches!(self.exited.try_recv(), Ok(_)) {
+        if self.done || self.exited.try_recv().is_ok() {
             return;
         }
         let _ = self.signal("KILL");
