@@ -474,6 +474,22 @@ async fn serve(
             return EXIT_CONFIG;
         }
     };
+    // The store before the port: a gateway that cannot reach it must not look ready; and the
+    // signal handler before the address is published, so a SIGTERM is never the default kill.
+    let shutdown = server::shutdown_signal();
+    let (store, writer) = match &snapshot.config.store {
+        None => {
+            tracing::warn!("no store configured (store.url): config keys only, no usage rows");
+            (None, None)
+        }
+        Some(cfg) => match crate::store::open(cfg, &ProcessEnv).await {
+            Ok((h, w)) => (Some(h), Some(w)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the store");
+                return 1;
+            }
+        },
+    };
     let server_cfg = snapshot.config.server.clone();
     let addr = listen.unwrap_or(server_cfg.listen);
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -494,26 +510,13 @@ async fn serve(
             return 1;
         }
     }
-    let (store, writer) = match &snapshot.config.store {
-        None => {
-            tracing::warn!("no store configured (store.url): config keys only, no usage rows");
-            (None, None)
-        }
-        Some(cfg) => match crate::store::open(cfg, &ProcessEnv).await {
-            Ok((h, w)) => (Some(h), Some(w)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the store");
-                return 1;
-            }
-        },
-    };
     let state = AppState::with_store(snapshot, store.clone());
     let router = crate::app::router(state);
     let opts = ServeOptions {
         header_read_timeout: server_cfg.header_read_timeout.0,
         shutdown_grace: server_cfg.shutdown_grace.0,
     };
-    server::serve(listener, router, opts, server::shutdown_signal()).await;
+    server::serve(listener, router, opts, shutdown).await;
     // Connections are drained: write the usage rows still queued, then close the pool.
     if let Some(w) = writer {
         w.close().await;

@@ -237,6 +237,18 @@ impl Store {
         })
     }
 
+    /// Every request id with a usage row (tests: "every completed request has its row").
+    pub async fn usage_request_ids(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        on_pool!(self, p => {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT request_id FROM usage")
+                .fetch_all(p)
+                .await?;
+            Ok(ids.into_iter().collect())
+        })
+    }
+
     /// How many usage rows there are (tests and benchmarks).
     pub async fn count_usage(&self) -> Result<i64, sqlx::Error> {
         on_pool!(self, p => {
