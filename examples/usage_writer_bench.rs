@@ -85,6 +85,8 @@ async fn main() -> Result<(), String> {
         on_full: OnFull::Block,
         block_timeout: tollgate::config::Dur(Duration::from_secs(60)),
         spill_path: dir.path().join("spill.jsonl"),
+        // The final flush is part of the measurement: never cut it short.
+        flush_timeout: tollgate::config::Dur(Duration::from_secs(600)),
         ..UsageWriterConfig::default()
     };
     let (sink, w) = writer::start(store.clone(), &cfg)?;

@@ -261,6 +261,8 @@ pub fn start(store: Store, cfg: &UsageWriterConfig) -> Result<(UsageSink, UsageW
         shutdown: shutdown.clone(),
         deadline: None,
         replay,
+        last_used: std::collections::HashMap::new(),
+        touched_at: None,
     };
     let handle = tokio::spawn(task.run());
     Ok((
@@ -293,10 +295,15 @@ struct Task {
     deadline: Option<Instant>,
     /// Spill files waiting to be replayed.
     replay: Vec<PathBuf>,
+    /// Store keys used since `last_used_at` was last written, with their latest request time.
+    last_used: std::collections::HashMap<String, i64>,
+    touched_at: Option<Instant>,
 }
 
 /// Longest a single batch insert may take before it counts as failed (and is retried).
 const INSERT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `keys.last_used_at` is written.
+const TOUCH_EVERY: Duration = Duration::from_secs(5);
 /// How often a pending replay is retried when no batch triggers it.
 const REPLAY_EVERY: Duration = Duration::from_secs(5);
 
@@ -348,6 +355,7 @@ impl Task {
             }
             self.write(rows).await;
         }
+        self.touch(&[]).await;
         metrics::gauge!(names::USAGE_QUEUE).set(0.0);
         tracing::info!(
             written = self.stats.get(&self.stats.written),
@@ -407,19 +415,21 @@ impl Task {
         }
     }
 
-    /// `last_used_at` of the store keys in a batch; best effort, off the request path.
-    async fn touch(&self, rows: &[UsageRow]) {
-        let mut latest: Vec<(String, i64)> = Vec::new();
+    /// `last_used_at` of the store keys seen; best effort, off the request path, and at most
+    /// every [`TOUCH_EVERY`] so many distinct keys cost one round of updates, not one per batch.
+    async fn touch(&mut self, rows: &[UsageRow]) {
         for r in rows.iter().filter(|r| r.key_id.starts_with("key_")) {
-            match latest.iter_mut().find(|(k, _)| *k == r.key_id) {
-                Some((_, ts)) => *ts = (*ts).max(r.ts),
-                None => latest.push((r.key_id.clone(), r.ts)),
-            }
+            let ts = self.last_used.entry(r.key_id.clone()).or_insert(r.ts);
+            *ts = (*ts).max(r.ts);
         }
-        if !latest.is_empty() {
-            if let Err(e) = self.store.touch_keys(&latest).await {
-                tracing::debug!(error = %e, "cannot update keys.last_used_at");
-            }
+        let due = self.touched_at.is_none_or(|t| t.elapsed() >= TOUCH_EVERY);
+        if self.last_used.is_empty() || !(due || self.shutdown.is_cancelled()) {
+            return;
+        }
+        self.touched_at = Some(Instant::now());
+        let latest: Vec<(String, i64)> = self.last_used.drain().collect();
+        if let Err(e) = self.store.touch_keys(&latest).await {
+            tracing::debug!(error = %e, "cannot update keys.last_used_at");
         }
     }
 
