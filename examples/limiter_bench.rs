@@ -58,6 +58,7 @@ fn caller(i: usize) -> Caller {
         team: Arc::from("team"),
         key_limits: all,
         team_limits: all,
+        ..Caller::default()
     }
 }
 

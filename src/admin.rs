@@ -3,17 +3,33 @@
 //! The admin key is separate from client keys (config `admin.key`, an `${ENV}`/`file:`
 //! reference or a SHA-256); without one configured every admin route answers 404, so an admin
 //! surface is never open by accident. Each concern adds its routes to [`router`]; this module owns
-//! only the gate and the route table.
+//! the gate, the route table, and the thin handlers over [`crate::store`]'s operations (keys,
+//! teams, usage, audit), which check requests against the config (teams and models exist) and
+//! drop changed keys from this replica's key cache at once. Without a store those routes answer
+//! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`.
 
-use axum::extract::{Path, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::config::{Config, Dur};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::records::{KeyPatch, NewKey, NewTeam, TeamPatch};
+use crate::store::usage::{GroupBy, UsageFilter};
+use crate::store::{parse_time, Handle};
+
+/// Who the audit trail names for changes made through this API.
+const ACTOR: &str = "admin-api";
 
 /// Routes under `/admin`, each behind [`require_admin`].
 pub fn router(state: AppState) -> Router<AppState> {
@@ -24,7 +40,231 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/admin/credentials/{name}/members/{index}/enable",
             post(enable_member),
         )
+        .route("/admin/keys", post(create_key).get(list_keys))
+        .route("/admin/keys/{id}", get(get_key).patch(update_key))
+        .route("/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/teams", post(create_team).get(list_teams))
+        .route("/admin/teams/{name}", patch(update_team))
+        .route("/admin/usage", get(usage))
+        .route("/admin/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+fn store(s: &AppState) -> Result<Arc<Handle>, ApiError> {
+    s.store.clone().ok_or_else(|| ApiError::NotFound {
+        message: "this gateway has no store configured (store.url)".into(),
+    })
+}
+
+/// Parse a JSON body; errors are OpenAI-shaped 400s naming the problem.
+fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
+    let b: &[u8] = if b.is_empty() { b"{}" } else { b };
+    serde_json::from_slice(b)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
+}
+
+/// Models named in a change must exist in the config (or be `*`).
+pub fn check_models(cfg: &Config, models: &[String]) -> Result<(), ApiError> {
+    match models
+        .iter()
+        .find(|m| *m != "*" && !cfg.models.contains_key(*m))
+    {
+        Some(m) => Err(ApiError::invalid(
+            format!("model '{m}' is not defined"),
+            Some("models"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A key's team must exist, in the config or the store.
+pub async fn check_team(cfg: &Config, h: &Handle, team: &str) -> Result<(), ApiError> {
+    if cfg.teams.contains_key(team) || h.db.get_team(team).await?.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            format!("team '{team}' does not exist"),
+            Some("team"),
+        ))
+    }
+}
+
+async fn create_key(State(s): State<AppState>, b: Bytes) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let new: NewKey = body(&b)?;
+    let snap = s.snapshot.load_full();
+    check_team(&snap.config, &h, &new.team).await?;
+    check_models(&snap.config, new.models.as_deref().unwrap_or_default())?;
+    let (rec, plaintext) = h.db.create_key(ACTOR, &new).await?;
+    let mut v = json!(rec);
+    v["key"] = json!(plaintext);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn list_keys(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let keys = store(&s)?
+        .db
+        .list_keys(q.get("team").map(String::as_str))
+        .await?;
+    Ok(Json(json!({"object": "list", "data": keys})).into_response())
+}
+
+async fn get_key(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(store(&s)?.db.get_key(&id).await?).into_response())
+}
+
+async fn update_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let p: KeyPatch = body(&b)?;
+    if let Some(Some(m)) = &p.models {
+        check_models(&s.snapshot.load().config, m)?;
+    }
+    let rec = h.db.update_key(ACTOR, &id, &p).await?;
+    h.keys.invalidate(&rec.hash).await;
+    Ok(Json(rec).into_response())
+}
+
+async fn revoke_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let rec = h.db.revoke_key(ACTOR, &id).await?;
+    h.keys.invalidate(&rec.hash).await;
+    Ok(Json(rec).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// How long the old key keeps working, e.g. `1h` (default) or `0s`.
+    #[serde(default)]
+    grace: Option<Dur>,
+}
+
+async fn rotate_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let r: Rotate = body(&b)?;
+    let grace = r.grace.map_or(3600, |d| d.0.as_secs());
+    let (new, plaintext, old) = h.db.rotate_key(ACTOR, &id, grace).await?;
+    h.keys.invalidate(&old.hash).await;
+    let mut v = json!(new);
+    v["key"] = json!(plaintext);
+    v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn create_team(State(s): State<AppState>, b: Bytes) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let t: NewTeam = body(&b)?;
+    let snap = s.snapshot.load_full();
+    if snap.config.teams.contains_key(&t.name) {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "team '{}' is defined in the config file, which is read-only here",
+                t.name
+            ),
+        });
+    }
+    check_models(&snap.config, &t.models)?;
+    let rec = h.db.create_team(ACTOR, &t).await?;
+    Ok((StatusCode::CREATED, Json(rec)).into_response())
+}
+
+async fn update_team(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let p: TeamPatch = body(&b)?;
+    let snap = s.snapshot.load_full();
+    if snap.config.teams.contains_key(&name) {
+        return Err(ApiError::Conflict {
+            message: format!("team '{name}' is defined in the config file; change it there"),
+        });
+    }
+    if let Some(m) = &p.models {
+        check_models(&snap.config, m)?;
+    }
+    let rec = h.db.update_team(ACTOR, &name, &p).await?;
+    // Cached callers carry their team: drop them all so the change applies at once here.
+    h.keys.invalidate_all();
+    Ok(Json(rec).into_response())
+}
+
+async fn list_teams(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let snap = s.snapshot.load_full();
+    let mut data: Vec<serde_json::Value> = snap
+        .config
+        .teams
+        .iter()
+        .map(|(name, t)| json!({"name": name, "models": t.models, "source": "config"}))
+        .collect();
+    for t in h.db.list_teams().await? {
+        let mut v = json!(t);
+        v["source"] = json!("store");
+        data.push(v);
+    }
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// Build a usage filter from `team`, `key`, `model`, `from`, `to`, `group_by`.
+pub fn usage_filter(q: &HashMap<String, String>) -> Result<UsageFilter, ApiError> {
+    let time = |k: &str| -> Result<Option<i64>, ApiError> {
+        q.get(k)
+            .map(|v| parse_time(v).map_err(|e| ApiError::invalid(e, Some(k))))
+            .transpose()
+    };
+    let group_by = match q.get("group_by") {
+        None => None,
+        Some(g) => Some(GroupBy::parse(g).ok_or_else(|| {
+            ApiError::invalid("group_by must be team, key, model or day", Some("group_by"))
+        })?),
+    };
+    Ok(UsageFilter {
+        team: q.get("team").cloned(),
+        key_id: q.get("key").cloned(),
+        model: q.get("model").cloned(),
+        from: time("from")?,
+        to: time("to")?,
+        group_by,
+    })
+}
+
+async fn usage(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let f = usage_filter(&q)?;
+    Ok(Json(h.db.query_usage(&f).await?).into_response())
+}
+
+async fn audit(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .unwrap_or(100)
+        .clamp(1, 1000);
+    let entries = store(&s)?.db.audit(limit).await?;
+    Ok(Json(json!({"object": "list", "data": entries})).into_response())
 }
 
 /// Upstreams with their health, models and teams: what this replica is serving.

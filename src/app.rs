@@ -61,18 +61,14 @@ async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
 
 /// The models the caller's team may use.
 async fn models(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let snap = s.snapshot.load();
-    let caller = snap.keys.authenticate(req.headers())?;
-    let team = snap
-        .config
-        .teams
-        .get(caller.team.as_ref())
-        .ok_or(ApiError::Internal)?;
+    let snap = s.snapshot.load_full();
+    let caller = crate::auth::authenticate(&s, &snap, req.headers()).await?;
+    let team = caller.team_policy(&snap).ok_or(ApiError::Internal)?;
     let data: Vec<_> = snap
         .config
         .models
         .keys()
-        .filter(|m| policy::model_allowed(team, m))
+        .filter(|m| policy::model_allowed(team, m) && caller.key_allows(m))
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())

@@ -4,6 +4,10 @@
 //! `x-api-key: …`) is hashed, looked up, and the stored hash compared in constant time. The key
 //! itself never leaves this module; logs carry the key's name (its id) only. This module does not
 //! decide what a caller may do: that is [`crate::policy`].
+//!
+//! Two sources, config keys first: the config file's keys (a `HashMap` built with the snapshot)
+//! and, when a store is configured, keys made through the admin API, read through
+//! [`crate::store::KeyCache`] so the request path does not query the database in steady state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +16,19 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
+use crate::config::{Config, TeamConfig};
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::secret::{EnvSource, SecretRef};
+use crate::state::{AppState, Snapshot};
+use crate::store::TeamRecord;
 
 /// Who is calling: enough for policy, limits and accounting.
-#[derive(Debug, Clone)]
+///
+/// Config keys fill only `key_id` and `team`; the `Option` fields are set for store keys.
+#[derive(Debug, Clone, Default)]
 pub struct Caller {
-    /// The key's name from config; safe to log.
+    /// The key's name from config, or a store key's id (`key_…`); safe to log.
     pub key_id: Arc<str>,
     pub team: Arc<str>,
     /// This key's own limits (rate, tokens, concurrency, budget); unset fields do not limit.
@@ -28,6 +36,80 @@ pub struct Caller {
     pub key_limits: Limits,
     /// The team's limits, shared by all its keys (from `teams.<name>`).
     pub team_limits: Limits,
+    /// Store keys: models this key may use, narrowing its team's (`*` allowed). `None`: the
+    /// team's models.
+    pub models: Option<Arc<[String]>>,
+    /// The team as the store has it, when the team lives in the store (its policy, limits and
+    /// budget). `None`: a config team, found in `config.teams`.
+    pub store_team: Option<Arc<StoreTeam>>,
+    /// Store keys: when the key stops working (ms since the epoch; rotation grace or expiry),
+    /// checked on every request.
+    pub expires_at: Option<i64>,
+}
+
+/// A store team, with the policy the request path applies for it.
+#[derive(Debug, Clone)]
+pub struct StoreTeam {
+    pub record: TeamRecord,
+    /// Shaping policy: the store holds models only; other fields are defaults.
+    pub policy: TeamConfig,
+}
+
+impl From<TeamRecord> for StoreTeam {
+    fn from(record: TeamRecord) -> Self {
+        StoreTeam {
+            policy: TeamConfig {
+                models: record.models.clone(),
+                ..TeamConfig::default()
+            },
+            record,
+        }
+    }
+}
+
+impl Caller {
+    /// The caller's team policy: the store's for store teams, else the config's.
+    pub fn team_policy<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a TeamConfig> {
+        match &self.store_team {
+            Some(t) => Some(&t.policy),
+            None => snap.config.teams.get(self.team.as_ref()),
+        }
+    }
+
+    /// Whether the key itself may use `model` (its team is checked separately).
+    pub fn key_allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|m| m == "*" || m == model))
+    }
+}
+
+/// Authenticate from request headers: config keys, then (with a store) store keys.
+pub async fn authenticate(
+    state: &AppState,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
+    let hash = hash_key(key);
+    if let Some(c) = snap.keys.lookup(&hash) {
+        return Ok(c);
+    }
+    let Some(store) = &state.store else {
+        return Err(ApiError::Unauthorized);
+    };
+    match store.keys.lookup(hash).await? {
+        Some(mut c) => {
+            // A store key of a config team: the team's limits come from the config.
+            if c.store_team.is_none() {
+                if let Some(t) = snap.config.teams.get(c.team.as_ref()) {
+                    c.team_limits = Limits::of_team(t);
+                }
+            }
+            Ok(c)
+        }
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +134,7 @@ impl KeyIndex {
                     team: Arc::from(k.team.as_str()),
                     key_limits: Limits::of_key(k),
                     team_limits: team_limits.unwrap_or_default(),
+                    ..Caller::default()
                 },
             );
         }
@@ -65,8 +148,7 @@ impl KeyIndex {
         let caller = Caller {
             key_id: Arc::from("admin"),
             team: Arc::from("admin"),
-            key_limits: Limits::default(),
-            team_limits: Limits::default(),
+            ..Caller::default()
         };
         Ok(Some(KeyIndex {
             by_hash: HashMap::from([(hash, caller)]),
@@ -76,11 +158,20 @@ impl KeyIndex {
     /// Authenticate from request headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
-        let hash = hash_key(key);
-        match self.by_hash.get_key_value(&hash) {
-            Some((stored, caller)) if bool::from(stored.ct_eq(&hash)) => Ok(caller.clone()),
-            _ => Err(ApiError::Unauthorized),
+        self.lookup(&hash_key(key)).ok_or(ApiError::Unauthorized)
+    }
+
+    /// The caller for a key hash, compared in constant time.
+    pub fn lookup(&self, hash: &[u8; 32]) -> Option<Caller> {
+        match self.by_hash.get_key_value(hash) {
+            Some((stored, caller)) if bool::from(stored.ct_eq(hash)) => Some(caller.clone()),
+            _ => None,
         }
+    }
+
+    /// Whether a config key has this SHA-256 (a store key must not shadow one).
+    pub fn contains(&self, hash: &[u8; 32]) -> bool {
+        self.by_hash.contains_key(hash)
     }
 }
 
@@ -130,6 +221,7 @@ mod tests {
                 team: "t".into(),
                 key_limits: Limits::default(),
                 team_limits: Limits::default(),
+                ..Caller::default()
             },
         );
         let mut h = HeaderMap::new();

@@ -1,7 +1,12 @@
-//! Command line: `serve` and `check-config`.
+//! Command line: `serve`, `check-config`, and the store's admin operations (`keys`, `teams`,
+//! `usage`).
 //!
 //! Owns argument parsing and the start-up order: load and validate the config before any port
 //! is bound, then bind, then serve. Exit codes: 0 ok, 64 bad config or usage, 1 runtime failure.
+//!
+//! `keys`, `teams` and `usage` work against the store directly: they read `store.url` from the
+//! config file (`--config`), apply migrations if needed, and run the same operations as the
+//! admin API (with the same checks and audit rows, actor `cli:$USER`). Output is JSON.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +49,138 @@ pub enum Command {
         /// The config file (YAML).
         file: PathBuf,
     },
+    /// Create, list, revoke, rotate and change keys in the store.
+    Keys {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create, list and change store teams (config teams are read-only).
+    Teams {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: TeamsCommand,
+    },
+    /// Usage totals: requests, tokens, cost, by team, key, model and period.
+    Usage {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        team: Option<String>,
+        /// A key id (`key_…`) or a config key's name.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// Start: 2024-05-01, 2024-05-01T12:00:00Z, epoch seconds, or an age like 24h or 7d.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive), same forms as --from.
+        #[arg(long)]
+        to: Option<String>,
+        /// team, key, model or day.
+        #[arg(long)]
+        group_by: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// The config file whose `store.url` (and teams and models) to use.
+    #[arg(
+        long,
+        short,
+        default_value = "examples/quickstart.yaml",
+        env = "TOLLGATE_CONFIG",
+        global = true
+    )]
+    config: PathBuf,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    max_concurrent: Option<u64>,
+    /// Spend cap in US dollars per --budget-period.
+    #[arg(long)]
+    budget_usd: Option<f64>,
+    /// day, month or total.
+    #[arg(long)]
+    budget_period: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key; the plaintext is printed once.
+    Create {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated models, narrowing the team's.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Lifetime, e.g. 30d, 12h.
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// List keys (display prefix, never the key).
+    List {
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Revoke a key now.
+    Revoke { id: String },
+    /// Replace a key; the old one keeps working for --grace.
+    Rotate {
+        id: String,
+        #[arg(long, default_value = "1h")]
+        grace: String,
+    },
+    /// Change a key's models, limits or budget.
+    Set {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TeamsCommand {
+    /// Make a store team.
+    Create {
+        name: String,
+        /// Comma-separated models the team may use (`*` for all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Change a store team's models, limits or budget.
+    Set {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// List config and store teams.
+    List,
 }
 
 /// Exit code for a bad config or bad usage (EX_USAGE).
@@ -57,7 +194,248 @@ pub async fn run(cli: Cli) -> u8 {
             listen,
             addr_file,
         } => serve(&config, listen, addr_file).await,
+        Command::Keys { store, command } => admin_cli(&store.config, Op::Keys(command)).await,
+        Command::Teams { store, command } => admin_cli(&store.config, Op::Teams(command)).await,
+        Command::Usage {
+            store,
+            team,
+            key,
+            model,
+            from,
+            to,
+            group_by,
+        } => {
+            let mut q = std::collections::HashMap::new();
+            for (k, v) in [
+                ("team", team),
+                ("key", key),
+                ("model", model),
+                ("from", from),
+                ("to", to),
+                ("group_by", group_by),
+            ] {
+                if let Some(v) = v {
+                    q.insert(k.to_owned(), v);
+                }
+            }
+            admin_cli(&store.config, Op::Usage(q)).await
+        }
     }
+}
+
+enum Op {
+    Keys(KeysCommand),
+    Teams(TeamsCommand),
+    Usage(std::collections::HashMap<String, String>),
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<crate::store::Limits, String> {
+        Ok(crate::store::Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+            budget_usd: self.budget_usd,
+            budget_period: self.period()?,
+        })
+    }
+    fn period(&self) -> Result<Option<crate::store::BudgetPeriod>, String> {
+        self.budget_period
+            .as_deref()
+            .map(|p| {
+                crate::store::BudgetPeriod::parse(p)
+                    .ok_or_else(|| "--budget-period must be day, month or total".to_owned())
+            })
+            .transpose()
+    }
+    /// Only the flags given are changed.
+    fn patch(&self) -> Result<crate::store::records::LimitsPatch, String> {
+        Ok(crate::store::records::LimitsPatch {
+            rpm: self.rpm.map(Some),
+            tpm: self.tpm.map(Some),
+            max_concurrent: self.max_concurrent.map(Some),
+            budget_usd: self.budget_usd.map(Some),
+            budget_period: self.period()?.map(Some),
+        })
+    }
+}
+
+/// `30d`, `12h`, `90m`, `45s` as seconds.
+fn lifetime_secs(s: &str) -> Result<u64, String> {
+    if let Some(d) = s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+        return Ok(d * 86_400);
+    }
+    crate::config::Dur::parse(s).map(|d| d.0.as_secs())
+}
+
+/// Run a store operation against the store named in `config`; prints JSON.
+async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
+    let cfg = match Config::load(config).and_then(|c| c.validate(&ProcessEnv).map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return EXIT_CONFIG;
+        }
+    };
+    let Some(store_cfg) = &cfg.store else {
+        eprintln!("{}: no store configured (store.url)", config.display());
+        return EXIT_CONFIG;
+    };
+    let url = match store_cfg.url.resolve(&ProcessEnv) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("store.url: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let db = match crate::store::Store::connect(url.expose(), 2).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let result = run_op(&cfg, &db, &actor, op).await;
+    db.close().await;
+    match result {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+async fn run_op(
+    cfg: &Config,
+    db: &crate::store::Store,
+    actor: &str,
+    op: Op,
+) -> Result<serde_json::Value, String> {
+    use crate::store::records::{KeyPatch, NewKey, NewTeam, TeamPatch};
+    use serde_json::json;
+    let e = |e: crate::store::StoreError| e.to_string();
+    let models_known = |models: &[String]| match models
+        .iter()
+        .find(|m| *m != "*" && !cfg.models.contains_key(*m))
+    {
+        Some(m) => Err(format!("model '{m}' is not defined in the config")),
+        None => Ok(()),
+    };
+    Ok(match op {
+        Op::Keys(KeysCommand::Create {
+            team,
+            name,
+            models,
+            expires_in,
+            limits,
+        }) => {
+            if !cfg.teams.contains_key(&team) && db.get_team(&team).await.map_err(e)?.is_none() {
+                return Err(format!("team '{team}' does not exist"));
+            }
+            models_known(models.as_deref().unwrap_or_default())?;
+            let new = NewKey {
+                team,
+                name,
+                models,
+                expires_in_secs: expires_in.as_deref().map(lifetime_secs).transpose()?,
+                limits: limits.limits()?,
+            };
+            let (rec, plaintext) = db.create_key(actor, &new).await.map_err(e)?;
+            let mut v = json!(rec);
+            v["key"] = json!(plaintext);
+            v
+        }
+        Op::Keys(KeysCommand::List { team }) => {
+            json!(db.list_keys(team.as_deref()).await.map_err(e)?)
+        }
+        Op::Keys(KeysCommand::Revoke { id }) => {
+            json!(db.revoke_key(actor, &id).await.map_err(e)?)
+        }
+        Op::Keys(KeysCommand::Rotate { id, grace }) => {
+            let (new, plaintext, old) = db
+                .rotate_key(actor, &id, lifetime_secs(&grace)?)
+                .await
+                .map_err(e)?;
+            let mut v = json!(new);
+            v["key"] = json!(plaintext);
+            v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});
+            v
+        }
+        Op::Keys(KeysCommand::Set {
+            id,
+            name,
+            models,
+            limits,
+        }) => {
+            models_known(models.as_deref().unwrap_or_default())?;
+            let p = KeyPatch {
+                name,
+                models: models.map(Some),
+                expires_at: None,
+                limits: limits.patch()?,
+            };
+            json!(db.update_key(actor, &id, &p).await.map_err(e)?)
+        }
+        Op::Teams(TeamsCommand::Create {
+            name,
+            models,
+            limits,
+        }) => {
+            if cfg.teams.contains_key(&name) {
+                return Err(format!("team '{name}' is defined in the config file"));
+            }
+            models_known(&models)?;
+            let t = NewTeam {
+                name,
+                models,
+                limits: limits.limits()?,
+            };
+            json!(db.create_team(actor, &t).await.map_err(e)?)
+        }
+        Op::Teams(TeamsCommand::Set {
+            name,
+            models,
+            limits,
+        }) => {
+            if cfg.teams.contains_key(&name) {
+                return Err(format!("team '{name}' is defined in the config file"));
+            }
+            models_known(models.as_deref().unwrap_or_default())?;
+            let p = TeamPatch {
+                models,
+                limits: limits.patch()?,
+            };
+            json!(db.update_team(actor, &name, &p).await.map_err(e)?)
+        }
+        Op::Teams(TeamsCommand::List) => {
+            let mut data: Vec<serde_json::Value> = cfg
+                .teams
+                .iter()
+                .map(|(n, t)| json!({"name": n, "models": t.models, "source": "config"}))
+                .collect();
+            for t in db.list_teams().await.map_err(e)? {
+                let mut v = json!(t);
+                v["source"] = json!("store");
+                data.push(v);
+            }
+            json!(data)
+        }
+        Op::Usage(q) => {
+            let f = crate::admin::usage_filter(&q).map_err(|e| e.to_string())?;
+            json!(db.query_usage(&f).await.map_err(e)?)
+        }
+    })
 }
 
 fn check_config(file: &std::path::Path) -> u8 {
@@ -96,6 +474,22 @@ async fn serve(
             return EXIT_CONFIG;
         }
     };
+    // The store before the port: a gateway that cannot reach it must not look ready; and the
+    // signal handler before the address is published, so a SIGTERM is never the default kill.
+    let shutdown = server::shutdown_signal();
+    let (store, writer) = match &snapshot.config.store {
+        None => {
+            tracing::warn!("no store configured (store.url): config keys only, no usage rows");
+            (None, None)
+        }
+        Some(cfg) => match crate::store::open(cfg, &ProcessEnv).await {
+            Ok((h, w)) => (Some(h), Some(w)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the store");
+                return 1;
+            }
+        },
+    };
     let server_cfg = snapshot.config.server.clone();
     let addr = listen.unwrap_or(server_cfg.listen);
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -110,8 +504,7 @@ async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(addr = %bound, config = %path.display(), "listening");
-    let state = AppState::new(snapshot);
-    let shutdown = server::shutdown_signal();
+    let state = AppState::with_store(snapshot, store.clone());
     let stop_watch = tokio_util::sync::CancellationToken::new();
     crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
     if let Some(f) = addr_file {
@@ -126,10 +519,17 @@ async fn serve(
         shutdown_grace: server_cfg.shutdown_grace.0,
     };
     server::serve(listener, router, opts, shutdown).await;
+    stop_watch.cancel();
     if let Err(e) = state.snapshot.load().limiter.flush() {
         tracing::warn!(error = %e, "limits state not saved");
     }
-    stop_watch.cancel();
+    // Connections are drained: write the usage rows still queued, then close the pool.
+    if let Some(w) = writer {
+        w.close().await;
+    }
+    if let Some(h) = store {
+        h.db.close().await;
+    }
     tracing::info!("stopped");
     0
 }

@@ -87,6 +87,10 @@ pub struct Config {
     /// Prices per client-facing model (USD per million tokens); overrides the built-in table.
     #[serde(default)]
     pub prices: BTreeMap<String, PriceConfig>,
+    /// Where keys made through the admin API, teams, usage and audit live; without it only
+    /// config keys work and no usage rows are written.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
 }
 
 /// The limiter: backend, failure policy, estimates. Limits themselves are set per team and key.
@@ -129,6 +133,70 @@ impl Default for LimitsConfig {
             lease_ttl: secs(900),
             state_file: None,
             state_flush_interval: secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://tollgate.db?mode=rwc` (embedded) or `postgres://user@host/db`; may be an
+    /// `${ENV}` or `file:` reference (a PostgreSQL URL can carry a password).
+    pub url: SecretRef,
+    /// Connections in the pool.
+    #[serde(default = "default_store_connections")]
+    pub max_connections: u32,
+    /// How long a store key lookup is answered from memory before it is re-read in the
+    /// background; a change reaches every replica within twice this. At most 2.5s.
+    #[serde(default = "default_key_cache_ttl")]
+    pub key_cache_ttl: Dur,
+    /// While the store cannot be read, cached store keys keep working this long.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: Dur,
+    #[serde(default)]
+    pub usage: UsageWriterConfig,
+}
+
+fn default_store_connections() -> u32 {
+    8
+}
+fn default_key_cache_ttl() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_stale_if_error() -> Dur {
+    secs(60)
+}
+
+/// The usage writer: a bounded queue between requests and the store, written in batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageWriterConfig {
+    /// Rows the queue holds while the store is slow or down.
+    pub queue: usize,
+    /// Most rows in one batch (one transaction); at most 2000.
+    pub batch_size: usize,
+    /// A batch is written when full or when its first row has waited this long.
+    pub batch_interval: Dur,
+    /// What happens to a row when the queue is full: `spill` or `block`.
+    pub on_full: OnFull,
+    /// With `on_full: block`, how long a row waits for room before it is spilled.
+    pub block_timeout: Dur,
+    /// The local JSON-lines file rows spill to; replayed into the store later.
+    pub spill_path: std::path::PathBuf,
+    /// On shutdown, how long the writer may take to write what is queued (the rest spills).
+    pub flush_timeout: Dur,
+}
+
+impl Default for UsageWriterConfig {
+    fn default() -> Self {
+        UsageWriterConfig {
+            queue: 65_536,
+            batch_size: 1000,
+            batch_interval: Dur(Duration::from_millis(100)),
+            on_full: OnFull::Spill,
+            block_timeout: Dur(Duration::from_millis(100)),
+            spill_path: "tollgate-usage.spill.jsonl".into(),
+            flush_timeout: secs(10),
         }
     }
 }
@@ -184,6 +252,17 @@ pub enum BudgetPeriod {
     Monthly,
     /// Never resets.
     None,
+}
+
+/// The full-queue policy of the usage writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Append the row to the spill file.
+    #[default]
+    Spill,
+    /// Wait (off the request path) up to `block_timeout` for room, then spill.
+    Block,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -972,6 +1051,9 @@ impl Config {
         if let Some(a) = &self.admin {
             check_key_source(&a.sha256, &a.key, "admin", env, &mut warnings)?;
         }
+        if let Some(st) = &self.store {
+            st.validate(env, &mut warnings)?;
+        }
         for (i, k) in self.keys.iter().enumerate() {
             let path = format!("keys[{i}]");
             if !self.teams.contains_key(&k.team) {
@@ -1056,6 +1138,47 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self, env: &dyn EnvSource, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        let url = self.url.resolve(env).map_err(|m| err("store.url", m))?;
+        let u = url.expose();
+        let pg = u.starts_with("postgres:") || u.starts_with("postgresql:");
+        if !pg && !u.starts_with("sqlite:") {
+            return Err(err("store.url", "must start with sqlite: or postgres:"));
+        }
+        if pg
+            && !self.url.is_reference()
+            && u.contains('@')
+            && u.split('@')
+                .next()
+                .is_some_and(|a| a.matches(':').count() > 1)
+        {
+            warnings.push("store.url: a password written literally in the config; use ${ENV_VAR} or file:PATH".into());
+        }
+        if self.max_connections == 0 {
+            return Err(err("store.max_connections", "must be greater than 0"));
+        }
+        let ttl = self.key_cache_ttl.0;
+        if ttl.is_zero() || ttl > Duration::from_millis(2500) {
+            return Err(err(
+                "store.key_cache_ttl",
+                "must be above 0 and at most 2.5s (a revoked key must be refused everywhere within 5 s)",
+            ));
+        }
+        let u = &self.usage;
+        if u.batch_size == 0 || u.batch_size > 2000 {
+            return Err(err("store.usage.batch_size", "must be between 1 and 2000"));
+        }
+        if u.queue < u.batch_size {
+            return Err(err("store.usage.queue", "must be at least batch_size"));
+        }
+        if u.spill_path.as_os_str().is_empty() {
+            return Err(err("store.usage.spill_path", "is required"));
         }
         Ok(())
     }

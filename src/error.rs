@@ -95,6 +95,15 @@ pub enum ApiError {
         body: Bytes,
         retry_after: Option<HeaderValue>,
     },
+    /// An admin object (key, team) that does not exist.
+    #[error("{message}")]
+    NotFound { message: String },
+    /// An admin change that clashes with what exists (a team name taken, a revoked key rotated).
+    #[error("{message}")]
+    Conflict { message: String },
+    /// The store (database) cannot be reached.
+    #[error("the key store is unavailable; try again shortly")]
+    StoreUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -127,6 +136,9 @@ impl ApiError {
             UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
+            NotFound { .. } => StatusCode::NOT_FOUND,
+            Conflict { .. } => StatusCode::CONFLICT,
+            StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -157,6 +169,9 @@ impl ApiError {
                 400..=499 => "upstream_client_error",
                 _ => "upstream_server_error",
             },
+            NotFound { .. } => "client_not_found",
+            Conflict { .. } => "client_conflict",
+            StoreUnavailable => "store_unavailable",
             Internal => "internal",
         }
     }
@@ -173,6 +188,7 @@ impl ApiError {
             | CredentialsRateLimited { .. }
             | Overloaded { .. }
             | LimiterUnavailable
+            | StoreUnavailable
             | Internal => Source::Internal,
             _ => Source::Client,
         }
@@ -205,7 +221,9 @@ impl ApiError {
             | BodyTimeout
             | RouteNotFound { .. }
             | MethodNotAllowed { .. }
-            | ModelNotFound { .. } => "invalid_request_error",
+            | ModelNotFound { .. }
+            | NotFound { .. }
+            | Conflict { .. } => "invalid_request_error",
             UpstreamStatus { .. } => "upstream_error",
             _ => "api_error",
         }
@@ -232,6 +250,9 @@ impl ApiError {
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid_response",
             UpstreamStatus { .. } => "upstream_error",
+            NotFound { .. } => "not_found",
+            Conflict { .. } => "conflict",
+            StoreUnavailable => "store_unavailable",
             Internal => "internal_error",
         }
     }

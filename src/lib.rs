@@ -16,7 +16,7 @@
 //! plan          (routing)      model -> ordered attempts over upstreams
 //! attempt       (proxy)        credential -> provider request -> send -> first byte
 //! relay         (proxy::relay) bytes to the client as they come; usage captured on the way
-//! account       (telemetry)    request log line and metrics; limits settled with real usage
+//! account       (telemetry)    log line, metrics, limits settled, usage row -> async writer (store)
 //! ```
 //!
 //! Shared state lives in [`state::AppState`]: an `ArcSwap`'d [`state::Snapshot`] of the config and
@@ -38,6 +38,7 @@ pub mod routing;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;

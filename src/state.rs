@@ -195,15 +195,23 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Bounds requests handled at once (`server.max_in_flight`).
     pub in_flight: Arc<Semaphore>,
+    /// The store (keys, teams, usage), when configured. Outside the snapshot: a config reload
+    /// does not reconnect it.
+    pub store: Option<Arc<crate::store::Handle>>,
 }
 
 impl AppState {
     pub fn new(snapshot: Snapshot) -> AppState {
+        AppState::with_store(snapshot, None)
+    }
+
+    pub fn with_store(snapshot: Snapshot, store: Option<Arc<crate::store::Handle>>) -> AppState {
         let max = snapshot.config.server.max_in_flight;
         AppState {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics: Metrics::global(),
             in_flight: Arc::new(Semaphore::new(max)),
+            store,
         }
     }
 }

@@ -42,6 +42,10 @@ pub mod names {
     /// USD spent, by `team`. A gauge only because the metrics facade counts integers; it only
     /// ever goes up (per process).
     pub const SPEND_USD: &str = "tollgate_spend_usd_total";
+    /// Usage rows by outcome: written, spilled, replayed, lost.
+    pub const USAGE_ROWS: &str = "tollgate_usage_rows_total";
+    pub const USAGE_QUEUE: &str = "tollgate_usage_queue_depth";
+    pub const USAGE_WRITE_ERRORS: &str = "tollgate_usage_write_errors_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.
@@ -123,6 +127,8 @@ pub struct RequestRecord {
     pub attempts: u32,
     /// Every attempt as `upstream:outcome:ms`, comma separated.
     pub attempt_log: String,
+    /// Answered from the response cache.
+    pub cache_hit: bool,
 }
 
 /// Write the request log line and update the metrics.

@@ -3,7 +3,10 @@
 //!
 //! Dropping on every path (answered, failed, client gone mid-stream, handler cancelled) is what
 //! makes accounting impossible to skip. It owns no I/O of its own beyond
-//! [`crate::telemetry::account`].
+//! [`crate::telemetry::account`] and handing a usage row to the store's writer
+//! ([`crate::store::UsageSink::record`], a non-blocking queue send). Rows are written for
+//! requests whose caller was identified; a request refused before that (no or a wrong key, the
+//! gateway overloaded) has its log line and metrics only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use crate::error::ApiError;
 use crate::limits::{Admission, RateHeaders};
 use crate::policy::Shaped;
 use crate::providers::Usage;
+use crate::store::{now_ms, UsageRow, UsageSink};
 use crate::telemetry::{self, InFlightGuard, RequestRecord};
 
 #[derive(Default)]
@@ -24,10 +28,12 @@ pub struct Ledger {
     _in_flight: Option<InFlightGuard>,
     /// The limiter's admission, settled with the real usage when the ledger drops.
     admission: Option<Admission>,
+    /// Where the usage row goes; `None` without a store.
+    usage: Option<UsageSink>,
 }
 
 impl Ledger {
-    pub fn start(request_id: Arc<str>, endpoint: &'static str) -> Ledger {
+    pub fn start(request_id: Arc<str>, endpoint: &'static str, usage: Option<UsageSink>) -> Ledger {
         Ledger {
             rec: RequestRecord {
                 request_id,
@@ -38,6 +44,7 @@ impl Ledger {
             finished: false,
             _in_flight: Some(InFlightGuard::new()),
             admission: None,
+            usage,
         }
     }
 
@@ -92,9 +99,23 @@ impl Ledger {
             self.rec.ttfb = self.started.map(|s| s.elapsed());
         }
     }
+    /// Content chunks relayed so far: what a client that leaves mid-stream is charged for.
+    pub fn streamed(&mut self, chunks: u64) {
+        if !self.finished {
+            self.rec.completion_tokens = chunks;
+        }
+    }
     pub fn usage(&mut self, u: Usage) {
         self.rec.prompt_tokens = u.prompt_tokens;
         self.rec.completion_tokens = u.completion_tokens;
+    }
+    /// What the request cost in US dollars (the limits module prices it); carried to the usage row.
+    pub fn cost(&mut self, usd: f64) {
+        self.rec.cost_usd = usd;
+    }
+    /// The answer came from the response cache.
+    pub fn cache_hit(&mut self) {
+        self.rec.cache_hit = true;
     }
     /// A stream broke after it started: the status stays, the kind says what happened.
     pub fn broken(&mut self, kind: &'static str) {
@@ -134,5 +155,32 @@ impl Drop for Ledger {
             self.rec.cost_usd = a.settle(usage);
         }
         telemetry::account(&self.rec);
+        if let (Some(sink), Some(row)) = (&self.usage, usage_row(&self.rec)) {
+            sink.record(row);
+        }
     }
+}
+
+/// The usage row of an identified caller's request.
+fn usage_row(r: &RequestRecord) -> Option<UsageRow> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    Some(UsageRow {
+        id: UsageRow::new_id(),
+        ts: now_ms() - ms(r.latency),
+        request_id: r.request_id.to_string(),
+        team: r.team.as_deref()?.to_owned(),
+        key_id: r.key_id.as_deref()?.to_owned(),
+        model: r.model.clone(),
+        upstream: r.upstream.as_deref().map(str::to_owned),
+        endpoint: r.endpoint.to_owned(),
+        stream: r.stream,
+        status: r.status,
+        error_kind: r.error_kind.map(str::to_owned),
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cost_usd: r.cost_usd,
+        latency_ms: ms(r.latency),
+        ttfb_ms: r.ttfb.map(ms),
+        cache_hit: r.cache_hit,
+    })
 }

@@ -36,7 +36,8 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| Arc::from("-"));
-    let mut ledger = Ledger::start(request_id, endpoint.label());
+    let usage = state.store.as_ref().map(|s| s.usage.clone());
+    let mut ledger = Ledger::start(request_id, endpoint.label(), usage);
     match run(&state, endpoint, req, &mut ledger).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -76,13 +77,9 @@ async fn run(
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
-    let caller = snap.keys.authenticate(&parts.headers)?;
+    let caller = crate::auth::authenticate(state, &snap, &parts.headers).await?;
     ledger.caller(&caller);
-    let team = snap
-        .config
-        .teams
-        .get(caller.team.as_ref())
-        .ok_or(ApiError::Internal)?;
+    let team = caller.team_policy(&snap).ok_or(ApiError::Internal)?;
 
     // accept (cont.): read the body within the team's size limit and the read deadline.
     let limit = team
@@ -100,7 +97,7 @@ async fn run(
             model: shaped.model.clone(),
         });
     }
-    if !policy::model_allowed(team, &shaped.model) {
+    if !policy::model_allowed(team, &shaped.model) || !caller.key_allows(&shaped.model) {
         return Err(ApiError::ModelNotAllowed {
             model: shaped.model.clone(),
         });

@@ -222,6 +222,7 @@ impl SseRelay {
         if pos == 0 {
             return None;
         }
+        self.ledger.streamed(self.content_events);
         let mut out = self.buf.split_to(pos);
         if let Some((a, b)) = cut {
             let tail = out.split_off(b);

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -24,6 +26,8 @@ pub struct Gateway {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The usage writer when the config has a store; flushed by [`Gateway::stop`].
+    writer: Option<tollgate::store::UsageWriter>,
 }
 
 impl Gateway {
@@ -41,7 +45,14 @@ impl Gateway {
             header_read_timeout: snapshot.config.server.header_read_timeout.0,
             shutdown_grace: snapshot.config.server.shutdown_grace.0,
         };
-        let state = AppState::new(snapshot);
+        let (store, writer) = match &snapshot.config.store {
+            None => (None, None),
+            Some(cfg) => match tollgate::store::open(cfg, &env).await {
+                Ok((h, w)) => (Some(h), Some(w)),
+                Err(e) => panic!("cannot open the test store: {e}"),
+            },
+        };
+        let state = AppState::with_store(snapshot, store);
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => l,
             Err(e) => panic!("cannot bind: {e}"),
@@ -65,6 +76,15 @@ impl Gateway {
             client,
             stop: Some(tx),
             task: Some(task),
+            writer,
+        }
+    }
+
+    /// The store, for tests that configured one.
+    pub fn store(&self) -> tollgate::store::Store {
+        match &self.state.store {
+            Some(h) => h.db.clone(),
+            None => panic!("this gateway has no store"),
         }
     }
 
@@ -100,13 +120,16 @@ impl Gateway {
         }
     }
 
-    /// Begin a graceful shutdown and wait until the server has drained.
+    /// Begin a graceful shutdown, wait until the server has drained, flush the usage writer.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+        if let Some(w) = self.writer.take() {
+            w.close().await;
         }
     }
 
@@ -175,4 +198,239 @@ pub fn stream_content(events: &[String]) -> String {
                 .map(str::to_owned)
         })
         .collect()
+}
+
+/// sha256(key) as hex, for configs.
+pub fn sha256_hex(key: &str) -> String {
+    hex::encode(tollgate::auth::hash_key(key))
+}
+
+/// The admin key the store tests configure.
+pub const ADMIN_KEY: &str = "sk-admin-test";
+
+/// A fresh PostgreSQL database for one test, dropped (with its connections) on drop.
+/// `TOLLGATE_TEST_PG_URL` names the server (default `postgres://postgres@127.0.0.1:5432/postgres`).
+pub struct PgDb {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        let admin_url = std::env::var("TOLLGATE_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("tg_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = match <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) => panic!("PostgreSQL at {admin_url} is needed for this test: {e}"),
+        };
+        if let Err(e) = sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+        {
+            panic!("cannot create database {name}: {e}");
+        }
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or_else(|| admin_url.clone());
+        PgDb {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+
+    /// The same database reached through `addr` (a [`Relay`]) instead of the server's port.
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let after_at = self
+            .url
+            .rsplit_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or(&self.url);
+        let host_port = after_at.split('/').next().unwrap_or_default();
+        self.url.replacen(host_port, &addr.to_string(), 1)
+    }
+
+    /// The server's address, for a [`Relay`] to point at.
+    pub fn server_addr(&self) -> SocketAddr {
+        let after_at = self
+            .url
+            .rsplit_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or(&self.url);
+        let host_port = after_at.split('/').next().unwrap_or_default();
+        match host_port.parse() {
+            Ok(a) => a,
+            Err(e) => panic!("cannot parse {host_port} as an address: {e}"),
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside a runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut c) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A TCP relay the test controls: [`Relay::cut`] closes every relayed connection and refuses
+/// new ones (as a database outage looks to a client); [`Relay::restore`] lets them through again.
+pub struct Relay {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("cannot bind relay: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("no relay addr: {e}"),
+        };
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                if let Ok(mut c) = conns2.lock() {
+                    c.retain(|h| !h.is_finished());
+                    c.push(t.abort_handle());
+                }
+            }
+        });
+        Relay {
+            addr,
+            up,
+            conns,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        if let Ok(mut c) = self.conns.lock() {
+            for h in c.drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// One request of a load run: what was sent and what came back.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub request_id: String,
+    /// HTTP status, or 0 if no complete answer came back.
+    pub status: u16,
+}
+
+/// The request mix of the usage tests: non-stream and stream chats, and two kinds of failure
+/// that still have an identified caller (unknown model: 404, no messages: 400).
+pub fn mixed_body(i: usize) -> serde_json::Value {
+    match i % 10 {
+        0..=4 => chat("mock-gpt", &format!("request {i}"), false),
+        5..=7 => chat("mock-gpt", &format!("stream {i}"), true),
+        8 => chat("no-such-model", "x", false),
+        _ => serde_json::json!({"model": "mock-gpt"}),
+    }
+}
+
+/// Send `n` requests (body `mixed_body(i)`, key `key`) spread over `bases` round robin,
+/// `concurrency` at a time; every response body is read to its end.
+pub async fn load(
+    client: &reqwest::Client,
+    bases: &[String],
+    key: &str,
+    n: usize,
+    concurrency: usize,
+) -> Vec<Outcome> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let url = format!("{}/v1/chat/completions", bases[i % bases.len()]);
+            let request_id = format!("load-{i}-{}", uuid::Uuid::new_v4().simple());
+            let req = client
+                .post(url)
+                .bearer_auth(key)
+                .header("x-request-id", request_id.clone())
+                .json(&mixed_body(i));
+            async move {
+                let status = match req.send().await {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        match r.bytes().await {
+                            Ok(_) => s,
+                            Err(_) => 0,
+                        }
+                    }
+                    Err(_) => 0,
+                };
+                Outcome { request_id, status }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// A config with the mock model, the demo key, an admin key and a store at `url`.
+pub fn store_config(url: &str, spill: &std::path::Path, extra_usage: &str) -> String {
+    format!(
+        r#"{}
+admin:
+  sha256: {}
+store:
+  url: "{url}"
+  key_cache_ttl: 1s
+  usage: {{ spill_path: "{}", batch_interval: 20ms{extra_usage} }}
+"#,
+        mock_config(4, 0),
+        sha256_hex(ADMIN_KEY),
+        spill.display()
+    )
 }

@@ -1,0 +1,365 @@
+//! The store: teams, keys, usage and audit in SQLite (embedded) or PostgreSQL (scale-out).
+//!
+//! [`Store`] is an enum over sqlx's native `SqlitePool` and `PgPool` rather than `AnyPool`:
+//! every query is written once (the [`on_pool!`] macro expands it for each backend, and both
+//! accept `$1` placeholders), but decoding stays native, with no `Any` type mapping in between
+//! (which cannot decode PostgreSQL's NUMERIC or SQLite's untyped expressions reliably) and no
+//! `install_default_drivers` global. The one schema in `migrations/` is portable by construction
+//! (TEXT ids, BIGINT epoch milliseconds, BIGINT 0/1 flags, JSON text lists), embedded at build
+//! time and applied at start: PostgreSQL's migrator holds an advisory lock, so two replicas
+//! starting at once apply it once; SQLite has no such lock, so a losing racer retries.
+//!
+//! What is here: connecting and migrating ([`Store::connect`]), the admin operations on teams
+//! and keys, each with its audit row in the same transaction ([`records`]), the key cache the
+//! request path reads instead of the database ([`key_cache`]), usage rows and their queries
+//! ([`usage`]) and the batched, off-path usage writer ([`writer`]). [`open`] starts all of it.
+//!
+//! Config keys and teams stay in the config file and are read-only here; store teams add to
+//! them and a name clash is refused. Failure policy: if the store is unreachable the request
+//! path keeps serving config keys and cached store keys (see [`key_cache`]), and usage rows
+//! queue, then spill to a local file (see [`writer`]); nothing is dropped silently.
+
+pub mod key_cache;
+pub mod records;
+pub mod usage;
+pub mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::config::StoreConfig;
+use crate::secret::EnvSource;
+
+pub use key_cache::KeyCache;
+pub use records::{KeyRecord, TeamRecord};
+pub use usage::UsageRow;
+pub use writer::{UsageSink, UsageWriter};
+
+/// The migrations, embedded at build time; one set for both backends.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A connection pool to one of the two backends. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Pg(PgPool),
+}
+
+/// Run `$body` with `$p` bound to whichever pool this is; the body is compiled once per backend.
+macro_rules! on_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($p) => $body,
+            $crate::store::Pool::Pg($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// What went wrong in a store operation; the admin API maps it to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A database error already reported to someone else (shared by concurrent lookups).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        use crate::error::ApiError;
+        match e {
+            StoreError::NotFound(message) => ApiError::NotFound { message },
+            StoreError::Conflict(message) => ApiError::Conflict { message },
+            StoreError::Invalid(message) => ApiError::invalid(message, None),
+            StoreError::Db(e) => {
+                tracing::warn!(error = %e, "store operation failed");
+                ApiError::StoreUnavailable
+            }
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "store operation failed");
+                ApiError::StoreUnavailable
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite:…` or `postgres:…`) and apply the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, String> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| format!("store.url: {e}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(|e| format!("cannot open the SQLite store: {e}"))?;
+            Store {
+                pool: Pool::Sqlite(pool),
+            }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| format!("store.url: {e}"))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                // The writer retries with backoff; a short acquire keeps its loop responsive.
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(opts)
+                .await
+                .map_err(|e| format!("cannot connect to the PostgreSQL store: {e}"))?;
+            Store {
+                pool: Pool::Pg(pool),
+            }
+        } else {
+            return Err("store.url must start with sqlite: or postgres:".into());
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Apply pending migrations. PostgreSQL serialises concurrent runs with an advisory lock;
+    /// SQLite has none, so a replica that lost the race (its insert into the migrations table
+    /// fails) tries again and then finds the migration applied.
+    async fn migrate(&self) -> Result<(), String> {
+        let mut last = String::new();
+        for attempt in 0..5 {
+            let r = match &self.pool {
+                Pool::Sqlite(p) => MIGRATOR.run(p).await,
+                Pool::Pg(p) => MIGRATOR.run(p).await,
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = e.to_string();
+                    tracing::warn!(attempt, error = %e, "store migration failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                }
+            }
+        }
+        Err(format!("store migration failed: {last}"))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Pg(_) => "postgres",
+        }
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+}
+
+/// Limits and budget of a key or a team, as stored. Enforced by the limits module, not here;
+/// `None` means "no limit at this level".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    /// Spend cap in US dollars per `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<BudgetPeriod>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// The stored form to the form the limiter enforces (a budget without a period is monthly).
+impl From<&Limits> for crate::limits::Limits {
+    fn from(l: &Limits) -> Self {
+        use crate::config::{BudgetConfig, BudgetPeriod as P};
+        crate::limits::Limits {
+            rpm: l.rpm,
+            tpm: l.tpm,
+            max_concurrent: l.max_concurrent,
+            budget: l.budget_usd.map(|amount_usd| BudgetConfig {
+                amount_usd,
+                period: match l.budget_period {
+                    Some(BudgetPeriod::Day) => P::Daily,
+                    Some(BudgetPeriod::Total) => P::None,
+                    Some(BudgetPeriod::Month) | None => P::Monthly,
+                },
+            }),
+        }
+    }
+}
+
+/// The window a budget applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+    Total,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+            BudgetPeriod::Total => "total",
+        }
+    }
+    pub fn parse(s: &str) -> Option<BudgetPeriod> {
+        match s {
+            "day" => Some(BudgetPeriod::Day),
+            "month" => Some(BudgetPeriod::Month),
+            "total" => Some(BudgetPeriod::Total),
+            _ => None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the store's one time format.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parse a point in time for queries: `2024-05-01`, `2024-05-01T12:00:00Z`, epoch seconds, or
+/// a duration meaning "that long ago" (`90m`, `24h`, `7d`).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Some(days) = s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+        return Ok(now_ms() - (days as i64) * 86_400_000);
+    }
+    if s.ends_with(['s', 'm', 'h']) && s.starts_with(|c: char| c.is_ascii_digit()) {
+        if let Ok(d) = crate::config::Dur::parse(s) {
+            return Ok(now_ms() - d.0.as_millis() as i64);
+        }
+    }
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs * 1000);
+    }
+    let bad = || format!("'{s}' is not a time (2024-05-01, 2024-05-01T12:00:00Z, 24h, 7d)");
+    let (date, time) = match s.split_once(['T', ' ']) {
+        Some((d, t)) => (d, Some(t.trim_end_matches('Z'))),
+        None => (s, None),
+    };
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
+    else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    let mut secs = days_from_civil(y, m, day) * 86_400;
+    if let Some(t) = time {
+        let mut parts = t.split(':').map(|p| p.parse::<f64>());
+        let h = parts.next().and_then(Result::ok).ok_or_else(bad)?;
+        let mi = parts.next().and_then(Result::ok).unwrap_or(0.0);
+        let se = parts.next().and_then(Result::ok).unwrap_or(0.0);
+        secs += (h * 3600.0 + mi * 60.0 + se) as i64;
+    }
+    Ok(secs * 1000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` of a day number since the epoch.
+pub fn civil_from_days(z: i64) -> String {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Everything the running gateway holds of the store.
+pub struct Handle {
+    pub db: Store,
+    /// Store keys, cached for the request path.
+    pub keys: KeyCache,
+    /// Where the ledger sends usage rows.
+    pub usage: UsageSink,
+}
+
+/// Connect, migrate, and start the key cache and the usage writer. The returned writer must be
+/// closed on shutdown ([`UsageWriter::close`]) to flush what is queued.
+pub async fn open(
+    cfg: &StoreConfig,
+    env: &dyn EnvSource,
+) -> Result<(Arc<Handle>, UsageWriter), String> {
+    let url = cfg.url.resolve(env)?;
+    let db = Store::connect(url.expose(), cfg.max_connections).await?;
+    let (usage, writer) = writer::start(db.clone(), &cfg.usage)?;
+    let keys = KeyCache::new(db.clone(), cfg.key_cache_ttl.0, cfg.stale_if_error.0);
+    tracing::info!(backend = db.backend(), "store ready");
+    Ok((Arc::new(Handle { db, keys, usage }), writer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(parse_time("1970-01-01"), Ok(0));
+        assert_eq!(parse_time("2024-03-01T00:00:01Z"), Ok(1_709_251_201_000));
+        assert_eq!(civil_from_days(1_709_251_201 / 86_400), "2024-03-01");
+        assert_eq!(civil_from_days(0), "1970-01-01");
+        assert!(parse_time("2024-13-01").is_err());
+        assert!(parse_time("soon").is_err());
+        let ago = now_ms() - parse_time("2d").unwrap_or(0);
+        assert!((172_790_000..172_810_000).contains(&ago), "{ago}");
+        let ago = now_ms() - parse_time("90m").unwrap_or(0);
+        assert!((5_390_000..5_410_000).contains(&ago), "{ago}");
+    }
+}
