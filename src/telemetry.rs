@@ -90,16 +90,27 @@ impl Metrics {
 }
 
 /// Install the JSON log subscriber (`RUST_LOG` filters; default info).
-pub fn init_logging() {
+///
+/// Lines are written by a background thread through a bounded in-memory queue, so a request
+/// never waits on stderr. The queue is not lossy: when it is full (stderr slower than the
+/// traffic for 64k lines) the logging thread applies back-pressure rather than dropping request
+/// lines. Keep the returned guard alive: dropping it flushes what is queued.
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("tollgate-log")
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_env_filter(filter)
         .try_init();
+    guard
 }
 
 /// Everything the account step knows about one finished request.
