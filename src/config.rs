@@ -885,12 +885,21 @@ impl Config {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
             let inner = e.into_inner();
-            let message = match inner.location() {
-                Some(loc) => format!("{inner} (line {})", loc.line()),
-                None => inner.to_string(),
-            };
-            err(if path == "." { String::new() } else { path }, message)
+            let mut message = inner.to_string();
+            // The YAML error repeats part of the path ("teams.x: unknown field …"): keep ours.
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.is_empty() && path.starts_with(prefix) {
+                    message = rest.to_owned();
+                }
+            }
+            if let Some(loc) = inner.location() {
+                if !message.contains("line ") {
+                    message = format!("{message} (line {})", loc.line());
+                }
+            }
+            err(path, message)
         })
     }
 
