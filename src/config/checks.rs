@@ -1,0 +1,307 @@
+//! Validation that goes beyond the schema: limits, store, keys, secrets, credentials.
+
+use super::*;
+
+impl Config {
+    pub(super) fn validate_limits(
+        &self,
+        env: &dyn EnvSource,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        match (&l.backend, &l.redis_url) {
+            (LimiterBackend::Redis, None) => {
+                return Err(err("limits.redis_url", "is required with backend: redis"))
+            }
+            (_, Some(r)) => {
+                check_secret(r, "limits.redis_url", env, warnings)?;
+                let url = r.resolve(env).map_err(|m| err("limits.redis_url", m))?;
+                if !url.expose().starts_with("redis://") {
+                    return Err(err(
+                        "limits.redis_url",
+                        "must start with redis:// (TLS to Redis is not built in)",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if l.redis_timeout.0.is_zero() {
+            return Err(err("limits.redis_timeout", "must be greater than 0"));
+        }
+        if l.lease_ttl.0 < Duration::from_secs(1) {
+            return Err(err("limits.lease_ttl", "must be at least 1s"));
+        }
+        if l.state_flush_interval.0 < Duration::from_millis(10) {
+            return Err(err("limits.state_flush_interval", "must be at least 10ms"));
+        }
+        if l.state_file.is_some() && l.backend == LimiterBackend::Redis {
+            warnings.push(
+                "limits.state_file: ignored with backend: redis (spend lives in Redis)".into(),
+            );
+        }
+        let budgeted = self.teams.values().any(|t| t.budget.is_some())
+            || self.keys.iter().any(|k| k.budget.is_some());
+        if budgeted {
+            let prices = crate::limits::prices::Prices::new(&self.prices);
+            for name in self.models.keys() {
+                if prices.get(name).is_none() {
+                    warnings.push(format!(
+                        "models.{name}: no price (built in or under prices:); its requests \
+                         cost 0 against budgets"
+                    ));
+                }
+            }
+        }
+        for (name, p) in &self.prices {
+            for (field, v) in [
+                ("input_per_million", p.input_per_million),
+                ("output_per_million", p.output_per_million),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(err(
+                        format!("prices.{name}.{field}"),
+                        "must be a number of at least 0",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    pub(super) fn validate(
+        &self,
+        env: &dyn EnvSource,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        let url = self.url.resolve(env).map_err(|m| err("store.url", m))?;
+        let u = url.expose();
+        let pg = u.starts_with("postgres:") || u.starts_with("postgresql:");
+        if !pg && !u.starts_with("sqlite:") {
+            return Err(err("store.url", "must start with sqlite: or postgres:"));
+        }
+        if pg
+            && !self.url.is_reference()
+            && u.contains('@')
+            && u.split('@')
+                .next()
+                .is_some_and(|a| a.matches(':').count() > 1)
+        {
+            warnings.push("store.url: a password written literally in the config; use ${ENV_VAR} or file:PATH".into());
+        }
+        if self.max_connections == 0 {
+            return Err(err("store.max_connections", "must be greater than 0"));
+        }
+        let ttl = self.key_cache_ttl.0;
+        if ttl.is_zero() || ttl > Duration::from_millis(2500) {
+            return Err(err(
+                "store.key_cache_ttl",
+                "must be above 0 and at most 2.5s (a revoked key must be refused everywhere within 5 s)",
+            ));
+        }
+        let u = &self.usage;
+        if u.batch_size == 0 || u.batch_size > 2000 {
+            return Err(err("store.usage.batch_size", "must be between 1 and 2000"));
+        }
+        if u.queue < u.batch_size {
+            return Err(err("store.usage.queue", "must be at least batch_size"));
+        }
+        if u.spill_path.as_os_str().is_empty() {
+            return Err(err("store.usage.spill_path", "is required"));
+        }
+        Ok(())
+    }
+}
+
+/// Limits are positive when set; budgets are finite and not negative.
+pub(super) fn check_limits(
+    path: &str,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    concurrent: Option<u64>,
+    budget: &Option<BudgetConfig>,
+) -> Result<(), ConfigError> {
+    for (field, v) in [
+        ("requests_per_minute", rpm),
+        ("tokens_per_minute", tpm),
+        ("max_concurrent", concurrent),
+    ] {
+        if v == Some(0) {
+            return Err(err(
+                format!("{path}.{field}"),
+                "must be greater than 0 (leave it out for no limit)",
+            ));
+        }
+    }
+    if let Some(b) = budget {
+        if !b.amount_usd.is_finite() || b.amount_usd < 0.0 || b.amount_usd > 1e9 {
+            return Err(err(
+                format!("{path}.budget.amount_usd"),
+                "must be a number from 0 to 1e9",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A key is given as exactly one of a SHA-256 or a secret reference.
+pub(super) fn check_key_source(
+    sha256: &Option<String>,
+    key: &Option<SecretRef>,
+    path: &str,
+    env: &dyn EnvSource,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    match (sha256, key) {
+        (Some(h), None) => {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(err(format!("{path}.sha256"), "must be 64 hex digits"));
+            }
+        }
+        (None, Some(r)) => check_secret(r, &format!("{path}.key"), env, warnings)?,
+        _ => {
+            return Err(err(
+                path,
+                "give exactly one of sha256 (the key's SHA-256, hex) or key (${ENV} or file:)",
+            ))
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_secret(
+    r: &SecretRef,
+    path: &str,
+    env: &dyn EnvSource,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    r.resolve(env).map_err(|m| err(path, m))?;
+    if !r.is_reference() {
+        warnings.push(format!(
+            "{path}: secret written literally in the config; use ${{ENV_VAR}} or file:PATH"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_credential(
+    c: &CredentialConfig,
+    path: &str,
+    env: &dyn EnvSource,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    match c {
+        CredentialConfig::Static { secret, placement } => {
+            check_secret(secret, &format!("{path}.secret"), env, warnings)?;
+            check_placement(placement, &format!("{path}.placement"))?;
+        }
+        CredentialConfig::Oauth2(o) => {
+            let url = reqwest::Url::parse(&o.token_url)
+                .map_err(|e| err(format!("{path}.token_url"), format!("invalid URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(err(format!("{path}.token_url"), "must be http or https"));
+            }
+            check_secret(
+                &o.client_id,
+                &format!("{path}.client_id"),
+                env,
+                &mut Vec::new(),
+            )?;
+            check_secret(
+                &o.client_secret,
+                &format!("{path}.client_secret"),
+                env,
+                warnings,
+            )?;
+            check_placement(&o.placement, &format!("{path}.placement"))?;
+            if o.token_method == TokenMethod::Get && o.client_auth != ClientAuth::Query {
+                return Err(err(
+                    format!("{path}.token_method"),
+                    "get is only allowed with client_auth: query",
+                ));
+            }
+            if !(0.0..1.0).contains(&o.renew_fraction) {
+                return Err(err(
+                    format!("{path}.renew_fraction"),
+                    "must be at least 0 and below 1",
+                ));
+            }
+            if o.max_attempts == 0 {
+                return Err(err(format!("{path}.max_attempts"), "must be at least 1"));
+            }
+            if o.min_lifetime.0.is_zero() || o.min_lifetime.0 > o.max_lifetime.0 {
+                return Err(err(
+                    format!("{path}.min_lifetime"),
+                    "must be above 0 and not above max_lifetime",
+                ));
+            }
+            for (field, d) in [
+                ("timeout", o.timeout),
+                ("connect_timeout", o.connect_timeout),
+                ("lease_timeout", o.lease_timeout),
+                ("min_renew_interval", o.min_renew_interval),
+                ("backoff_max", o.backoff_max),
+                ("default_lifetime", o.default_lifetime),
+            ] {
+                if d.0.is_zero() {
+                    return Err(err(format!("{path}.{field}"), "must be above 0"));
+                }
+            }
+        }
+        CredentialConfig::Jwt(j) => {
+            let key = j
+                .api_key
+                .resolve(env)
+                .map_err(|m| err(format!("{path}.api_key"), m))?;
+            match key.expose().split_once('.') {
+                Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {}
+                _ => {
+                    return Err(err(
+                        format!("{path}.api_key"),
+                        "must have the form id.secret",
+                    ))
+                }
+            }
+            check_secret(&j.api_key, &format!("{path}.api_key"), env, warnings)?;
+            if j.ttl.0 < Duration::from_secs(2) {
+                return Err(err(format!("{path}.ttl"), "must be at least 2s"));
+            }
+            check_placement(&j.placement, &format!("{path}.placement"))?;
+        }
+        CredentialConfig::Pool(p) => {
+            if p.tokens.is_empty() && p.file.is_none() && p.members.is_empty() {
+                return Err(err(path, "a pool needs tokens, a file or members"));
+            }
+            for (i, t) in p.tokens.iter().enumerate() {
+                check_secret(t, &format!("{path}.tokens[{i}]"), env, warnings)?;
+            }
+            if let Some(f) = &p.file {
+                std::fs::metadata(f)
+                    .map_err(|e| err(format!("{path}.file"), format!("cannot read {f}: {e}")))?;
+            }
+            for (i, m) in p.members.iter().enumerate() {
+                let mpath = format!("{path}.members[{i}]");
+                if matches!(m, CredentialConfig::Pool(_)) {
+                    return Err(err(mpath, "pools do not nest"));
+                }
+                check_credential(m, &mpath, env, warnings)?;
+            }
+            check_placement(&p.placement, &format!("{path}.placement"))?;
+            if p.default_cooldown.0.is_zero() {
+                return Err(err(format!("{path}.default_cooldown"), "must be above 0"));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_placement(p: &Placement, path: &str) -> Result<(), ConfigError> {
+    match p {
+        Placement::Header(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+            Err(err(path, format!("'{h}' is not a valid header name")))
+        }
+        Placement::Query(q) if q.is_empty() => Err(err(path, "query parameter name is empty")),
+        _ => Ok(()),
+    }
+}

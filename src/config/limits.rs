@@ -1,0 +1,100 @@
+//! Config of the limiter (`limits:`), prices (`prices:`) and budgets.
+
+use super::*;
+
+/// The limiter: backend, failure policy, estimates. Limits themselves are set per team and key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `memory` (one instance; the default) or `redis` (state shared by every replica).
+    pub backend: LimiterBackend,
+    /// Redis URL (`redis://[:password@]host:port[/db]`), best as `${ENV}` or `file:`; required
+    /// with `backend: redis`.
+    pub redis_url: Option<SecretRef>,
+    /// Prefix of every Redis key Tollgate writes, so deployments can share one Redis.
+    pub redis_prefix: String,
+    /// Longest wait for Redis on the request path; beyond it `on_backend_error` applies.
+    pub redis_timeout: Dur,
+    /// When the backend cannot answer: `fail_open` admits unlimited (and logs, and counts),
+    /// `fail_closed` answers 503.
+    pub on_backend_error: OnBackendError,
+    /// Completion tokens assumed for the estimate when a request sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// A request's concurrency slot and budget reservation expire after this long even if the
+    /// replica holding them died; keep it above the longest request (`timeouts.total`).
+    pub lease_ttl: Dur,
+    /// Memory backend: spend is saved to this JSON file and read back at start (none: spend is
+    /// lost on restart).
+    pub state_file: Option<std::path::PathBuf>,
+    /// Memory backend: how often the state file is rewritten when spend changed.
+    pub state_flush_interval: Dur,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: LimiterBackend::Memory,
+            redis_url: None,
+            redis_prefix: "tollgate:".into(),
+            redis_timeout: Dur(Duration::from_millis(250)),
+            on_backend_error: OnBackendError::FailOpen,
+            default_max_tokens: 1024,
+            lease_ttl: secs(900),
+            state_file: None,
+            state_flush_interval: secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimiterBackend {
+    /// In process: exact and fastest, but each replica counts alone.
+    #[default]
+    Memory,
+    /// Redis: one atomic script per admission, shared by every replica.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendError {
+    /// Admit without limits while the backend is down (availability first).
+    #[default]
+    FailOpen,
+    /// Refuse with 503 while the backend is down (budgets first).
+    FailClosed,
+}
+
+/// A model's price, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Prompt (input) tokens.
+    pub input_per_million: f64,
+    /// Completion (output) tokens.
+    pub output_per_million: f64,
+}
+
+/// A spending cap.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// The cap in US dollars.
+    pub amount_usd: f64,
+    /// When spend starts again from zero: `daily` / `monthly` (UTC) or `none` (never).
+    #[serde(default)]
+    pub period: BudgetPeriod,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    /// Resets at 00:00 UTC.
+    Daily,
+    /// Resets at 00:00 UTC on the 1st.
+    #[default]
+    Monthly,
+    /// Never resets.
+    None,
+}

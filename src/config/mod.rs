@@ -1,0 +1,400 @@
+//! The config file: typed, validated before any port is bound, every error naming its field.
+//!
+//! Owns the YAML schema (serde structs with `deny_unknown_fields` and defaults), loading with
+//! field paths (`serde_path_to_error`) and line numbers (the YAML parser's), and [`Config::validate`]
+//! which checks cross references (models -> upstreams -> credentials, keys -> teams) and resolves
+//! secret references. It must not build runtime objects: that is [`crate::state`]'s job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::{EnvSource, SecretRef};
+
+mod checks;
+use checks::{check_credential, check_key_source, check_limits};
+mod credentials;
+mod limits;
+mod store;
+mod teams;
+#[cfg(test)]
+mod tests;
+mod upstreams;
+
+pub use credentials::*;
+pub use limits::*;
+pub use store::*;
+pub use teams::*;
+pub use upstreams::*;
+
+/// A duration written as `250ms`, `2s`, `5m` or `1h`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| format!("duration '{s}' needs a unit (ms, s, m, h)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("duration '{s}' has no valid number"))?;
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(format!("duration '{s}' has an unknown unit '{unit}'")),
+        };
+        if !(0.0..=31_536_000.0).contains(&secs) {
+            return Err(format!("duration '{s}' is out of range"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Dur::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener, limits on what clients may send, shutdown.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Named upstream credentials, referenced by upstreams.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// Upstream deployments: where requests go.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Client-facing model names, each served by one or more upstreams.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Teams: what their keys may do.
+    pub teams: BTreeMap<String, TeamConfig>,
+    /// Client keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// The admin API's key; without it `/admin` is closed.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Where rate-limit, concurrency and spend state lives, and what happens when it is down.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Prices per client-facing model (USD per million tokens); overrides the built-in table.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+    /// Where keys made through the admin API, teams, usage and audit live; without it only
+    /// config keys work and no usage rows are written.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// SHA-256 of the admin key, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The admin key as an `${ENV}` or `file:` reference.
+    #[serde(default)]
+    pub key: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted from any client (teams may set lower).
+    pub max_body_bytes: usize,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: Dur,
+    /// A client must send its whole body within this time.
+    pub body_read_timeout: Dur,
+    /// Requests handled at once; beyond it Tollgate answers 503.
+    pub max_in_flight: usize,
+    /// On SIGTERM/SIGINT, in-flight requests and streams get this long to finish.
+    pub shutdown_grace: Dur,
+    /// Client headers forwarded to upstreams (everything else is dropped).
+    pub forward_headers: Vec<String>,
+    /// Largest non-stream upstream response body Tollgate will relay.
+    pub max_response_bytes: usize,
+    pub cors: CorsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 * 1024 * 1024,
+            header_read_timeout: secs(10),
+            body_read_timeout: secs(30),
+            max_in_flight: 10_000,
+            shutdown_grace: secs(30),
+            forward_headers: vec!["accept".into(), "user-agent".into(), "openai-beta".into()],
+            max_response_bytes: 64 * 1024 * 1024,
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins allowed to call from a browser; empty disables CORS. `*` allows any origin and
+    /// cannot be combined with `allow_credentials`.
+    pub allowed_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+/// A config problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parse YAML text; the error names the field path and the line.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let inner = e.into_inner();
+            let mut message = inner.to_string();
+            // The YAML error repeats part of the path ("teams.x: unknown field …"): keep ours.
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.is_empty() && path.starts_with(prefix) {
+                    message = rest.to_owned();
+                }
+            }
+            if let Some(loc) = inner.location() {
+                if !message.contains("line ") {
+                    message = format!("{message} (line {})", loc.line());
+                }
+            }
+            err(path, message)
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    /// Check cross references and resolve every secret. Returns warnings (e.g. literal secrets);
+    /// the first hard error aborts.
+    pub fn validate(&self, env: &dyn EnvSource) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let s = &self.server;
+        if s.max_body_bytes == 0 {
+            return Err(err("server.max_body_bytes", "must be greater than 0"));
+        }
+        if s.max_in_flight == 0 {
+            return Err(err("server.max_in_flight", "must be greater than 0"));
+        }
+        if s.cors.allow_credentials && s.cors.allowed_origins.iter().any(|o| o == "*") {
+            return Err(err(
+                "server.cors.allowed_origins",
+                "'*' cannot be combined with allow_credentials: list the origins",
+            ));
+        }
+        for (i, h) in s.forward_headers.iter().enumerate() {
+            let lower = h.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
+                || matches!(
+                    lower.as_str(),
+                    "authorization" | "x-api-key" | "cookie" | "host" | "content-length"
+                )
+            {
+                return Err(err(
+                    format!("server.forward_headers[{i}]"),
+                    format!("'{h}' may not be forwarded"),
+                ));
+            }
+        }
+        for (name, c) in &self.credentials {
+            let path = format!("credentials.{name}");
+            check_credential(c, &path, env, &mut warnings)?;
+        }
+        if self.upstreams.is_empty() {
+            return Err(err("upstreams", "at least one upstream is required"));
+        }
+        for (name, u) in &self.upstreams {
+            let path = format!("upstreams.{name}");
+            if u.provider == ProviderKind::Openai {
+                match &u.base_url {
+                    None => return Err(err(format!("{path}.base_url"), "is required")),
+                    Some(url) => {
+                        let parsed = reqwest::Url::parse(url).map_err(|e| {
+                            err(format!("{path}.base_url"), format!("invalid URL: {e}"))
+                        })?;
+                        if !matches!(parsed.scheme(), "http" | "https") {
+                            return Err(err(format!("{path}.base_url"), "must be http or https"));
+                        }
+                    }
+                }
+            }
+            if let Some(c) = &u.credential {
+                if !self.credentials.contains_key(c) {
+                    return Err(err(
+                        format!("{path}.credential"),
+                        format!("credential '{c}' is not defined under credentials"),
+                    ));
+                }
+            }
+            if u.max_concurrent == 0 {
+                return Err(err(
+                    format!("{path}.max_concurrent"),
+                    "must be greater than 0",
+                ));
+            }
+            if !(0.0..=1.0).contains(&u.breaker.error_rate) {
+                return Err(err(
+                    format!("{path}.breaker.error_rate"),
+                    "must be between 0 and 1",
+                ));
+            }
+            if u.mock.chunks == 0 {
+                return Err(err(format!("{path}.mock.chunks"), "must be at least 1"));
+            }
+        }
+        for (name, m) in &self.models {
+            let path = format!("models.{name}");
+            if m.targets.is_empty() {
+                return Err(err(
+                    format!("{path}.targets"),
+                    "needs at least one upstream",
+                ));
+            }
+            for (i, t) in m.targets.iter().enumerate() {
+                if !self.upstreams.contains_key(&t.upstream) {
+                    return Err(err(
+                        format!("{path}.targets[{i}].upstream"),
+                        format!("upstream '{}' is not defined under upstreams", t.upstream),
+                    ));
+                }
+            }
+            let fallbacks = m
+                .fallbacks
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("{path}.fallbacks[{i}]"), f));
+            let on = m
+                .fallback_on
+                .iter()
+                .map(|(r, f)| (format!("{path}.fallback_on.{r:?}"), f));
+            for (fpath, f) in fallbacks.chain(on) {
+                if f == name || !self.models.contains_key(f) {
+                    return Err(err(
+                        fpath,
+                        format!("fallback model '{f}' is not another model defined under models"),
+                    ));
+                }
+            }
+            if m.retry.max_attempts == 0 {
+                return Err(err(
+                    format!("{path}.retry.max_attempts"),
+                    "must be at least 1",
+                ));
+            }
+            if !(0.0..=10.0).contains(&m.retry.budget_ratio) {
+                return Err(err(
+                    format!("{path}.retry.budget_ratio"),
+                    "must be between 0 and 10",
+                ));
+            }
+        }
+        for (name, t) in &self.teams {
+            let path = format!("teams.{name}");
+            for (i, m) in t.models.iter().enumerate() {
+                if m != "*" && !self.models.contains_key(m) {
+                    return Err(err(
+                        format!("{path}.models[{i}]"),
+                        format!("model '{m}' is not defined under models"),
+                    ));
+                }
+            }
+            check_limits(
+                &path,
+                t.requests_per_minute,
+                t.tokens_per_minute,
+                t.max_concurrent,
+                &t.budget,
+            )?;
+            if let Some(tp) = &t.temperature {
+                if let (Some(lo), Some(hi)) = (tp.min, tp.max) {
+                    if lo > hi {
+                        return Err(err(format!("{path}.temperature"), "min is above max"));
+                    }
+                }
+            }
+        }
+        if let Some(a) = &self.admin {
+            check_key_source(&a.sha256, &a.key, "admin", env, &mut warnings)?;
+        }
+        if let Some(st) = &self.store {
+            st.validate(env, &mut warnings)?;
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            let path = format!("keys[{i}]");
+            if !self.teams.contains_key(&k.team) {
+                return Err(err(
+                    format!("{path}.team"),
+                    format!("team '{}' is not defined under teams", k.team),
+                ));
+            }
+            check_key_source(&k.sha256, &k.key, &path, env, &mut warnings)?;
+            check_limits(
+                &path,
+                k.requests_per_minute,
+                k.tokens_per_minute,
+                k.max_concurrent,
+                &k.budget,
+            )?;
+        }
+        self.validate_limits(env, &mut warnings)?;
+        Ok(warnings)
+    }
+}

@@ -1,0 +1,78 @@
+//! Config of the store (`store:`) and its usage writer.
+
+use super::*;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://tollgate.db?mode=rwc` (embedded) or `postgres://user@host/db`; may be an
+    /// `${ENV}` or `file:` reference (a PostgreSQL URL can carry a password).
+    pub url: SecretRef,
+    /// Connections in the pool.
+    #[serde(default = "default_store_connections")]
+    pub max_connections: u32,
+    /// How long a store key lookup is answered from memory before it is re-read in the
+    /// background; a change reaches every replica within twice this. At most 2.5s.
+    #[serde(default = "default_key_cache_ttl")]
+    pub key_cache_ttl: Dur,
+    /// While the store cannot be read, cached store keys keep working this long.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: Dur,
+    #[serde(default)]
+    pub usage: UsageWriterConfig,
+}
+
+fn default_store_connections() -> u32 {
+    8
+}
+fn default_key_cache_ttl() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_stale_if_error() -> Dur {
+    secs(60)
+}
+
+/// The usage writer: a bounded queue between requests and the store, written in batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageWriterConfig {
+    /// Rows the queue holds while the store is slow or down.
+    pub queue: usize,
+    /// Most rows in one batch (one transaction); at most 2000.
+    pub batch_size: usize,
+    /// A batch is written when full or when its first row has waited this long.
+    pub batch_interval: Dur,
+    /// What happens to a row when the queue is full: `spill` or `block`.
+    pub on_full: OnFull,
+    /// With `on_full: block`, how long a row waits for room before it is spilled.
+    pub block_timeout: Dur,
+    /// The local JSON-lines file rows spill to; replayed into the store later.
+    pub spill_path: std::path::PathBuf,
+    /// On shutdown, how long the writer may take to write what is queued (the rest spills).
+    pub flush_timeout: Dur,
+}
+
+impl Default for UsageWriterConfig {
+    fn default() -> Self {
+        UsageWriterConfig {
+            queue: 65_536,
+            batch_size: 1000,
+            batch_interval: Dur(Duration::from_millis(100)),
+            on_full: OnFull::Spill,
+            block_timeout: Dur(Duration::from_millis(100)),
+            spill_path: "tollgate-usage.spill.jsonl".into(),
+            flush_timeout: secs(10),
+        }
+    }
+}
+
+/// The full-queue policy of the usage writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Append the row to the spill file.
+    #[default]
+    Spill,
+    /// Wait (off the request path) up to `block_timeout` for room, then spill.
+    Block,
+}

@@ -1,0 +1,90 @@
+//! Config of teams (`teams:`) and client keys (`keys:`).
+
+use super::*;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeamConfig {
+    /// Client-facing models this team may use; `*` for all.
+    pub models: Vec<String>,
+    pub max_tokens: Option<RangeDefault<u64>>,
+    pub temperature: Option<TemperaturePolicy>,
+    /// Most messages in one chat request.
+    pub max_messages: Option<usize>,
+    /// Largest body this team may send (capped by `server.max_body_bytes`).
+    pub max_body_bytes: Option<usize>,
+    /// Requests per minute, all the team's keys together.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt + completion) per minute, all the team's keys together.
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once, all the team's keys together.
+    pub max_concurrent: Option<u64>,
+    /// Spending cap for all the team's keys together.
+    pub budget: Option<BudgetConfig>,
+    /// Highest queue priority this team's requests may ask for (`x-tollgate-priority`).
+    pub max_priority: Option<Priority>,
+}
+
+/// Queue priority of a request waiting for an upstream slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High = 0,
+    Normal = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+}
+
+/// A default applied when the client sends nothing, and a cap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeDefault<T> {
+    pub default: Option<T>,
+    pub max: Option<T>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemperaturePolicy {
+    pub default: Option<f64>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// A display name, used as the key id in logs.
+    pub name: String,
+    pub team: String,
+    /// SHA-256 of the key, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The key itself, as an `${ENV}` or `file:` reference.
+    #[serde(default)]
+    pub key: Option<SecretRef>,
+    /// Requests per minute for this key alone (the team's limit applies too).
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute for this key alone.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once for this key alone.
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    /// Spending cap for this key alone.
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
+}

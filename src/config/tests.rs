@@ -1,0 +1,151 @@
+//! Unit tests of parsing and validation.
+use super::*;
+use std::collections::HashMap;
+
+const BASE: &str = r#"
+upstreams:
+  m: { provider: mock }
+models:
+  mock-gpt: { targets: [ { upstream: m } ] }
+teams:
+  t: { models: ["*"] }
+"#;
+
+fn check(text: &str) -> Result<Vec<String>, String> {
+    Config::parse(text)
+        .map_err(|e| e.to_string())?
+        .validate(&HashMap::new())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn limits_are_validated_with_field_paths() {
+    let t = BASE.replace(
+        r#"t: { models: ["*"] }"#,
+        r#"t: { models: ["*"], requests_per_minute: 0 }"#,
+    );
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("teams.t.requests_per_minute: must be greater than 0 (leave it out for no limit)")
+    );
+    let t = format!(
+        "{BASE}keys:\n  - {{ name: k, team: t, sha256: {}, budget: {{ amount_usd: -1 }} }}\n",
+        "a".repeat(64)
+    );
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("keys[0].budget.amount_usd: must be a number from 0 to 1e9")
+    );
+    let t = format!("{BASE}limits: {{ backend: redis }}\n");
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("limits.redis_url: is required with backend: redis")
+    );
+    let t = format!("{BASE}limits: {{ backend: redis, redis_url: \"http://x\" }}\n");
+    assert!(check(&t).is_err_and(|e| e.starts_with("limits.redis_url: must start")));
+    let t = format!("{BASE}limits: {{ backned: redis }}\n");
+    assert!(check(&t).is_err_and(|e| e.contains("backned")));
+    let t = format!("{BASE}prices: {{ x: {{ input_per_million: -1, output_per_million: 1 }} }}\n");
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("prices.x.input_per_million: must be a number of at least 0")
+    );
+}
+
+#[test]
+fn unpriced_models_are_warned_about_when_budgets_are_set() {
+    let t = BASE.replace("mock-gpt:", "house-model:").replace(
+        r#"t: { models: ["*"] }"#,
+        r#"t: { models: ["*"], budget: { amount_usd: 10, period: daily } }"#,
+    );
+    let w = check(&t).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("models.house-model: no price")),
+        "{w:?}"
+    );
+    assert!(check(BASE).is_ok_and(|w| w.is_empty()));
+}
+
+#[test]
+fn durations_parse_with_units() {
+    assert_eq!(
+        Dur::parse("250ms").map(|d| d.0),
+        Ok(Duration::from_millis(250))
+    );
+    assert_eq!(Dur::parse("2m").map(|d| d.0), Ok(Duration::from_secs(120)));
+    assert!(Dur::parse("5").is_err());
+    assert!(Dur::parse("5y").is_err());
+}
+
+#[test]
+fn unknown_field_names_path_and_line() {
+    let text = format!("{BASE}\nserver:\n  listen: 127.0.0.1:1\n  bogus: 1\n");
+    let e = Config::parse(&text)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("bogus"), "{e}");
+    assert!(e.contains("line 11"), "{e}");
+}
+
+#[test]
+fn undefined_upstream_is_named() {
+    let text = BASE.replace("upstream: m", "upstream: nope");
+    let cfg = Config::parse(&text).map_err(|e| e.to_string());
+    let e = cfg.and_then(|c| c.validate(&HashMap::new()).map_err(|e| e.to_string()));
+    assert_eq!(
+        e.err().as_deref(),
+        Some("models.mock-gpt.targets[0].upstream: upstream 'nope' is not defined under upstreams")
+    );
+}
+
+fn validate(text: &str, env: &HashMap<String, String>) -> Result<Vec<String>, String> {
+    Config::parse(text)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.validate(env).map_err(|e| e.to_string()))
+}
+
+#[test]
+fn credential_kinds_parse_validate_and_warn_on_literals() {
+    let env: HashMap<String, String> = [
+        ("SK".to_string(), "s3cret".to_string()),
+        ("GLM".to_string(), "id.sec".to_string()),
+    ]
+    .into();
+    let text = format!(
+        "{BASE}
+credentials:
+  baidu:
+    kind: oauth2
+    token_url: http://127.0.0.1:1/oauth/2.0/token
+    client_id: ak
+    client_secret: ${{SK}}
+    client_auth: query
+    placement: {{ query: access_token }}
+  glm: {{ kind: jwt, api_key: '${{GLM}}' }}
+  pool:
+    kind: pool
+    tokens: [literal-token]
+    members:
+      - {{ kind: static, secret: '${{SK}}' }}
+"
+    );
+    let w = validate(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("credentials.pool.tokens[0]"), "{w:?}");
+    assert!(!w[0].contains("literal-token"), "{w:?}");
+
+    let bad = text.replace("client_auth: query", "client_auth: query\n    bogus: 1");
+    let e = validate(&bad, &env).err().unwrap_or_default();
+    assert!(e.contains("bogus"), "{e}");
+    let bad = text.replace("'${GLM}'", "'${SK}'");
+    let e = validate(&bad, &env).err().unwrap_or_default();
+    assert_eq!(e, "credentials.glm.api_key: must have the form id.secret");
+    let bad = text.replace(
+        "{ kind: static, secret: '${SK}' }",
+        "{ kind: pool, tokens: [x] }",
+    );
+    let e = validate(&bad, &env).err().unwrap_or_default();
+    assert_eq!(e, "credentials.pool.members[0]: pools do not nest");
+}
