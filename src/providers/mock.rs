@@ -20,10 +20,9 @@ pub struct Mock {
     cfg: MockConfig,
 }
 
-/// The text the mock answers with: "mock reply: " and the words of the last user message (or
-/// the prompt), cut to `max_tokens` words.
-pub fn reply_text(body: &Map<String, Value>) -> String {
-    let source = match body.get("messages").and_then(Value::as_array) {
+/// What a request asks about: the last user message's text, or the prompt.
+pub fn request_text(body: &Map<String, Value>) -> String {
+    match body.get("messages").and_then(Value::as_array) {
         Some(msgs) => msgs
             .iter()
             .rev()
@@ -31,7 +30,13 @@ pub fn reply_text(body: &Map<String, Value>) -> String {
             .map(|m| content_text(m.get("content")))
             .unwrap_or_default(),
         None => content_text(body.get("prompt")),
-    };
+    }
+}
+
+/// The text the mock answers with: "mock reply: " and the words of the last user message (or
+/// the prompt), cut to `max_tokens` words.
+pub fn reply_text(body: &Map<String, Value>) -> String {
+    let source = request_text(body);
     let limit = body
         .get("max_tokens")
         .or_else(|| body.get("max_completion_tokens"))

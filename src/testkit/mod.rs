@@ -447,16 +447,6 @@ pub(crate) fn json_resp(status: StatusCode, v: &Value, guard: FlightGuard) -> Re
 use crate::providers::mock::content_text;
 
 /// `prompt` of /v1/completions: a string, or an array of strings.
-fn prompt_text(prompt: Option<&Value>) -> String {
-    match prompt {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => content_text(other),
-    }
-}
 
 pub(crate) fn words(s: &str) -> usize {
     s.split_whitespace().count()
@@ -466,15 +456,10 @@ pub(crate) fn words(s: &str) -> usize {
 /// last user message's text (or the `prompt`), whitespace-normalized to single
 /// spaces, cut to `max_tokens` (or `max_completion_tokens`) words if given.
 pub fn reply_text(body: &Value) -> String {
-    let source = match body.get("messages").and_then(Value::as_array) {
-        Some(msgs) => msgs
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(|m| content_text(m.get("content")))
-            .unwrap_or_default(),
-        None => prompt_text(body.get("prompt")),
-    };
+    let source = body
+        .as_object()
+        .map(crate::providers::mock::request_text)
+        .unwrap_or_default();
     let full = format!("echo: {source}");
     let limit = body
         .get("max_tokens")
@@ -495,7 +480,7 @@ fn prompt_tokens(body: &Value) -> usize {
             .iter()
             .map(|m| words(&content_text(m.get("content"))))
             .sum(),
-        None => words(&prompt_text(body.get("prompt"))),
+        None => words(&content_text(body.get("prompt"))),
     };
     n.max(1)
 }
