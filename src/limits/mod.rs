@@ -244,6 +244,7 @@ impl Estimate {
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     fn walk(v: &Value, ascii: &mut u64, other: &mut u64) {
         match v {
+            Value::String(s) if s.is_ascii() => *ascii += s.len() as u64,
             Value::String(s) => {
                 for c in s.chars() {
                     if c.is_ascii() {

@@ -76,7 +76,8 @@ struct UsageProbe {
     usage: Option<Usage>,
 }
 
-/// The `usage` object of an OpenAI-shaped JSON body (a response or one stream chunk).
-pub fn parse_usage(json: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<UsageProbe>(json).ok()?.usage
+/// Parse a whole JSON object once: an error when it is not one (cut, malformed), else its
+/// `usage` if it has one. Validation and usage capture in a single pass.
+pub fn read_usage(json: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    serde_json::from_slice::<UsageProbe>(json).map(|p| p.usage)
 }

@@ -55,8 +55,8 @@ pub struct Answer {
 }
 
 pub enum AnswerBody {
-    /// A whole non-stream body.
-    Full(Bytes),
+    /// A whole non-stream body, and the usage it reports.
+    Full(Bytes, Option<crate::providers::Usage>),
     /// A stream whose first chunk has arrived; the upstream slot is held until it ends.
     Stream {
         first: Bytes,
@@ -456,7 +456,12 @@ async fn attempt_inner(
     }
     // Non-stream: read it whole, so a reset or a cut body can still be retried.
     let total_deadline = (sent_at + upstream.timeouts.total.0).min(deadline);
-    let mut buf = BytesMut::new();
+    let hint = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(hint.min(req.max_response_bytes));
     loop {
         let wait = upstream
             .timeouts
@@ -479,15 +484,16 @@ async fn attempt_inner(
     // Fix: every relayed endpoint (chat, completions, embeddings) answers JSON, so the body
     // must parse whatever its content type says. Checking only `*json*` content types let a
     // 200 `text/event-stream` of garbage through to a non-stream client instead of retrying.
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&buf).is_err() {
+    // One parse validates the body and reads its usage.
+    let Ok(usage) = crate::providers::read_usage(&buf) else {
         return Err(ApiError::UpstreamInvalid);
-    }
+    };
     drop(slot);
     Ok(Answer {
         upstream: upstream.clone(),
         status,
         headers,
-        body: AnswerBody::Full(buf.freeze()),
+        body: AnswerBody::Full(buf.freeze(), usage),
         sent_at,
         deadline: total_deadline,
     })

@@ -20,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::attempt::{Answer, AnswerBody};
 use super::ledger::Ledger;
 use crate::error::error_json;
-use crate::providers::{parse_usage, BodyStream, Usage};
+use crate::providers::{BodyStream, Usage};
 use crate::routing::queue::Slot;
 use crate::state::Upstream;
 use crate::telemetry::names;
@@ -44,8 +44,8 @@ pub fn respond(
     ledger.status(answer.status.as_u16());
     ledger.first_byte();
     let body = match answer.body {
-        AnswerBody::Full(bytes) => {
-            if let Some(u) = parse_usage(&bytes) {
+        AnswerBody::Full(bytes, usage) => {
+            if let Some(u) = usage {
                 ledger.usage(u);
             }
             ledger.finish();

@@ -226,8 +226,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut tmp = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut tmp);
+            if matches!(this.state, State::PassThrough) {
+                // Nothing left to follow: read straight into the caller's buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut tmp = [const { std::mem::MaybeUninit::<u8>::uninit() }; 8192];
+            let mut rb = ReadBuf::uninit(&mut tmp);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -243,8 +247,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                         }
                         return Poll::Ready(Ok(()));
                     }
-                    let n = got.len();
-                    this.feed(&tmp[..n]);
+                    this.feed(got);
                 }
             }
         }

@@ -446,7 +446,6 @@ pub(crate) fn json_resp(status: StatusCode, v: &Value, guard: FlightGuard) -> Re
 /// mock provider reads requests the same way).
 use crate::providers::mock::content_text;
 
-
 pub(crate) fn words(s: &str) -> usize {
     s.split_whitespace().count()
 }
