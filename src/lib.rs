@@ -21,6 +21,14 @@
 //!
 //! Shared state lives in [`state::AppState`]: an `ArcSwap`'d [`state::Snapshot`] of the config and
 //! everything derived from it, so a request sees one consistent set.
+//!
+//! Modules: [`cli`] (commands), [`server`] (listener, framing guard, shutdown), [`app`] (the route
+//! table and middleware order), [`proxy`] (the request path, attempts, relay, ledger), [`auth`],
+//! [`policy`], [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`]
+//! (strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
+//! [`providers`] (`openai`, `mock`), [`store`] (SQLite/PostgreSQL, key cache, usage writer),
+//! [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`secret`], and
+//! [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
 pub mod app;
