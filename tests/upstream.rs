@@ -467,3 +467,22 @@ async fn the_binary_never_logs_keys() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn other_stream_options_are_kept_when_usage_is_asked_for() {
+    let m = mock().await;
+    let gw = start(&m).await;
+    let mut body = chat("gpt", "a b", true);
+    body["stream_options"] = json!({"continuous_usage_stats": false});
+    let events = sse_events(gw.post("/v1/chat/completions", body).await).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "{events:?}"
+    );
+    let seen = &m.received()[0].body["stream_options"];
+    assert_eq!(
+        seen,
+        &json!({"continuous_usage_stats": false, "include_usage": true})
+    );
+}

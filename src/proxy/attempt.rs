@@ -401,7 +401,7 @@ async fn attempt_inner(
                 upstream.breaker.rate_limited(Instant::now() + d, false);
             }
         }
-        return Err(upstream_error(response, upstream.timeouts.idle.0.min(left())).await);
+        return Err(upstream_error(response, upstream.timeouts.idle.0, deadline).await);
     }
     let is_sse = response
         .headers
@@ -451,7 +451,7 @@ async fn attempt_inner(
                 slot,
             },
             sent_at,
-            deadline: sent_at + upstream.timeouts.total.0.min(left()),
+            deadline: (sent_at + upstream.timeouts.total.0).min(deadline),
         });
     }
     // Non-stream: read it whole, so a reset or a cut body can still be retried.
@@ -530,13 +530,15 @@ fn first_event_ok(buf: &[u8]) -> Option<bool> {
 }
 
 /// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
-async fn upstream_error(resp: UpstreamResponse, idle: Duration) -> ApiError {
+async fn upstream_error(resp: UpstreamResponse, idle: Duration, deadline: Instant) -> ApiError {
     const MAX: usize = 64 * 1024;
     let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
     let mut body = resp.body;
     let mut buf = Vec::new();
+    // Each chunk within `idle`, the whole body within the request's deadline.
     while buf.len() < MAX {
-        match tokio::time::timeout(idle, body.next()).await {
+        let until = deadline.min(Instant::now() + idle);
+        match tokio::time::timeout_at(until.into(), body.next()).await {
             Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
             _ => break,
         }

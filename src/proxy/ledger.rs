@@ -25,6 +25,8 @@ pub struct Ledger {
     started: Option<Instant>,
     /// The answer reached its end (or failed with a known error); otherwise the client left.
     finished: bool,
+    /// The upstream reported real usage; otherwise the prompt is charged at its estimate.
+    usage_reported: bool,
     _in_flight: Option<InFlightGuard>,
     /// The limiter's admission, settled with the real usage when the ledger drops.
     admission: Option<Admission>,
@@ -42,6 +44,7 @@ impl Ledger {
             },
             started: Some(Instant::now()),
             finished: false,
+            usage_reported: false,
             _in_flight: Some(InFlightGuard::new()),
             admission: None,
             usage,
@@ -99,13 +102,15 @@ impl Ledger {
             self.rec.ttfb = self.started.map(|s| s.elapsed());
         }
     }
-    /// Content chunks relayed so far: what a client that leaves mid-stream is charged for.
+    /// Content chunks relayed so far: what a client that leaves mid-stream (or a stream that
+    /// ends without the upstream's usage) is charged for.
     pub fn streamed(&mut self, chunks: u64) {
-        if !self.finished {
+        if !self.usage_reported {
             self.rec.completion_tokens = chunks;
         }
     }
     pub fn usage(&mut self, u: Usage) {
+        self.usage_reported = true;
         self.rec.prompt_tokens = u.prompt_tokens;
         self.rec.completion_tokens = u.completion_tokens;
     }
@@ -147,9 +152,9 @@ impl Drop for Ledger {
                 prompt_tokens: self.rec.prompt_tokens,
                 completion_tokens: self.rec.completion_tokens,
             };
-            if !self.finished {
-                // The client left before the usage was known: the upstream has at least read
-                // the prompt, so charge the estimated prompt (never free to walk away).
+            if !self.usage_reported {
+                // No real usage (the client left, the stream broke, the upstream sent none): the
+                // upstream has at least read the prompt, so charge its estimate.
                 usage.prompt_tokens = usage.prompt_tokens.max(a.estimated_prompt_tokens());
             }
             self.rec.cost_usd = a.settle(usage);

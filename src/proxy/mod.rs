@@ -103,11 +103,19 @@ async fn run(
         });
     }
     if shaped.stream && !shaped.client_wants_usage {
-        // Ask for the usage chunk so usage is always recorded; the relay strips it again.
-        json.insert(
-            "stream_options".into(),
-            serde_json::json!({"include_usage": true}),
-        );
+        // Ask for the usage chunk so usage is always recorded; the relay strips it again. Other
+        // stream options the client sent are kept.
+        match json.get_mut("stream_options") {
+            Some(Value::Object(o)) => {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+            _ => {
+                json.insert(
+                    "stream_options".into(),
+                    serde_json::json!({"include_usage": true}),
+                );
+            }
+        }
     }
     let wishes = attempt::Wishes {
         priority: priority(&parts.headers, team)?,

@@ -160,6 +160,14 @@ impl SseRelay {
                 .idle
                 .min(self.deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wait, self.upstream.next()).await {
+                Err(_) if Instant::now() >= self.deadline => {
+                    // Our own deadline, not the upstream's fault: no breaker failure.
+                    return Some(self.end_with(
+                        "deadline_exceeded",
+                        "the request reached its deadline in the middle of the stream",
+                        false,
+                    ));
+                }
                 Err(_) => {
                     return Some(self.end_with_error(
                         "upstream_timeout",
@@ -235,23 +243,31 @@ impl SseRelay {
     fn finish(&mut self) {
         self.ended = true;
         self.ledger.upstream_time(self.sent_at.elapsed());
-        let usage = self.usage.unwrap_or(Usage {
-            prompt_tokens: 0,
-            completion_tokens: self.content_events,
-        });
-        self.ledger.usage(usage);
+        match self.usage {
+            Some(u) => self.ledger.usage(u),
+            // No usage from the upstream: the chunks relayed stand for the completion, and the
+            // ledger charges the estimated prompt.
+            None => self.ledger.streamed(self.content_events),
+        }
         self.ledger.finish();
     }
 
+    /// The upstream broke the stream: an error event, and a failure for its breaker.
     fn end_with_error(&mut self, code: &'static str, message: &str) -> Bytes {
+        self.end_with(code, message, true)
+    }
+
+    fn end_with(&mut self, code: &'static str, message: &str, upstream_fault: bool) -> Bytes {
         self.finish();
         self.ledger.broken(code);
-        let state = self
-            .source
-            .breaker
-            .record(Instant::now(), false, None, false);
-        metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.to_string())
-            .set(state.gauge());
+        if upstream_fault {
+            let state = self
+                .source
+                .breaker
+                .record(Instant::now(), false, None, false);
+            metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.to_string())
+                .set(state.gauge());
+        }
         let mut out = self.buf.split();
         // Close a half-written event before the error event.
         if !out.is_empty() {
