@@ -486,3 +486,51 @@ async fn other_stream_options_are_kept_when_usage_is_asked_for() {
         &json!({"continuous_usage_stats": false, "include_usage": true})
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_releases_its_slot_at_the_deadline() {
+    let m = mock().await;
+    let cfg = config(&m.base_url(), "", "").replace(
+        "retry: { max_attempts: 1 } }",
+        "retry: { max_attempts: 1 }, deadline: 1s }",
+    );
+    let gw = Gateway::start_with_env(&cfg, env()).await;
+    // A long echo, one event per word: megabytes of SSE, more than the socket buffers hold.
+    let words = vec!["word"; 60_000].join(" ");
+    let body = serde_json::to_string(&chat("gpt", &words, true)).unwrap_or_default();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {DEMO_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The client never reads. Its slot must come back by itself after the 1 s deadline.
+    let upstream = gw.state.snapshot.load().upstreams.get("up").cloned();
+    let upstream = upstream.unwrap_or_else(|| panic!("no upstream"));
+    assert!(m.wait_requests(1, Duration::from_secs(5)).await);
+    let started = std::time::Instant::now();
+    let mut held = true;
+    // Nothing to await here (the release happens inside the gateway): poll, bounded.
+    while started.elapsed() < Duration::from_secs(5) {
+        if upstream.gate.in_flight() == 0 {
+            held = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !held,
+        "the slot was still held {:?} after the deadline",
+        started.elapsed()
+    );
+    assert!(
+        m.wait_cancelled(1, Duration::from_secs(5)).await,
+        "upstream not cancelled"
+    );
+    drop(s);
+}

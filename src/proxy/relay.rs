@@ -70,17 +70,42 @@ pub fn respond(
                 ledger,
                 _held: (in_flight, slot),
             };
-            Body::from_stream(futures_util::stream::unfold(relay, |mut r| async move {
-                r.next_out()
-                    .await
-                    .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), r))
-            }))
+            pump(relay, answer.deadline)
         }
     };
     let mut out = Response::new(body);
     *out.status_mut() = answer.status;
     *out.headers_mut() = headers;
     out
+}
+
+/// Run the relay in its own task, handing chunks to the response body through a small channel.
+///
+/// The task, not the client's reading, drives the upstream: a client that goes away is noticed
+/// at once (the channel closes), and a client that stops reading is cut off at the request's
+/// deadline, so it cannot hold the upstream slot, the in-flight permit or its limits forever.
+/// Dropping the relay releases all of them and accounts the request.
+fn pump(mut relay: SseRelay, deadline: Instant) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                () = tx.closed() => return,
+                next = relay.next_out() => next,
+            };
+            let Some(bytes) = next else { return };
+            match tokio::time::timeout_at(deadline.into(), tx.send(bytes)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
+    });
+    Body::from_stream(chunks)
 }
 
 /// Whether a first stream chunk starts like server-sent events.
