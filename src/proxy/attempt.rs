@@ -37,6 +37,15 @@ pub struct Request<'a> {
     pub max_response_bytes: usize,
 }
 
+/// What one attempt aims at: the model being tried (the requested one or a fallback), the
+/// queue priority and the request's deadline.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    model: &'a str,
+    priority: Priority,
+    deadline: Instant,
+}
+
 /// What the client asked of the attempt loop through headers.
 #[derive(Debug, Clone, Copy)]
 pub struct Wishes {
@@ -127,16 +136,12 @@ pub async fn dispatch(
                 tokio::time::sleep(wait).await;
             }
             let t0 = Instant::now();
-            let result = attempt(
-                upstream,
-                current,
-                json,
-                req,
-                wishes.priority,
+            let target = Target {
+                model: current,
+                priority: wishes.priority,
                 deadline,
-                ledger,
-            )
-            .await;
+            };
+            let result = attempt(upstream, &target, json, req, ledger).await;
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(e) => e.kind(),
@@ -236,11 +241,9 @@ fn reason_of(e: &ApiError) -> Option<FallbackReason> {
 /// to pool-size immediate retries when a pool member was rotated out (429 / 401 / 403).
 async fn attempt(
     upstream: &Arc<Upstream>,
-    model: &str,
+    target: &Target<'_>,
     json: &mut Map<String, Value>,
     req: &Request<'_>,
-    priority: Priority,
-    deadline: Instant,
     ledger: &mut Ledger,
 ) -> Result<Answer, ApiError> {
     ledger.upstream(&upstream.name);
@@ -259,7 +262,7 @@ async fn attempt(
     let mut abandoned = ProbeGuard {
         breaker: probe.then_some(&upstream.breaker),
     };
-    let result = attempt_inner(upstream, model, json, req, priority, deadline, ledger).await;
+    let result = attempt_inner(upstream, target, json, req, ledger).await;
     // An outcome is recorded below, with no await in between.
     abandoned.breaker = None;
     let now = Instant::now();
@@ -318,13 +321,16 @@ impl Drop for ProbeGuard<'_> {
 
 async fn attempt_inner(
     upstream: &Arc<Upstream>,
-    model: &str,
+    target: &Target<'_>,
     json: &mut Map<String, Value>,
     req: &Request<'_>,
-    priority: Priority,
-    deadline: Instant,
     ledger: &mut Ledger,
 ) -> Result<Answer, ApiError> {
+    let Target {
+        model,
+        priority,
+        deadline,
+    } = *target;
     let left = || deadline.saturating_duration_since(Instant::now());
     let slot = upstream.gate.acquire(priority, left()).await.map_err(|r| {
         ApiError::UpstreamUnavailable {
