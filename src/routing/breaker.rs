@@ -278,6 +278,15 @@ mod tests {
     use super::*;
     use crate::config::Dur;
 
+    /// Open `b` with three failures in a row; returns when.
+    fn opened(b: &Breaker) -> Instant {
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(t0, false, None, false);
+        }
+        t0
+    }
+
     fn cfg() -> BreakerConfig {
         BreakerConfig {
             consecutive_failures: 3,
@@ -292,10 +301,7 @@ mod tests {
     #[test]
     fn opens_on_consecutive_failures_then_probes_once() {
         let b = Breaker::new(cfg());
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record(t0, false, None, false);
-        }
+        let t0 = opened(&b);
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.admit(t0), Admit::No);
         let later = t0 + Duration::from_secs(6);
@@ -309,10 +315,7 @@ mod tests {
     #[test]
     fn failed_probe_reopens() {
         let b = Breaker::new(cfg());
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record(t0, false, None, false);
-        }
+        let t0 = opened(&b);
         let later = t0 + Duration::from_secs(6);
         assert_eq!(b.admit(later), Admit::Probe);
         b.record(later, false, None, true);
@@ -344,10 +347,7 @@ mod tests {
     #[test]
     fn an_abandoned_probe_frees_the_probe_slot() {
         let b = Breaker::new(cfg());
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record(t0, false, None, false);
-        }
+        let t0 = opened(&b);
         let later = t0 + Duration::from_secs(6);
         assert_eq!(b.admit(later), Admit::Probe);
         assert!(!b.available(later));
