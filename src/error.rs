@@ -11,6 +11,9 @@ use serde_json::json;
 
 use crate::limits::RateHeaders;
 
+/// Read by OpenAI's SDKs before anything else when deciding to retry.
+const X_SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
+
 /// Who caused an error; decides whether a retry on another upstream can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -44,7 +47,9 @@ pub enum ApiError {
     #[error("{message}")]
     RateLimited {
         message: String,
-        retry_after_secs: u64,
+        /// `None`: waiting will not help (the request alone is larger than the limit); the
+        /// answer then tells SDKs not to retry.
+        retry_after_secs: Option<u64>,
         /// The `x-ratelimit-*` values at refusal.
         headers: Box<RateHeaders>,
     },
@@ -260,10 +265,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<HeaderValue> {
         use ApiError::*;
         match self {
-            RateLimited {
-                retry_after_secs, ..
-            }
-            | Overloaded {
+            Overloaded {
                 retry_after_secs, ..
             }
             | CredentialsRateLimited {
@@ -277,11 +279,26 @@ impl ApiError {
             } => Some(HeaderValue::from(*retry_after_secs)),
             InsufficientQuota {
                 retry_after_secs, ..
+            }
+            | RateLimited {
+                retry_after_secs, ..
             } => retry_after_secs.map(HeaderValue::from),
             LimiterUnavailable => Some(HeaderValue::from(1u64)),
             UpstreamStatus { retry_after, .. } => retry_after.clone(),
             _ => None,
         }
+    }
+
+    /// A retry by the client's SDK cannot succeed soon: a request larger than a rate limit, or a
+    /// spent budget (it resets at the end of its period, not within an SDK's backoff).
+    fn futile_to_retry(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RateLimited {
+                retry_after_secs: None,
+                ..
+            } | ApiError::InsufficientQuota { .. }
+        )
     }
 
     /// The OpenAI-shaped JSON body. Upstream error bodies that already have that shape pass
@@ -328,6 +345,10 @@ impl IntoResponse for ApiError {
         );
         if let Some(v) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, v);
+        }
+        if self.futile_to_retry() {
+            // OpenAI's SDKs read this before the status: no automatic retries.
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
         }
         if let ApiError::RateLimited { headers: rate, .. }
         | ApiError::InsufficientQuota { headers: rate, .. } = &self

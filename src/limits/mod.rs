@@ -221,7 +221,8 @@ pub fn go_duration(d: Duration) -> String {
 #[derive(Debug, Clone)]
 pub struct Estimate {
     pub prompt_tokens: u64,
-    /// `max_tokens` after shaping, or `limits.default_max_tokens` (0 for embeddings).
+    /// The output cap after shaping, or `limits.default_max_tokens`, times the completions
+    /// asked for (`n`, `best_of`); 0 for embeddings.
     pub completion_tokens: u64,
     /// The model's price; `None` when the model has no price (it costs 0).
     pub price: Option<Price>,
@@ -239,33 +240,65 @@ impl Estimate {
 }
 
 /// Tokens in the prompt, estimated without a tokenizer: a token per 4 ASCII characters, a token
-/// per other character (CJK text is close to one token per character). Counts every string in
-/// `messages`, `prompt`, `input`, `tools` and `functions`.
+/// per other character (CJK text is close to one token per character), a token per number in
+/// `prompt`/`input` (token-id arrays), 4 per chat message for its framing. Counts every string in
+/// `messages`, `prompt`, `input`, and every string and object key in `tools`, `functions` and
+/// `response_format` (the model reads those schemas as prompt).
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    fn walk(v: &Value, ascii: &mut u64, other: &mut u64) {
-        match v {
-            Value::String(s) if s.is_ascii() => *ascii += s.len() as u64,
-            Value::String(s) => {
+    #[derive(Default)]
+    struct Count {
+        ascii: u64,
+        other: u64,
+        ids: u64,
+    }
+    impl Count {
+        fn text(&mut self, s: &str) {
+            if s.is_ascii() {
+                self.ascii += s.len() as u64;
+            } else {
                 for c in s.chars() {
                     if c.is_ascii() {
-                        *ascii += 1
+                        self.ascii += 1
                     } else {
-                        *other += 1
+                        self.other += 1
                     }
                 }
             }
-            Value::Array(a) => a.iter().for_each(|v| walk(v, ascii, other)),
-            Value::Object(o) => o.values().for_each(|v| walk(v, ascii, other)),
-            _ => {}
+        }
+        /// `ids`: numbers are token ids; `keys`: object keys are read by the model.
+        fn walk(&mut self, v: &Value, ids: bool, keys: bool) {
+            match v {
+                Value::String(s) => self.text(s),
+                Value::Number(_) if ids => self.ids += 1,
+                Value::Array(a) => a.iter().for_each(|v| self.walk(v, ids, keys)),
+                Value::Object(o) => o.iter().for_each(|(k, v)| {
+                    if keys {
+                        self.text(k);
+                    }
+                    self.walk(v, ids, keys)
+                }),
+                _ => {}
+            }
         }
     }
-    let (mut ascii, mut other) = (0, 0);
-    for f in ["messages", "prompt", "input", "tools", "functions"] {
+    let mut c = Count::default();
+    let mut framing = 0;
+    for (f, ids, keys) in [
+        ("messages", false, false),
+        ("prompt", true, false),
+        ("input", true, false),
+        ("tools", false, true),
+        ("functions", false, true),
+        ("response_format", false, true),
+    ] {
         if let Some(v) = body.get(f) {
-            walk(v, &mut ascii, &mut other);
+            c.walk(v, ids, keys);
+            if let (Value::Array(a), "messages") = (v, f) {
+                framing += 4 * a.len() as u64;
+            }
         }
     }
-    ascii.div_ceil(4) + other
+    c.ascii.div_ceil(4) + c.other + c.ids + framing
 }
 
 /// What the backend checks for one scope.
@@ -450,7 +483,10 @@ impl Limiter {
     ) -> Estimate {
         let completion_tokens = match endpoint {
             Endpoint::Embeddings => 0,
-            _ => shaped.max_tokens.unwrap_or(self.default_max_tokens),
+            _ => shaped
+                .max_tokens
+                .unwrap_or(self.default_max_tokens)
+                .saturating_mul(shaped.completions),
         };
         Estimate {
             prompt_tokens: estimate_prompt_tokens(body),
@@ -624,7 +660,7 @@ fn rejection(
     };
     ApiError::RateLimited {
         message,
-        retry_after_secs: retry_secs.unwrap_or(60),
+        retry_after_secs: retry_secs,
         headers,
     }
 }
@@ -761,7 +797,16 @@ mod tests {
         let body = serde_json::json!({"messages":[{"role":"user","content":"abcdefgh"},
             {"role":"user","content":[{"type":"text","text":"你好"}]}]});
         let Value::Object(m) = body else { panic!() };
-        // Values only: "user"+"abcdefgh"+"user"+"text" = 20 ascii -> 5; 2 CJK -> 2.
-        assert_eq!(estimate_prompt_tokens(&m), 7);
+        // Values only: "user"+"abcdefgh"+"user"+"text" = 20 ascii -> 5; 2 CJK -> 2; 2 messages -> 8.
+        assert_eq!(estimate_prompt_tokens(&m), 15);
+    }
+
+    #[test]
+    fn prompt_estimate_counts_token_ids_and_tool_schemas() {
+        let body = serde_json::json!({"prompt": [[1, 2, 3], [4, 5]],
+            "tools": [{"type": "function", "function": {"name": "abcd"}}]});
+        let Value::Object(m) = body else { panic!() };
+        // 5 ids; keys and values of tools: type+function+function+name+abcd = 28 ascii -> 7.
+        assert_eq!(estimate_prompt_tokens(&m), 12);
     }
 }

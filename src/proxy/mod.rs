@@ -63,16 +63,6 @@ async fn run(
     req: Request<Body>,
     ledger: &mut Ledger,
 ) -> Result<Response, ApiError> {
-    // accept: bound the work in flight.
-    let in_flight =
-        state
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded {
-                message: "too many requests in flight".into(),
-                retry_after_secs: 1,
-            })?;
     let snap = state.snapshot.load_full();
     let (parts, body) = req.into_parts();
 
@@ -97,6 +87,7 @@ async fn run(
             model: shaped.model.clone(),
         });
     }
+    ledger.model_known();
     if !policy::model_allowed(team, &shaped.model) || !caller.key_allows(&shaped.model) {
         return Err(ApiError::ModelNotAllowed {
             model: shaped.model.clone(),
@@ -126,6 +117,19 @@ async fn run(
     let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
     ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
     let rate_headers = ledger.rate_headers().copied();
+
+    // Only now, authenticated and within its own limits, may the caller take one of the
+    // process's shared in-flight slots: a caller cannot hold them while it trickles a body in
+    // or past its own concurrency.
+    let in_flight =
+        state
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                message: "too many requests in flight".into(),
+                retry_after_secs: 1,
+            })?;
 
     // plan + attempt: model -> upstreams in order; retries and fallbacks before the first byte.
     let headers = forward_headers(&snap, &parts.headers, ledger.request_id());
