@@ -7,9 +7,9 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::json;
 
-use crate::limits::RateHeaders;
+pub use crate::openai::error_json;
+use crate::openai::RateHeaders;
 
 /// Read by OpenAI's SDKs before anything else when deciding to retry.
 const X_SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
@@ -322,12 +322,6 @@ impl ApiError {
         };
         error_json(&self.to_string(), self.openai_type(), param, self.code())
     }
-}
-
-/// Build `{"error":{"message","type","param","code"}}`.
-pub fn error_json(message: &str, kind: &str, param: Option<&str>, code: &str) -> Bytes {
-    let v = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    Bytes::from(v.to_string())
 }
 
 fn is_openai_error(body: &[u8]) -> bool {

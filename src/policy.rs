@@ -9,32 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::config::TeamConfig;
 use crate::error::ApiError;
-
-/// The OpenAI endpoints Tollgate relays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    /// Path appended to an upstream's base URL.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
-        }
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
-}
+pub use crate::openai::Endpoint;
 
 /// What shaping learned about the request.
 #[derive(Debug, Clone)]

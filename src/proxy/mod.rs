@@ -67,9 +67,11 @@ async fn run(
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
-    let caller = crate::auth::authenticate(state, &snap, &parts.headers).await?;
+    let caller = state.authenticate(&snap, &parts.headers).await?;
     ledger.caller(&caller);
-    let team = caller.team_policy(&snap).ok_or(ApiError::Internal)?;
+    let team = caller
+        .team_policy(&snap.config.teams)
+        .ok_or(ApiError::Internal)?;
 
     // accept (cont.): read the body within the team's size limit and the read deadline.
     let limit = team
@@ -114,8 +116,13 @@ async fn run(
     };
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
-    let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
-    ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
+    let ask = crate::limits::Ask {
+        model: &shaped.model,
+        output_cap: shaped.max_tokens,
+        completions: shaped.completions,
+    };
+    let estimate = snap.limiter.estimate(endpoint, ask, &json);
+    ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
     let rate_headers = ledger.rate_headers().copied();
 
     // Only now, authenticated and within its own limits, may the caller take one of the

@@ -19,7 +19,7 @@
 //! path keeps serving config keys and cached store keys (see [`key_cache`]), and usage rows
 //! queue, then spill to a local file (see [`writer`]); nothing is dropped silently.
 
-pub mod key_cache;
+mod key_lookup;
 pub mod records;
 pub mod usage;
 pub mod writer;
@@ -37,7 +37,6 @@ use sqlx::sqlite::{
 use crate::config::StoreConfig;
 use crate::secret::EnvSource;
 
-pub use key_cache::KeyCache;
 pub use records::{KeyRecord, TeamRecord};
 pub use usage::UsageRow;
 pub use writer::{UsageSink, UsageWriter};
@@ -203,26 +202,6 @@ impl Limits {
     }
 }
 
-/// The stored form to the form the limiter enforces (a budget without a period is monthly).
-impl From<&Limits> for crate::limits::Limits {
-    fn from(l: &Limits) -> Self {
-        use crate::config::{BudgetConfig, BudgetPeriod as P};
-        crate::limits::Limits {
-            rpm: l.rpm,
-            tpm: l.tpm,
-            max_concurrent: l.max_concurrent,
-            budget: l.budget_usd.map(|amount_usd| BudgetConfig {
-                amount_usd,
-                period: match l.budget_period {
-                    Some(BudgetPeriod::Day) => P::Daily,
-                    Some(BudgetPeriod::Total) => P::None,
-                    Some(BudgetPeriod::Month) | None => P::Monthly,
-                },
-            }),
-        }
-    }
-}
-
 /// The window a budget applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -325,8 +304,9 @@ pub fn civil_from_days(z: i64) -> String {
 /// Everything the running gateway holds of the store.
 pub struct Handle {
     pub db: Store,
-    /// Store keys, cached for the request path.
-    pub keys: KeyCache,
+    /// How long the request path's key cache (`auth::KeyCache`) may answer from a read.
+    pub key_cache_ttl: std::time::Duration,
+    pub stale_if_error: std::time::Duration,
     /// Where the ledger sends usage rows.
     pub usage: UsageSink,
 }
@@ -340,9 +320,14 @@ pub async fn open(
     let url = cfg.url.resolve(env)?;
     let db = Store::connect(url.expose(), cfg.max_connections).await?;
     let (usage, writer) = writer::start(db.clone(), &cfg.usage)?;
-    let keys = KeyCache::new(db.clone(), cfg.key_cache_ttl.0, cfg.stale_if_error.0);
     tracing::info!(backend = db.backend(), "store ready");
-    Ok((Arc::new(Handle { db, keys, usage }), writer))
+    let handle = Handle {
+        db,
+        key_cache_ttl: cfg.key_cache_ttl.0,
+        stale_if_error: cfg.stale_if_error.0,
+        usage,
+    };
+    Ok((Arc::new(handle), writer))
 }
 
 #[cfg(test)]
