@@ -41,8 +41,39 @@ pub use records::{KeyRecord, TeamRecord};
 pub use usage::UsageRow;
 pub use writer::{UsageSink, UsageWriter};
 
-/// The migrations, embedded at build time; one set for both backends.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations, embedded at build time; one set for both backends. Listed by hand rather than
+/// with `sqlx::migrate!`, which would pull sqlx's proc-macro crates (and a second build of both
+/// database drivers) into every build; the version, description and SQL are what `migrate!`
+/// read from the file names, so databases migrated before keep their checksums.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+
+/// Hands [`MIGRATIONS`] to sqlx's migrator.
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> sqlx::migrate::MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<
+        's,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *version,
+                        (*description).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
 
 /// A connection pool to one of the two backends. Cheap to clone.
 #[derive(Clone)]
@@ -144,11 +175,14 @@ impl Store {
     /// SQLite has none, so a replica that lost the race (its insert into the migrations table
     /// fails) tries again and then finds the migration applied.
     async fn migrate(&self) -> Result<(), String> {
+        let migrator = sqlx::migrate::Migrator::new(Embedded)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut last = String::new();
         for attempt in 0..5 {
             let r = match &self.pool {
-                Pool::Sqlite(p) => MIGRATOR.run(p).await,
-                Pool::Pg(p) => MIGRATOR.run(p).await,
+                Pool::Sqlite(p) => migrator.run(p).await,
+                Pool::Pg(p) => migrator.run(p).await,
             };
             match r {
                 Ok(()) => return Ok(()),
