@@ -244,7 +244,7 @@ impl LimitArgs {
             .as_deref()
             .map(|p| {
                 crate::store::BudgetPeriod::parse(p)
-                    .ok_or_else(|| "--budget-period must be day, month or total".to_owned())
+                    .ok_or_else(|| "--budget-period must be daily, monthly or none".to_owned())
             })
             .transpose()
     }

@@ -95,7 +95,7 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
         &gw,
         "POST",
         "/admin/teams",
-        Some(json!({"name": "ml", "models": ["mock-gpt"], "rpm": 600, "budget_usd": 5.0, "budget_period": "month"})),
+        Some(json!({"name": "ml", "models": ["mock-gpt"], "rpm": 600, "budget_usd": 5.0, "budget_period": "monthly"})),
     )
     .await;
     assert_eq!(s, 201);

@@ -103,19 +103,14 @@ impl Caller {
 
 /// The stored form to the form the limiter enforces (a budget without a period is monthly).
 pub fn limits_of(l: &crate::store::Limits) -> Limits {
-    use crate::config::{BudgetConfig, BudgetPeriod as P};
-    use crate::store::BudgetPeriod;
+    use crate::config::{BudgetConfig, BudgetPeriod};
     Limits {
         rpm: l.rpm,
         tpm: l.tpm,
         max_concurrent: l.max_concurrent,
         budget: l.budget_usd.map(|amount_usd| BudgetConfig {
             amount_usd,
-            period: match l.budget_period {
-                Some(BudgetPeriod::Day) => P::Daily,
-                Some(BudgetPeriod::Total) => P::None,
-                Some(BudgetPeriod::Month) | None => P::Monthly,
-            },
+            period: l.budget_period.unwrap_or(BudgetPeriod::Monthly),
         }),
     }
 }

@@ -45,7 +45,8 @@ pub use writer::{UsageSink, UsageWriter};
 /// with `sqlx::migrate!`, which would pull sqlx's proc-macro crates (and a second build of both
 /// database drivers) into every build; the version, description and SQL are what `migrate!`
 /// read from the file names, so databases migrated before keep their checksums.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
 
 /// Hands [`MIGRATIONS`] to sqlx's migrator.
 #[derive(Debug)]
@@ -236,32 +237,8 @@ impl Limits {
     }
 }
 
-/// The window a budget applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BudgetPeriod {
-    Day,
-    Month,
-    Total,
-}
-
-impl BudgetPeriod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BudgetPeriod::Day => "day",
-            BudgetPeriod::Month => "month",
-            BudgetPeriod::Total => "total",
-        }
-    }
-    pub fn parse(s: &str) -> Option<BudgetPeriod> {
-        match s {
-            "day" => Some(BudgetPeriod::Day),
-            "month" => Some(BudgetPeriod::Month),
-            "total" => Some(BudgetPeriod::Total),
-            _ => None,
-        }
-    }
-}
+/// The window a budget applies to: the config's vocabulary.
+pub use crate::config::BudgetPeriod;
 
 /// Milliseconds since the Unix epoch: the store's one time format.
 pub fn now_ms() -> i64 {
