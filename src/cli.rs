@@ -186,6 +186,25 @@ pub enum TeamsCommand {
 /// Exit code for a bad config or bad usage (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
 
+/// The whole program: parse the command line, start logging, run the command on a Tokio
+/// runtime. Lives in the library (not in `main.rs`) so the runtime and every async state machine
+/// it polls are compiled once, here, and the binary stays a call: an async `main` in the binary
+/// made the compiler build the whole server a second time for it.
+pub fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    // Held to the end: dropping it flushes the log lines still queued.
+    let _log_guard = crate::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    std::process::ExitCode::from(runtime.block_on(run(cli)))
+}
+
 pub async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
