@@ -538,7 +538,8 @@ fn first_event_ok(buf: &[u8]) -> Option<bool> {
 /// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
 async fn upstream_error(resp: UpstreamResponse, idle: Duration, deadline: Instant) -> ApiError {
     const MAX: usize = 64 * 1024;
-    let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
+    // Relayed as whole seconds, clamped: never the upstream's raw text.
+    let retry_after = super::retry_after(&resp.headers).map(super::retry_after_value);
     let mut body = resp.body;
     let mut buf = Vec::new();
     // Each chunk within `idle`, the whole body within the request's deadline.

@@ -7,6 +7,10 @@
 //! else a random fault (per `set_random_failure_rate`), else the default fault.
 //! The fault is taken when the request arrives, whatever its route or
 //! credential; then per-token statuses, then the auth check, then routing.
+//! A content fault (`set_content_fault`: the request body contains a marker)
+//! comes before all of these and leaves the queue alone, so one tenant's
+//! request can be made to fail while another's goes through. Headers set with
+//! `set_response_headers` are added to every answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -59,6 +63,18 @@ pub enum Fault {
     TruncatedJson,
     /// Never answer, until the client goes away (or the mock shuts down).
     Hang,
+    /// Answer `status` with exactly these headers (plus a content type: JSON
+    /// if `body` parses, else `text/html`) and `body`: for Retry-After dates,
+    /// odd headers and HTML error pages.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Answer `status` with an OpenAI-shaped error whose message and an
+    /// extra field repeat the credential the request carried (as some
+    /// upstreams do): a canary for credential leaks.
+    EchoCredential { status: u16 },
 }
 
 /// One request as the mock received it.
@@ -82,6 +98,8 @@ struct Knobs {
     default_fault: Option<Fault>,
     auth_check: Option<AuthCheck>,
     token_status: HashMap<String, (u16, Option<u64>)>,
+    content_faults: Vec<(String, Fault)>,
+    response_headers: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -158,6 +176,26 @@ impl MockUpstream {
     /// Queues a fault for the next request without one (FIFO).
     pub fn push_fault(&self, f: Fault) {
         lock(&self.shared.knobs).faults.push_back(f);
+    }
+
+    /// Requests whose raw body contains `marker` get `fault` (before any
+    /// queued, random or default fault, which stay untouched); `None` removes
+    /// the rule.
+    pub fn set_content_fault(&self, marker: &str, fault: Option<Fault>) {
+        let mut k = lock(&self.shared.knobs);
+        k.content_faults.retain(|(m, _)| m != marker);
+        if let Some(f) = fault {
+            k.content_faults.push((marker.to_owned(), f));
+        }
+    }
+
+    /// Headers added to every answer from now on (an upstream's `set-cookie`,
+    /// `server`, `x-ratelimit-*`, ...). Invalid names or values are skipped.
+    pub fn set_response_headers(&self, headers: &[(&str, &str)]) {
+        lock(&self.shared.knobs).response_headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// Drops all queued faults.
@@ -286,6 +324,20 @@ enum Planned {
 }
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let extra = lock(&s.knobs).response_headers.clone();
+    let mut resp = answer(s, req).await;
+    for (k, v) in extra {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+async fn answer(s: Arc<Shared>, req: Request) -> Response {
     let mut guard = FlightGuard::new(s.counters.clone());
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY)
@@ -309,11 +361,16 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
 
     let (queued, default, first_byte, chunk_delay, chunks, auth, token_status) = {
         let mut k = lock(&s.knobs);
+        let by_content = k
+            .content_faults
+            .iter()
+            .find(|(m, _)| memfind(&bytes, m.as_bytes()))
+            .map(|(_, f)| f.clone());
         let token_status = request_tokens(&parts.headers, query.as_deref())
             .into_iter()
             .find_map(|t| k.token_status.get(&t).copied());
         (
-            k.faults.pop_front(),
+            by_content.or_else(|| k.faults.pop_front()),
             k.default_fault.clone(),
             k.first_byte_delay,
             k.chunk_delay,
@@ -343,6 +400,23 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             body,
             retry_after,
         }) => return status_resp(status, body, retry_after, guard),
+        Some(Fault::Respond {
+            status,
+            headers,
+            body,
+        }) => return respond_resp(status, &headers, body, guard),
+        Some(Fault::EchoCredential { status }) => {
+            let token = request_tokens(&parts.headers, query.as_deref())
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let err = json!({"error": {
+                "message": format!("Incorrect API key provided: {token}."),
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key",
+                "received_credential": token}});
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            return json_resp(code, &err, guard);
+        }
         _ => {}
     }
     if let Some((status, retry_after)) = token_status {
@@ -425,6 +499,34 @@ fn status_resp(
     if let Some(secs) = retry_after {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn respond_resp(
+    status: u16,
+    headers: &[(String, String)],
+    body: String,
+    guard: FlightGuard,
+) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let ct = if serde_json::from_str::<Value>(&body).is_ok() {
+        "application/json"
+    } else {
+        "text/html"
+    };
+    let mut resp = full(code, ct, Bytes::from(body), guard);
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
     }
     resp
 }

@@ -1,0 +1,178 @@
+//! What an upstream may and may not do to Tollgate and its clients, through real sockets against
+//! the test kit's mock upstream: its `Retry-After` is bounded and may be a date, its error bodies
+//! and headers reach the client only through an allowlist, a rejection of Tollgate's own
+//! credential is not the client's 401, a short `Retry-After` on the only upstream is waited out,
+//! and one tenant's request that the upstream refuses (403, a request-specific 429) does not take
+//! the shared pool or upstream from another tenant.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use common::{sha256_hex, Gateway};
+use serde_json::{json, Value};
+use tollgate::testkit::{Fault, MockUpstream};
+
+const KEY_A: &str = "sk-team-a";
+const KEY_B: &str = "sk-team-b";
+/// The upstream secret Tollgate attaches: it must never come back to a client.
+const CANARY: &str = "sk-upstream-CANARY-7f3a9c";
+
+async fn mock() -> MockUpstream {
+    MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("mock upstream: {e}"))
+}
+
+/// Teams `a` and `b` with one key each, sharing model `gpt` on upstream `up` (the static
+/// credential [`CANARY`] unless `credential` replaces its entry), `retry` for the model.
+fn config(base_url: &str, credential: &str, retry: &str) -> String {
+    let credential = if credential.is_empty() {
+        "  up-key: { kind: static, secret: \"${UP_KEY}\" }\n".to_owned()
+    } else {
+        credential.to_owned()
+    };
+    format!(
+        r#"
+credentials:
+{credential}upstreams:
+  up:
+    provider: openai
+    base_url: {base_url}
+    credential: up-key
+    timeouts: {{ connect: 500ms, first_byte: 2s, idle: 2s, total: 20s }}
+models:
+  gpt: {{ targets: [ {{ upstream: up }} ], retry: {{ {retry} }}, deadline: 20s }}
+teams:
+  a: {{ models: ["*"] }}
+  b: {{ models: ["*"] }}
+keys:
+  - {{ name: a, team: a, sha256: {} }}
+  - {{ name: b, team: b, sha256: {} }}
+"#,
+        sha256_hex(KEY_A),
+        sha256_hex(KEY_B)
+    )
+}
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("UP_KEY".to_string(), CANARY.to_string())])
+}
+
+async fn start(m: &MockUpstream, credential: &str, retry: &str) -> Gateway {
+    Gateway::start_with_env(&config(&m.base_url(), credential, retry), env()).await
+}
+
+/// What a client got back, body read to the end.
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    /// The OpenAI error object, checked for shape.
+    fn error(&self) -> Value {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "not OpenAI-shaped: {}", self.body);
+        assert!(e["type"].is_string(), "not OpenAI-shaped: {}", self.body);
+        assert!(e.get("param").is_some(), "not OpenAI-shaped: {}", self.body);
+        assert!(e.get("code").is_some(), "not OpenAI-shaped: {}", self.body);
+        e.clone()
+    }
+    fn retry_after_secs(&self) -> Option<u64> {
+        self.header("retry-after").and_then(|v| v.parse().ok())
+    }
+}
+
+async fn send(gw: &Gateway, key: &str, text: &str, stream: bool) -> Reply {
+    let body = json!({"model": "gpt", "stream": stream,
+        "messages": [{"role": "user", "content": text}]});
+    let resp = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request failed: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("body failed: {e}"));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn openai_error(message: &str, kind: &str, code: &str) -> String {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
+}
+
+fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> Fault {
+    Fault::Respond {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        body: body.to_owned(),
+    }
+}
+
+// ---- item 10: upstream values are bounded ----
+
+#[tokio::test]
+async fn a_huge_retry_after_is_clamped_and_a_date_is_read() {
+    // `Retry-After: u64::MAX` used to overflow `Instant + Duration` and panic the request task:
+    // the client saw its connection dropped. It is clamped to an hour.
+    let m = mock().await;
+    let gw = start(&m, "", "max_attempts: 1").await;
+    let limited = openai_error("slow down", "rate_limit_error", "rate_limit_exceeded");
+    m.push_fault(respond(
+        429,
+        &[("retry-after", "18446744073709551615")],
+        &limited,
+    ));
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.retry_after_secs(), Some(3600), "{:?}", r.headers);
+    // Beyond u64 too.
+    m.push_fault(respond(429, &[("retry-after", &"9".repeat(40))], &limited));
+    let r = send(&gw, KEY_B, "hello", false).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.retry_after_secs().is_some_and(|s| s <= 3600));
+
+    // An HTTP date is read as the time until then and relayed as seconds.
+    let m = mock().await;
+    let gw = start(&m, "", "max_attempts: 1").await;
+    // A huge error body is read only up to a bound; the client gets a short OpenAI error.
+    m.push_fault(respond(500, &[], &"x".repeat(8 << 20)));
+    let r = send(&gw, KEY_B, "hello", false).await;
+    assert_eq!(r.status, 500);
+    r.error();
+    assert!(r.body.len() < 4096, "{} bytes", r.body.len());
+
+    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+    m.push_fault(respond(429, &[("retry-after", &at)], &limited));
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let secs = r.retry_after_secs();
+    assert!(
+        secs.is_some_and(|s| (28..=31).contains(&s)),
+        "retry-after {:?}",
+        r.header("retry-after")
+    );
+}
