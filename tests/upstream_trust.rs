@@ -176,3 +176,53 @@ async fn a_huge_retry_after_is_clamped_and_a_date_is_read() {
         r.header("retry-after")
     );
 }
+
+// ---- item 12: response headers by allowlist ----
+
+#[tokio::test]
+async fn only_allowlisted_upstream_headers_reach_the_client() {
+    let m = mock().await;
+    let gw = start(&m, "", "max_attempts: 1").await;
+    let leaky = [
+        ("set-cookie", "upstream_session=s3cr3t; Path=/"),
+        ("server", "internal-llm-7.prod.corp"),
+        ("openai-organization", "org-internal"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-remaining-tokens", "123"),
+        ("x-internal-host", "10.1.2.3"),
+        ("via", "1.1 internal-proxy"),
+        ("openai-processing-ms", "42"),
+    ];
+    m.set_response_headers(&leaky);
+    for stream in [false, true] {
+        let r = send(&gw, KEY_A, "hello", stream).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        for (name, _) in &leaky[..7] {
+            assert!(
+                r.headers.get(*name).is_none(),
+                "{name} reached the client (stream {stream}): {:?}",
+                r.headers
+            );
+        }
+        let text = format!("{:?}", r.headers);
+        for secret in ["s3cr3t", "internal", "10.1.2.3"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        // What the client needs is still there.
+        assert!(r.header("content-type").is_some());
+        assert_eq!(r.header("openai-processing-ms"), Some("42"));
+        assert!(r.header("x-request-id").is_some());
+        assert_eq!(r.header("x-tollgate-upstream"), Some("up"));
+    }
+    // Error answers carry none of them either.
+    m.push_fault(respond(
+        500,
+        &leaky,
+        &openai_error("boom", "server_error", "boom"),
+    ));
+    let r = send(&gw, KEY_B, "hello", false).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    for (name, _) in &leaky {
+        assert!(r.headers.get(*name).is_none(), "{name}: {:?}", r.headers);
+    }
+}

@@ -6,6 +6,7 @@
 //! An upstream that breaks or stalls mid-stream ends the client's stream with a well-formed SSE
 //! error event. A client that goes away drops this stream, which drops the upstream body and so
 //! cancels the upstream request. Non-stream answers arrive here whole (read by the attempt step).
+//! Of the upstream's response headers only an allowlist reaches the client ([`CLIENT_HEADERS`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,12 +117,23 @@ pub fn looks_like_sse(chunk: &[u8]) -> bool {
         .any(|p| start.starts_with(p))
 }
 
-/// Upstream response headers the client may see: hop-by-hop and length headers are dropped.
+/// The only upstream response headers a client sees; Tollgate adds its own (`x-request-id`,
+/// `x-tollgate-*`, its `x-ratelimit-*`) after these. An allowlist, not a denylist: an upstream's
+/// `set-cookie`, `server`, `openai-organization`, its own `x-ratelimit-*` (its account, not the
+/// caller's limits) or any header it invents tomorrow never reach the client. `content-length`
+/// is set by the server for the body actually sent.
+const CLIENT_HEADERS: [HeaderName; 2] = [
+    http::header::CONTENT_TYPE,
+    HeaderName::from_static("openai-processing-ms"),
+];
+
+/// Upstream response headers the client may see ([`CLIENT_HEADERS`]), plus the upstream's name
+/// and the attempt count.
 fn client_headers(upstream: &HeaderMap, name: &str, attempts: u32) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(upstream.len() + 2);
-    for (k, v) in upstream {
-        if !is_hop_by_hop(k) && k != http::header::CONTENT_LENGTH {
-            out.append(k.clone(), v.clone());
+    let mut out = HeaderMap::with_capacity(CLIENT_HEADERS.len() + 2);
+    for k in &CLIENT_HEADERS {
+        if let Some(v) = upstream.get(k) {
+            out.insert(k.clone(), v.clone());
         }
     }
     if let Ok(v) = HeaderValue::from_str(name) {
