@@ -388,9 +388,12 @@ async fn zhipu_style_jwt_is_verified_by_the_upstream() {
         let (status, _, body) = chat_status(&gw).await;
         assert_eq!(status, 200, "{body}");
     }
-    // A wrong secret is refused by the mock: the check is real.
+    // A wrong secret is refused by the mock: the check is real. The upstream refusing the
+    // gateway's credential is a 502 for the client, not a 401 (its key is fine).
     let mut bad = env();
     bad.insert("GLM_KEY".into(), "glm-id.wrong".into());
     let gw = Gateway::start_with_env(&config(&up.base_url(), cred), bad).await;
-    assert_eq!(chat_status(&gw).await.0, 401);
+    let (status, _, body) = chat_status(&gw).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_credential_rejected"), "{body}");
 }

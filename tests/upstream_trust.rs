@@ -226,3 +226,104 @@ async fn only_allowlisted_upstream_headers_reach_the_client() {
         assert!(r.headers.get(*name).is_none(), "{name}: {:?}", r.headers);
     }
 }
+
+// ---- item 11: error bodies ----
+
+/// No 12-character piece of the canary anywhere in what the client got.
+fn assert_no_canary(r: &Reply) {
+    let all = format!("{:?} {}", r.headers, r.body);
+    for i in 0..=CANARY.len() - 12 {
+        let piece = &CANARY[i..i + 12];
+        assert!(
+            !all.contains(piece),
+            "canary piece {piece:?} reached the client: {all}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_error_bodies_never_carry_the_credential_or_internals() {
+    let m = mock().await;
+    let gw = start(&m, "", "max_attempts: 1").await;
+    // An upstream that echoes the credential it received, in the message and in a field.
+    for status in [400u16, 403, 404, 422, 429, 500] {
+        for stream in [false, true] {
+            m.push_fault(Fault::EchoCredential { status });
+            let r = send(&gw, KEY_A, "hello", stream).await;
+            assert_eq!(r.status, status, "{}", r.body);
+            let e = r.error();
+            assert_no_canary(&r);
+            // The OpenAI-shaped parts are relayed, the secret masked, extra fields dropped.
+            assert_eq!(
+                e["message"], "Incorrect API key provided: ***.",
+                "{}",
+                r.body
+            );
+            assert_eq!(e["code"], "invalid_api_key");
+            assert!(e.get("received_credential").is_none(), "{}", r.body);
+        }
+    }
+    // The mock really did echo it: the canary is what it received.
+    assert!(m.received().iter().all(|r| r.headers["authorization"]
+        .to_str()
+        .is_ok_and(|v| v.contains(CANARY))));
+
+    // An HTML error page with internal hosts and a DSN: Tollgate's own message instead.
+    let page = "<html><body><h1>502 Bad Gateway</h1><pre>upstream db.internal.corp:5432 \
+                DATABASE_URL=postgres://tollgate:hunter2@db.internal.corp:5432/prod \
+                SENTRY_DSN=https://abc123@o1.ingest.sentry.io/42</pre></body></html>";
+    m.push_fault(respond(502, &[], page));
+    let r = send(&gw, KEY_B, "hello", false).await;
+    assert_eq!(r.status, 502);
+    let e = r.error();
+    assert_eq!(e["code"], "upstream_error");
+    for leak in ["postgres", "hunter2", "internal", "sentry", "<html"] {
+        assert!(
+            !r.body.contains(leak),
+            "{leak} reached the client: {}",
+            r.body
+        );
+    }
+    // JSON that is not an OpenAI error is not relayed either.
+    m.push_fault(respond(
+        500,
+        &[],
+        r#"{"detail":"Traceback ... /srv/app/secrets.py"}"#,
+    ));
+    let r = send(&gw, KEY_B, "hello", false).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.error()["code"], "upstream_error");
+    assert!(!r.body.contains("secrets.py"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_the_gateways_credential_is_a_502_not_the_clients_401() {
+    let m = mock().await;
+    let gw = start(
+        &m,
+        "",
+        "max_attempts: 3, base_backoff: 1ms, max_backoff: 2ms",
+    )
+    .await;
+    m.set_default_fault(Some(Fault::EchoCredential { status: 401 }));
+    for stream in [false, true] {
+        m.clear_records();
+        let r = send(&gw, KEY_A, "hello", stream).await;
+        assert_eq!(r.status, 502, "{}", r.body);
+        let e = r.error();
+        assert_eq!(e["code"], "upstream_credential_rejected");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("refused the gateway's credential")),
+            "{}",
+            r.body
+        );
+        assert_no_canary(&r);
+        // The same credential is not sent to the same upstream again.
+        assert_eq!(m.request_count(), 1);
+    }
+    // The client's key is fine: the same key works once the upstream takes the credential.
+    m.set_default_fault(None);
+    assert_eq!(send(&gw, KEY_A, "hello", false).await.status, 200);
+}

@@ -105,6 +105,8 @@ pub async fn dispatch(
         route.budget.deposit(Instant::now());
         let plan = route.plan(Instant::now());
         let mut err = no_upstream(route, current);
+        // Upstreams that refused the gateway's credential in this request: not tried again.
+        let mut refused: Vec<&str> = Vec::new();
         for n in 0..max_attempts {
             // Fix: the next upstream in plan order that can take a request *now*. An upstream
             // an earlier attempt of this request marked rate limited (429 + Retry-After) or
@@ -115,7 +117,7 @@ pub async fn dispatch(
             let now = Instant::now();
             let Some(upstream) = (0..plan.len())
                 .map(|k| &plan[(n as usize + k) % plan.len()])
-                .find(|u| u.breaker.available(now))
+                .find(|u| u.breaker.available(now) && !refused.contains(&&*u.name))
             else {
                 break;
             };
@@ -154,6 +156,9 @@ pub async fn dispatch(
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     let retry = e.retryable();
+                    if matches!(e, ApiError::UpstreamCredentialRejected { .. }) {
+                        refused.push(&upstream.name);
+                    }
                     err = e;
                     if !retry {
                         break;
@@ -283,7 +288,10 @@ async fn attempt(
         Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 408 => {
             Some(upstream.breaker.record(now, false, None, probe))
         }
-        // Client-side errors say nothing about the upstream's health.
+        // Client-side errors, and a refused credential, say nothing about the upstream's health.
+        Err(ApiError::UpstreamCredentialRejected { .. }) => {
+            Some(upstream.breaker.record(now, true, None, probe))
+        }
         Err(ApiError::UpstreamStatus { status, .. }) if status.is_client_error() => {
             Some(upstream.breaker.record(now, true, None, probe))
         }
@@ -352,7 +360,7 @@ async fn attempt_inner(
         .credential
         .as_ref()
         .map_or(0, |c| c.max_rotations());
-    let (response, sent_at) = loop {
+    let (response, sent_at, lease) = loop {
         ledger.attempted();
         let lease: Option<Lease> =
             match &upstream.credential {
@@ -398,16 +406,24 @@ async fn attempt_inner(
                 _ => {}
             }
         }
-        break (response, sent_at);
+        break (response, sent_at, lease);
     };
     if !response.status.is_success() {
         ledger.upstream_time(sent_at.elapsed());
+        if response.status == StatusCode::UNAUTHORIZED {
+            // After the renewal retry (or every rotation): the upstream refuses the gateway's
+            // own credential. The client's key is fine; its body is not read.
+            return Err(ApiError::UpstreamCredentialRejected {
+                upstream: upstream.name.to_string(),
+            });
+        }
         if response.status == StatusCode::TOO_MANY_REQUESTS {
             if let Some(d) = super::retry_after(&response.headers) {
                 upstream.breaker.rate_limited(Instant::now() + d, false);
             }
         }
-        return Err(upstream_error(response, upstream.timeouts.idle.0, deadline).await);
+        let secret = lease.as_ref().map(|l| l.value.expose());
+        return Err(upstream_error(response, upstream.timeouts.idle.0, deadline, secret).await);
     }
     let is_sse = response
         .headers
@@ -535,8 +551,14 @@ fn first_event_ok(buf: &[u8]) -> Option<bool> {
     )
 }
 
-/// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
-async fn upstream_error(resp: UpstreamResponse, idle: Duration, deadline: Instant) -> ApiError {
+/// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`]
+/// that holds only what a client may see of it (`secret`, the credential sent, masked).
+async fn upstream_error(
+    resp: UpstreamResponse,
+    idle: Duration,
+    deadline: Instant,
+    secret: Option<&str>,
+) -> ApiError {
     const MAX: usize = 64 * 1024;
     // Relayed as whole seconds, clamped: never the upstream's raw text.
     let retry_after = super::retry_after(&resp.headers).map(super::retry_after_value);
@@ -551,11 +573,7 @@ async fn upstream_error(resp: UpstreamResponse, idle: Duration, deadline: Instan
         }
     }
     buf.truncate(MAX);
-    ApiError::UpstreamStatus {
-        status: resp.status,
-        body: Bytes::from(buf),
-        retry_after,
-    }
+    ApiError::upstream_status(resp.status, &buf, retry_after, secret)
 }
 
 #[cfg(test)]
