@@ -327,3 +327,108 @@ async fn an_upstream_refusing_the_gateways_credential_is_a_502_not_the_clients_4
     m.set_default_fault(None);
     assert_eq!(send(&gw, KEY_A, "hello", false).await.status, 200);
 }
+
+// ---- item 14: Retry-After on the only upstream ----
+
+#[tokio::test]
+async fn a_short_retry_after_on_the_only_upstream_is_waited_out() {
+    let m = mock().await;
+    let gw = start(
+        &m,
+        "",
+        "max_attempts: 3, base_backoff: 1ms, max_backoff: 2ms",
+    )
+    .await;
+    let limited = openai_error("slow down", "rate_limit_error", "rate_limit_exceeded");
+    // 429 with Retry-After: 1 once, then 200: the wait fits retry.max_retry_after (5s by
+    // default) and the deadline, so the client gets the 200.
+    m.push_fault(Fault::Status {
+        status: 429,
+        body: limited.clone(),
+        retry_after: Some(1),
+    });
+    let t0 = std::time::Instant::now();
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-tollgate-attempts"), Some("2"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m.request_count(), 2);
+    // A stream request too.
+    m.push_fault(Fault::Status {
+        status: 429,
+        body: limited.clone(),
+        retry_after: Some(1),
+    });
+    let r = send(&gw, KEY_B, "hello", true).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("[DONE]"), "{}", r.body);
+
+    // Longer than retry.max_retry_after: straight back to the client with its Retry-After.
+    m.clear_records();
+    m.push_fault(Fault::Status {
+        status: 429,
+        body: limited,
+        retry_after: Some(30),
+    });
+    let t0 = std::time::Instant::now();
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.retry_after_secs(), Some(30));
+    assert_eq!(r.error()["code"], "rate_limit_exceeded");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m.request_count(), 1);
+}
+
+#[tokio::test]
+async fn retry_after_waits_are_bounded_by_max_retry_after_and_the_deadline() {
+    let m = mock().await;
+    let limited = openai_error("slow down", "rate_limit_error", "rate_limit_exceeded");
+    // `max_retry_after: 0s` never waits.
+    let gw = start(&m, "", "max_attempts: 3, max_retry_after: 0s").await;
+    m.push_fault(Fault::Status {
+        status: 429,
+        body: limited.clone(),
+        retry_after: Some(1),
+    });
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(
+        (r.status, r.retry_after_secs()),
+        (429, Some(1)),
+        "{}",
+        r.body
+    );
+    assert_eq!(m.request_count(), 1);
+
+    // A wait that would pass the model's deadline is not started.
+    let m = mock().await;
+    let cfg = config(&m.base_url(), "", "max_attempts: 3, max_retry_after: 10s")
+        .replace("deadline: 20s", "deadline: 2s");
+    let gw = Gateway::start_with_env(&cfg, env()).await;
+    m.push_fault(Fault::Status {
+        status: 429,
+        body: limited,
+        retry_after: Some(3),
+    });
+    let t0 = std::time::Instant::now();
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(
+        (r.status, r.retry_after_secs()),
+        (429, Some(3)),
+        "{}",
+        r.body
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m.request_count(), 1);
+}

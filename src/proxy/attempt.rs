@@ -107,20 +107,23 @@ pub async fn dispatch(
         let mut err = no_upstream(route, current);
         // Upstreams that refused the gateway's credential in this request: not tried again.
         let mut refused: Vec<&str> = Vec::new();
+        // Upstreams that answered this request 429 with a Retry-After: not before then.
+        let mut not_before: Vec<(&str, Instant)> = Vec::new();
+        let max_retry_after = route.config.retry.max_retry_after.0;
         for n in 0..max_attempts {
-            // Fix: the next upstream in plan order that can take a request *now*. An upstream
-            // an earlier attempt of this request marked rate limited (429 + Retry-After) or
-            // opened is skipped; when none is left we stop and the last error stands. Before,
-            // the retry was sent to the rate-limited upstream, refused by its breaker, and
-            // the client got a 503 "not taking requests" instead of the upstream's 429 with
-            // its Retry-After.
+            // The next upstream in plan order that can take this request now. An upstream
+            // that is rate limited (its mark, or its Retry-After to this request) or open is
+            // skipped; when every one left is only waiting out a Retry-After, the earliest is
+            // waited for if that fits `retry.max_retry_after` and the deadline. Otherwise we
+            // stop and the last error stands: the upstream's 429 with its Retry-After.
             let now = Instant::now();
-            let Some(upstream) = (0..plan.len())
-                .map(|k| &plan[(n as usize + k) % plan.len()])
-                .find(|u| u.breaker.available(now) && !refused.contains(&&*u.name))
-            else {
+            let Some((upstream, at)) = next_upstream(&plan, n, now, &refused, &not_before) else {
                 break;
             };
+            let must_wait = at.saturating_duration_since(now);
+            if must_wait > max_retry_after || at >= deadline {
+                break;
+            }
             if n > 0 {
                 if !route.budget.withdraw(Instant::now()) {
                     metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => current.to_owned())
@@ -131,11 +134,14 @@ pub async fn dispatch(
                     n - 1,
                     route.config.retry.base_backoff.0,
                     route.config.retry.max_backoff.0,
-                );
+                )
+                .max(must_wait);
                 if Instant::now() + wait >= deadline {
                     break;
                 }
                 tokio::time::sleep(wait).await;
+            } else if !must_wait.is_zero() {
+                tokio::time::sleep(must_wait).await;
             }
             let t0 = Instant::now();
             let target = Target {
@@ -156,8 +162,22 @@ pub async fn dispatch(
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     let retry = e.retryable();
-                    if matches!(e, ApiError::UpstreamCredentialRejected { .. }) {
-                        refused.push(&upstream.name);
+                    match &e {
+                        ApiError::UpstreamCredentialRejected { .. } => refused.push(&upstream.name),
+                        ApiError::UpstreamStatus {
+                            status,
+                            retry_after: Some(v),
+                            ..
+                        } if status.as_u16() == 429 => {
+                            // Our own clamped whole seconds (see `upstream_error`).
+                            if let Some(secs) = v.to_str().ok().and_then(|v| v.parse().ok()) {
+                                not_before.push((
+                                    &upstream.name,
+                                    Instant::now() + Duration::from_secs(secs),
+                                ));
+                            }
+                        }
+                        _ => {}
                     }
                     err = e;
                     if !retry {
@@ -220,6 +240,44 @@ fn no_upstream(route: &crate::routing::Route, model: &str) -> ApiError {
             retry_after_secs: 5,
         },
     }
+}
+
+/// The upstream for attempt `n` and when it can take this request: the first in plan order
+/// (starting at `n`) that can take it now, else the one that can take it soonest. `None` when
+/// none can (open breakers, refused credentials).
+fn next_upstream<'p>(
+    plan: &'p [Arc<Upstream>],
+    n: u32,
+    now: Instant,
+    refused: &[&str],
+    not_before: &[(&str, Instant)],
+) -> Option<(&'p Arc<Upstream>, Instant)> {
+    let mut best: Option<(&Arc<Upstream>, Instant)> = None;
+    for k in 0..plan.len() {
+        let u = &plan[(n as usize + k) % plan.len()];
+        if refused.contains(&&*u.name) {
+            continue;
+        }
+        let mut at = now;
+        for (name, t) in not_before {
+            if *name == &*u.name {
+                at = at.max(*t);
+            }
+        }
+        if let Some(t) = u.breaker.rate_limited_until(now) {
+            at = at.max(t);
+        }
+        if !u.breaker.available(at) {
+            continue;
+        }
+        if at <= now {
+            return Some((u, now));
+        }
+        if best.is_none_or(|(_, b)| at < b) {
+            best = Some((u, at));
+        }
+    }
+    best
 }
 
 /// Which `fallback_on` entry an error calls for.
