@@ -404,13 +404,27 @@ async fn fault_truncated_stream_ends_with_an_error_event() {
     assert!(last["error"]["code"].is_string(), "{}", r.body);
 }
 
+/// A 429 that says the upstream account is out (`x-ratelimit-remaining-requests: 0`, as OpenAI
+/// sends): only such evidence marks an upstream rate limited for every request (see
+/// tests/upstream_trust.rs for a 429 about one request only).
+fn account_429(retry_after: u64) -> Fault {
+    Fault::Respond {
+        status: 429,
+        headers: vec![
+            ("retry-after".into(), retry_after.to_string()),
+            ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ],
+        body: openai_body("rate_limit_exceeded"),
+    }
+}
+
 #[tokio::test]
 async fn fault_429_with_retry_after_two_upstreams() {
-    // A 429 with Retry-After: 2 marks `a` rate limited: this request is rescued by `b`, and the
-    // following ones go to `b` without touching `a` until the two seconds have passed. A 429 is
-    // not a health failure: `a`'s breaker stays closed.
+    // A 429 about the account with Retry-After: 2 marks `a` rate limited: this request is
+    // rescued by `b`, and the following ones go to `b` without touching `a` until the two
+    // seconds have passed. A 429 is not a health failure: `a`'s breaker stays closed.
     let s = setup().await;
-    s.a.push_fault(status_fault(429, "rate_limit_exceeded", Some(2)));
+    s.a.push_fault(account_429(2));
     let r = send(&s.gw, "two", "hello", false).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!((r.attempts(), r.upstream()), (Some(2), Some("b")));
@@ -442,7 +456,7 @@ async fn fault_429_with_retry_after_single_upstream() {
     // remaining Retry-After itself, without contacting the upstream. (A shorter Retry-After is
     // waited out: tests/upstream_trust.rs.)
     let s = setup().await;
-    s.a.push_fault(status_fault(429, "rate_limit_exceeded", Some(8)));
+    s.a.push_fault(account_429(8));
     let r = send(&s.gw, "one", "hello", false).await;
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("8"));
@@ -869,8 +883,8 @@ where
 
 /// The test kit's random mix: `a` fails 20% of requests at random (500, 502, 503, reset
 /// mid-body, 429 + Retry-After: 1), `b` is healthy; model `two-even` weighs them equally with
-/// the default retry policy. Each 429 keeps `a` out for its Retry-After second, so `a` ends up
-/// with a small share of the load.
+/// the default retry policy. A 429 moves its request on to `b`; it marks `a` for everyone only
+/// with evidence about the account (these 429s carry none, and come from one team).
 async fn load_setup_random() -> Setup {
     let s = load_setup().await;
     s.a.set_random_failure_rate(0.2);

@@ -432,3 +432,135 @@ async fn retry_after_waits_are_bounded_by_max_retry_after_and_the_deadline() {
     );
     assert_eq!(m.request_count(), 1);
 }
+
+// ---- item 8: shared upstream state ----
+
+const POOL: &str = "  up-key: { kind: pool, tokens: [\"tok-1\", \"tok-2\"] }\n";
+
+fn bearer_uses(m: &MockUpstream, token: &str) -> usize {
+    m.received()
+        .iter()
+        .filter(|r| {
+            r.headers.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {token}"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn one_teams_refused_request_does_not_take_the_pool_from_another_team() {
+    let m = mock().await;
+    let gw = start(
+        &m,
+        POOL,
+        "max_attempts: 3, base_backoff: 1ms, max_backoff: 2ms",
+    )
+    .await;
+    // A request whose content the upstream refuses (moderation): 403, whatever the token.
+    m.set_content_fault(
+        "FORBIDDEN-TOPIC",
+        Some(Fault::Status {
+            status: 403,
+            body: openai_error(
+                "This request violates our policy.",
+                "invalid_request_error",
+                "content_policy_violation",
+            ),
+            retry_after: None,
+        }),
+    );
+    // A request that is too large for the per-request limit: a 429 about the request only.
+    m.set_content_fault(
+        "HUGE-REQUEST",
+        Some(Fault::Status {
+            status: 429,
+            body: openai_error(
+                "Request too large for gpt.",
+                "tokens",
+                "rate_limit_exceeded",
+            ),
+            retry_after: Some(30),
+        }),
+    );
+    for round in 0..3 {
+        let r = send(&gw, KEY_A, &format!("FORBIDDEN-TOPIC {round}"), false).await;
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(r.error()["code"], "content_policy_violation");
+        let r = send(&gw, KEY_A, &format!("HUGE-REQUEST {round}"), false).await;
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(r.retry_after_secs(), Some(30));
+    }
+    // Team B, right after: served, by both pool members (neither was disabled nor cooled).
+    m.clear_records();
+    for i in 0..6 {
+        let r = send(&gw, KEY_B, &format!("hello {i}"), i % 2 == 1).await;
+        assert_eq!(r.status, 200, "team B request {i}: {}", r.body);
+    }
+    assert!(bearer_uses(&m, "tok-1") >= 2 && bearer_uses(&m, "tok-2") >= 2);
+}
+
+#[tokio::test]
+async fn a_request_specific_429_does_not_mark_the_upstream_for_other_teams() {
+    let m = mock().await;
+    let gw = start(&m, "", "max_attempts: 1").await;
+    let too_large = Fault::Status {
+        status: 429,
+        body: openai_error(
+            "Request too large for gpt.",
+            "tokens",
+            "rate_limit_exceeded",
+        ),
+        retry_after: Some(30),
+    };
+    m.set_content_fault("HUGE-REQUEST", Some(too_large));
+    let r = send(&gw, KEY_A, "HUGE-REQUEST", false).await;
+    assert_eq!(
+        (r.status, r.retry_after_secs()),
+        (429, Some(30)),
+        "{}",
+        r.body
+    );
+    // Team B right after: the upstream was not marked rate limited for 30 s.
+    for stream in [false, true] {
+        let r = send(&gw, KEY_B, "hello", stream).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Even several of team A's own such requests are no evidence about the account.
+    for _ in 0..3 {
+        assert_eq!(send(&gw, KEY_A, "HUGE-REQUEST", false).await.status, 429);
+    }
+    assert_eq!(send(&gw, KEY_B, "hello", false).await.status, 200);
+
+    // Evidence about the account does mark it, for everyone: the upstream's own
+    // x-ratelimit-remaining-requests: 0 ...
+    let limited = openai_error("Rate limit reached", "requests", "rate_limit_exceeded");
+    m.push_fault(respond(
+        429,
+        &[
+            ("retry-after", "30"),
+            ("x-ratelimit-remaining-requests", "0"),
+        ],
+        &limited,
+    ));
+    assert_eq!(send(&gw, KEY_A, "hello", false).await.status, 429);
+    let before = m.request_count();
+    let r = send(&gw, KEY_B, "hello", false).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.error()["code"], "upstream_rate_limited");
+    assert_eq!(
+        m.request_count(),
+        before,
+        "a marked upstream is not contacted"
+    );
+
+    // ... or 429s to two different teams within the window.
+    let m = mock().await;
+    let gw = start(&m, "", "max_attempts: 1").await;
+    for key in [KEY_A, KEY_B] {
+        m.push_fault(respond(429, &[("retry-after", "30")], &limited));
+        assert_eq!(send(&gw, key, "hello", false).await.status, 429);
+    }
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(r.error()["code"], "upstream_rate_limited", "{}", r.body);
+    assert_eq!(m.request_count(), 2);
+}

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::ledger::Ledger;
 use super::relay;
 use crate::config::{FallbackReason, Priority};
-use crate::credentials::{Lease, Outcome, Retry};
+use crate::credentials::{Lease, Outcome, Retry, Witness, MAX_COOLDOWN, WITNESS_WINDOW};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub stream: bool,
     pub headers: &'a HeaderMap,
     pub max_response_bytes: usize,
+    /// Who sends it: shared upstream state changes on evidence from more than one of these.
+    pub witness: Witness,
 }
 
 /// What one attempt aims at: the model being tried (the requested one or a fallback), the
@@ -418,20 +420,25 @@ async fn attempt_inner(
         .credential
         .as_ref()
         .map_or(0, |c| c.max_rotations());
-    let (response, sent_at, lease) = loop {
+    // Pool members this attempt already heard from: a rotation prefers the others.
+    let mut tried_members: Vec<crate::credentials::MemberRef> = Vec::new();
+    let (response, sent_at, lease, error_body, account) = loop {
         ledger.attempted();
-        let lease: Option<Lease> =
-            match &upstream.credential {
-                // A lease waits only when no token is usable; that wait is bounded by the credential's
-                // lease_timeout and by the request's deadline.
-                Some(c) => Some(tokio::time::timeout(left(), c.lease()).await.map_err(
-                    |_| ApiError::CredentialUnavailable {
+        let lease: Option<Lease> = match &upstream.credential {
+            // A lease waits only when no token is usable; that wait is bounded by the credential's
+            // lease_timeout and by the request's deadline.
+            Some(c) => {
+                let mut lease = tokio::time::timeout(left(), c.lease_avoiding(&tried_members))
+                    .await
+                    .map_err(|_| ApiError::CredentialUnavailable {
                         message: format!("no upstream credential for '{}' in time", upstream.name),
                         retry_after_secs: 1,
-                    },
-                )??),
-                None => None,
-            };
+                    })??;
+                lease.from = req.witness;
+                Some(lease)
+            }
+            None => None,
+        };
         let sent_at = Instant::now();
         let request = UpstreamRequest {
             endpoint: req.endpoint,
@@ -442,16 +449,29 @@ async fn attempt_inner(
             json,
         };
         let wait = upstream.timeouts.first_byte.0.min(left());
-        let response = tokio::time::timeout(wait, upstream.provider.send(request))
+        let mut response = tokio::time::timeout(wait, upstream.provider.send(request))
             .await
             .map_err(|_| ApiError::UpstreamTimeout)??;
+        // One reading of an error answer (bounded), used by the credential, the upstream's
+        // mark and what the client sees.
+        let error_body = if response.status.is_success() {
+            None
+        } else {
+            Some(read_error_body(&mut response.body, upstream.timeouts.idle.0, deadline).await)
+        };
+        let account = response.status == StatusCode::TOO_MANY_REQUESTS
+            && about_account(&response.headers, error_body.as_deref().unwrap_or_default());
         if let (Some(cred), Some(lease)) = (&upstream.credential, &lease) {
             let outcome = match response.status.as_u16() {
                 401 => Outcome::Unauthorized,
                 403 => Outcome::Forbidden,
-                429 => Outcome::RateLimited(super::retry_after(&response.headers)),
+                429 => Outcome::RateLimited {
+                    after: super::retry_after(&response.headers),
+                    account,
+                },
                 _ => Outcome::Ok,
             };
+            tried_members.extend(lease.member);
             match cred.report(lease, outcome) {
                 Retry::Renewed if !renewed && response.status == StatusCode::UNAUTHORIZED => {
                     renewed = true;
@@ -464,9 +484,9 @@ async fn attempt_inner(
                 _ => {}
             }
         }
-        break (response, sent_at, lease);
+        break (response, sent_at, lease, error_body, account);
     };
-    if !response.status.is_success() {
+    if let Some(raw) = error_body {
         ledger.upstream_time(sent_at.elapsed());
         if response.status == StatusCode::UNAUTHORIZED {
             // After the renewal retry (or every rotation): the upstream refuses the gateway's
@@ -475,13 +495,31 @@ async fn attempt_inner(
                 upstream: upstream.name.to_string(),
             });
         }
+        let retry_after = super::retry_after(&response.headers);
         if response.status == StatusCode::TOO_MANY_REQUESTS {
-            if let Some(d) = super::retry_after(&response.headers) {
-                upstream.breaker.rate_limited(Instant::now() + d, false);
+            // The upstream leaves every tenant's plans only on evidence that the 429 is about
+            // the account: its own headers or code, or another tenant's 429 within the window.
+            // Otherwise only this request moves on (or waits out its Retry-After).
+            if let Some(d) = retry_after {
+                let now = Instant::now();
+                let corroborated = !account
+                    && upstream
+                        .breaker
+                        .note_429(now, req.witness.tenant, WITNESS_WINDOW);
+                if account || corroborated {
+                    upstream
+                        .breaker
+                        .rate_limited(now + d.min(MAX_COOLDOWN), false);
+                }
             }
         }
         let secret = lease.as_ref().map(|l| l.value.expose());
-        return Err(upstream_error(response, upstream.timeouts.idle.0, deadline, secret).await);
+        return Err(ApiError::upstream_status(
+            response.status,
+            &raw,
+            retry_after.map(super::retry_after_value),
+            secret,
+        ));
     }
     let is_sse = response
         .headers
@@ -609,20 +647,11 @@ fn first_event_ok(buf: &[u8]) -> Option<bool> {
     )
 }
 
-/// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`]
-/// that holds only what a client may see of it (`secret`, the credential sent, masked).
-async fn upstream_error(
-    resp: UpstreamResponse,
-    idle: Duration,
-    deadline: Instant,
-    secret: Option<&str>,
-) -> ApiError {
+/// Read an upstream error body, bounded in size (64 KiB; the rest is never read) and time
+/// (each chunk within `idle`, the whole within the request's deadline).
+async fn read_error_body(body: &mut BodyStream, idle: Duration, deadline: Instant) -> Vec<u8> {
     const MAX: usize = 64 * 1024;
-    // Relayed as whole seconds, clamped: never the upstream's raw text.
-    let retry_after = super::retry_after(&resp.headers).map(super::retry_after_value);
-    let mut body = resp.body;
     let mut buf = Vec::new();
-    // Each chunk within `idle`, the whole body within the request's deadline.
     while buf.len() < MAX {
         let until = deadline.min(Instant::now() + idle);
         match tokio::time::timeout_at(until.into(), body.next()).await {
@@ -631,7 +660,38 @@ async fn upstream_error(
         }
     }
     buf.truncate(MAX);
-    ApiError::upstream_status(resp.status, &buf, retry_after, secret)
+    buf
+}
+
+/// Whether a 429 says the upstream *account* is out, rather than something about this one
+/// request: the upstream's own `x-ratelimit-remaining-requests: 0` or
+/// `x-ratelimit-remaining-tokens: 0`, or an `insufficient_quota` code or type.
+fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
+    let zero = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+    };
+    if zero("x-ratelimit-remaining-requests") || zero("x-ratelimit-remaining-tokens") {
+        return true;
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Error,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        #[serde(default)]
+        code: Option<Value>,
+        #[serde(default, rename = "type")]
+        kind: Option<Value>,
+    }
+    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
+        [b.error.code, b.error.kind]
+            .iter()
+            .any(|v| v.as_ref().and_then(Value::as_str) == Some("insufficient_quota"))
+    })
 }
 
 #[cfg(test)]

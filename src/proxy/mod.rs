@@ -134,6 +134,10 @@ async fn run(
         stream: shaped.stream,
         headers: &headers,
         max_response_bytes: snap.config.server.max_response_bytes,
+        witness: crate::credentials::Witness {
+            request: rand::random(),
+            tenant: tenant_of(&caller.team),
+        },
     };
     let answer =
         attempt::dispatch(&snap, &shaped.model, &mut json, &request, wishes, ledger).await?;
@@ -145,6 +149,14 @@ async fn run(
         rate.apply(resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// A stable number for a team (the tenant in shared-state evidence).
+fn tenant_of(team: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    team.hash(&mut h);
+    h.finish()
 }
 
 /// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.

@@ -228,7 +228,9 @@ impl MockUpstream {
 
     /// Requests whose bearer token, `api-key`/`x-api-key` header or
     /// `access_token` query parameter equals `token` get `status` (with
-    /// `Retry-After` if given). `None` removes the rule.
+    /// `Retry-After` if given; a 429 also says the credential's limit is spent
+    /// with `x-ratelimit-remaining-requests: 0`, as OpenAI does). `None`
+    /// removes the rule.
     pub fn set_token_status(&self, token: &str, status: Option<(u16, Option<u64>)>) {
         let mut k = lock(&self.shared.knobs);
         match status {
@@ -545,7 +547,14 @@ fn token_status_resp(status: u16, retry_after: Option<u64>, guard: FlightGuard) 
         ),
         _ => openai_error("Mock status for this credential.", "server_error", None),
     };
-    status_resp(status, body.to_string(), retry_after, guard)
+    let mut resp = status_resp(status, body.to_string(), retry_after, guard);
+    if status == 429 {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderValue::from_static("0"),
+        );
+    }
+    resp
 }
 
 fn plan(method: &Method, path: &str, body: &Value, chunks: Option<usize>) -> Planned {
