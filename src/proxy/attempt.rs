@@ -623,14 +623,10 @@ const MAX_FIRST_EVENT: usize = 1024 * 1024;
 /// Whether the first SSE event in `buf` is well formed: `None` while it is incomplete, else
 /// whether its `data` (if any) is JSON or `[DONE]`. Comment-only events (keep-alives) pass.
 fn first_event_ok(buf: &[u8]) -> Option<bool> {
-    // The event ends at a blank line: "\n\n" or "\n\r\n" (as the relay splits them).
-    let end = (0..buf.len()).find_map(|i| match &buf[i..] {
-        [b'\n', b'\n', ..] => Some(i + 2),
-        [b'\n', b'\r', b'\n', ..] => Some(i + 3),
-        _ => None,
-    })?;
+    // The event ends at a blank line, found by the relay's own splitter.
+    let event = relay::Events::new(buf).next()?;
     let mut data: Vec<u8> = Vec::new();
-    for line in buf[..end].split(|b| *b == b'\n') {
+    for line in event.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(d) = line.strip_prefix(b"data:") {
             if !data.is_empty() {
