@@ -328,6 +328,49 @@ async fn an_upstream_refusing_the_gateways_credential_is_a_502_not_the_clients_4
     assert_eq!(send(&gw, KEY_A, "hello", false).await.status, 200);
 }
 
+#[tokio::test]
+async fn a_renewed_token_still_refused_is_a_502_after_exactly_one_renewal() {
+    // An OAuth2 credential: the upstream refuses every token, the fresh one too. The request is
+    // retried once with a renewed token, then the client gets 502, not 401.
+    let oauth = tollgate::testkit::MockOAuth::start()
+        .await
+        .unwrap_or_else(|e| panic!("mock oauth: {e}"));
+    oauth.add_client("cid", "cs-1");
+    let m = mock().await;
+    m.set_default_fault(Some(Fault::EchoCredential { status: 401 }));
+    let cred = format!(
+        "  up-key:\n    kind: oauth2\n    token_url: {}\n    client_id: cid\n    \
+         client_secret: \"${{OA_SECRET}}\"\n    min_renew_interval: 10ms\n",
+        oauth.token_url()
+    );
+    let env = HashMap::from([("OA_SECRET".to_string(), "cs-1".to_string())]);
+    let gw = Gateway::start_with_env(&config(&m.base_url(), &cred, "max_attempts: 1"), env).await;
+    let r = send(&gw, KEY_A, "hello", false).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.error()["code"], "upstream_credential_rejected");
+    assert_eq!(m.request_count(), 2, "the original and one renewal retry");
+    let tokens: Vec<String> = m
+        .received()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .get("authorization")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_ne!(tokens[0], tokens[1], "the retry carried a renewed token");
+    for t in &tokens {
+        let t = t.trim_start_matches("Bearer ");
+        assert!(
+            !r.body.contains(t),
+            "a token reached the client: {}",
+            r.body
+        );
+    }
+}
+
 // ---- item 14: Retry-After on the only upstream ----
 
 #[tokio::test]
