@@ -360,9 +360,13 @@ pub fn sanitize_upstream_error(status: StatusCode, raw: &[u8], secret: Option<&s
     };
     let secret = secret.filter(|s| !s.is_empty());
     let clean = |v: &str| -> Option<String> {
-        let mut v: String = v.chars().take(MAX_UPSTREAM_MESSAGE).collect();
+        // Mask first, then cut: a cut must not leave a part of the secret unmasked.
+        let masked = match secret {
+            Some(s) => v.replace(s, "***"),
+            None => v.to_owned(),
+        };
+        let v: String = masked.chars().take(MAX_UPSTREAM_MESSAGE).collect();
         if let Some(s) = secret {
-            v = v.replace(s, "***");
             let piece = SECRET_PIECE.min(s.len());
             let leaked = (0..=s.len() - piece)
                 .filter_map(|i| s.get(i..i + piece))

@@ -171,7 +171,7 @@ pub async fn dispatch(
                             retry_after: Some(v),
                             ..
                         } if status.as_u16() == 429 => {
-                            // Our own clamped whole seconds (see `upstream_error`).
+                            // Our own clamped whole seconds (set in `attempt_inner`).
                             if let Some(secs) = v.to_str().ok().and_then(|v| v.parse().ok()) {
                                 not_before.push((
                                     &upstream.name,
