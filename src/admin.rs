@@ -51,6 +51,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
+/// Drop a key changed through this replica from the request path's cache at once.
+async fn forget_key(s: &AppState, hash_hex: &str) {
+    if let Some(k) = &s.store_keys {
+        k.invalidate(hash_hex).await;
+    }
+}
+
 fn store(s: &AppState) -> Result<Arc<Handle>, ApiError> {
     s.store.clone().ok_or_else(|| ApiError::NotFound {
         message: "this gateway has no store configured (store.url)".into(),
@@ -128,7 +135,7 @@ async fn update_key(
         check_models(&s.snapshot.load().config, m)?;
     }
     let rec = h.db.update_key(ACTOR, &id, &p).await?;
-    h.keys.invalidate(&rec.hash).await;
+    forget_key(&s, &rec.hash).await;
     Ok(Json(rec).into_response())
 }
 
@@ -138,7 +145,7 @@ async fn revoke_key(
 ) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let rec = h.db.revoke_key(ACTOR, &id).await?;
-    h.keys.invalidate(&rec.hash).await;
+    forget_key(&s, &rec.hash).await;
     Ok(Json(rec).into_response())
 }
 
@@ -159,7 +166,7 @@ async fn rotate_key(
     let r: Rotate = body(&b)?;
     let grace = r.grace.map_or(3600, |d| d.0.as_secs());
     let (new, plaintext, old) = h.db.rotate_key(ACTOR, &id, grace).await?;
-    h.keys.invalidate(&old.hash).await;
+    forget_key(&s, &old.hash).await;
     let mut v = json!(new);
     v["key"] = json!(plaintext);
     v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});
@@ -201,7 +208,9 @@ async fn update_team(
     }
     let rec = h.db.update_team(ACTOR, &name, &p).await?;
     // Cached callers carry their team: drop them all so the change applies at once here.
-    h.keys.invalidate_all();
+    if let Some(k) = &s.store_keys {
+        k.invalidate_all();
+    }
     Ok(Json(rec).into_response())
 }
 

@@ -439,7 +439,11 @@ async fn run_op(
 }
 
 fn check_config(file: &std::path::Path) -> u8 {
-    let result = Config::load(file).and_then(|c| c.validate(&ProcessEnv));
+    let result = Config::load(file).and_then(|c| {
+        let mut warnings = c.validate(&ProcessEnv)?;
+        warnings.extend(crate::limits::prices::unpriced_warnings(&c));
+        Ok(warnings)
+    });
     match result {
         Ok(warnings) => {
             for w in warnings {

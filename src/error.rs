@@ -7,9 +7,12 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::json;
 
-use crate::limits::RateHeaders;
+pub use crate::openai::error_json;
+use crate::openai::RateHeaders;
+
+/// Read by OpenAI's SDKs before anything else when deciding to retry.
+const X_SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
 
 /// Who caused an error; decides whether a retry on another upstream can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +47,9 @@ pub enum ApiError {
     #[error("{message}")]
     RateLimited {
         message: String,
-        retry_after_secs: u64,
+        /// `None`: waiting will not help (the request alone is larger than the limit); the
+        /// answer then tells SDKs not to retry.
+        retry_after_secs: Option<u64>,
         /// The `x-ratelimit-*` values at refusal.
         headers: Box<RateHeaders>,
     },
@@ -273,10 +278,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<HeaderValue> {
         use ApiError::*;
         match self {
-            RateLimited {
-                retry_after_secs, ..
-            }
-            | Overloaded {
+            Overloaded {
                 retry_after_secs, ..
             }
             | CredentialsRateLimited {
@@ -289,6 +291,9 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(HeaderValue::from(*retry_after_secs)),
             InsufficientQuota {
+                retry_after_secs, ..
+            }
+            | RateLimited {
                 retry_after_secs, ..
             } => retry_after_secs.map(HeaderValue::from),
             LimiterUnavailable => Some(HeaderValue::from(1u64)),
@@ -312,6 +317,18 @@ impl ApiError {
         }
     }
 
+    /// A retry by the client's SDK cannot succeed soon: a request larger than a rate limit, or a
+    /// spent budget (it resets at the end of its period, not within an SDK's backoff).
+    fn futile_to_retry(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RateLimited {
+                retry_after_secs: None,
+                ..
+            } | ApiError::InsufficientQuota { .. }
+        )
+    }
+
     /// The OpenAI-shaped JSON body. An upstream error body was sanitized when it was read; one
     /// built some other way that is not OpenAI-shaped gets Tollgate's own message.
     pub fn body(&self) -> Bytes {
@@ -327,12 +344,6 @@ impl ApiError {
         };
         error_json(&self.to_string(), self.openai_type(), param, self.code())
     }
-}
-
-/// Build `{"error":{"message","type","param","code"}}`.
-pub fn error_json(message: &str, kind: &str, param: Option<&str>, code: &str) -> Bytes {
-    let v = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    Bytes::from(v.to_string())
 }
 
 /// Longest upstream error message relayed; the rest is cut.
@@ -390,7 +401,7 @@ pub fn sanitize_upstream_error(status: StatusCode, raw: &[u8], secret: Option<&s
     let kind = field("type").unwrap_or_else(|| "upstream_error".to_owned());
     let code = field("code");
     let param = field("param");
-    let v = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    let v = serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
     Bytes::from(v.to_string())
 }
 
@@ -419,6 +430,10 @@ impl IntoResponse for ApiError {
         );
         if let Some(v) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, v);
+        }
+        if self.futile_to_retry() {
+            // OpenAI's SDKs read this before the status: no automatic retries.
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
         }
         if let ApiError::RateLimited { headers: rate, .. }
         | ApiError::InsufficientQuota { headers: rate, .. } = &self

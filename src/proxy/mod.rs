@@ -63,23 +63,15 @@ async fn run(
     req: Request<Body>,
     ledger: &mut Ledger,
 ) -> Result<Response, ApiError> {
-    // accept: bound the work in flight.
-    let in_flight =
-        state
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded {
-                message: "too many requests in flight".into(),
-                retry_after_secs: 1,
-            })?;
     let snap = state.snapshot.load_full();
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
-    let caller = crate::auth::authenticate(state, &snap, &parts.headers).await?;
+    let caller = state.authenticate(&snap, &parts.headers).await?;
     ledger.caller(&caller);
-    let team = caller.team_policy(&snap).ok_or(ApiError::Internal)?;
+    let team = caller
+        .team_policy(&snap.config.teams)
+        .ok_or(ApiError::Internal)?;
 
     // accept (cont.): read the body within the team's size limit and the read deadline.
     let limit = team
@@ -97,6 +89,7 @@ async fn run(
             model: shaped.model.clone(),
         });
     }
+    ledger.model_known();
     if !policy::model_allowed(team, &shaped.model) || !caller.key_allows(&shaped.model) {
         return Err(ApiError::ModelNotAllowed {
             model: shaped.model.clone(),
@@ -123,9 +116,27 @@ async fn run(
     };
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
-    let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
-    ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
+    let ask = crate::limits::Ask {
+        model: &shaped.model,
+        output_cap: shaped.max_tokens,
+        completions: shaped.completions,
+    };
+    let estimate = snap.limiter.estimate(endpoint, ask, &json);
+    ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
     let rate_headers = ledger.rate_headers().copied();
+
+    // Only now, authenticated and within its own limits, may the caller take one of the
+    // process's shared in-flight slots: a caller cannot hold them while it trickles a body in
+    // or past its own concurrency.
+    let in_flight =
+        state
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                message: "too many requests in flight".into(),
+                retry_after_secs: 1,
+            })?;
 
     // plan + attempt: model -> upstreams in order; retries and fallbacks before the first byte.
     let headers = forward_headers(&snap, &parts.headers, ledger.request_id());
