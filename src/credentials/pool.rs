@@ -319,6 +319,9 @@ impl Pool {
                 Retry::No
             }
             Outcome::RateLimited { after, account } => {
+                metrics::counter!(names::CREDENTIAL_429_ROTATIONS,
+                    "credential" => inner.name.to_string())
+                .increment(1);
                 let corroborated =
                     !account && m.corroborated_429(inner.now_ms(), lease.from.tenant);
                 if !account && !corroborated {
@@ -334,9 +337,6 @@ impl Pool {
                 let evidence = if account { "account" } else { "two tenants" };
                 tracing::info!(credential = %inner.name, member = r.index, fingerprint = %fp,
                     cooldown_secs = d.as_secs_f64(), evidence, "pool member rate limited; rotating");
-                metrics::counter!(names::CREDENTIAL_429_ROTATIONS,
-                    "credential" => inner.name.to_string())
-                .increment(1);
                 Retry::Rotated
             }
             Outcome::Unauthorized if m.cred.renewable() => {

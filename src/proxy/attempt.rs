@@ -490,7 +490,7 @@ async fn attempt_inner(
         ledger.upstream_time(sent_at.elapsed());
         if response.status == StatusCode::UNAUTHORIZED {
             // After the renewal retry (or every rotation): the upstream refuses the gateway's
-            // own credential. The client's key is fine; its body is not read.
+            // own credential. The client's key is fine; the body is not relayed.
             return Err(ApiError::UpstreamCredentialRejected {
                 upstream: upstream.name.to_string(),
             });
