@@ -195,7 +195,10 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Held to the end: dropping it flushes the log lines still queued.
     let _log_guard = crate::telemetry::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the Tokio runtime: {e}");
