@@ -138,11 +138,31 @@ impl Lease {
         }
     }
 
-    pub fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// Put the secret where the upstream expects it: a bearer or named header (marked
+    /// sensitive, so it is never printed) or a query parameter of `url`.
+    pub fn place(&self, headers: &mut http::HeaderMap, url: &mut reqwest::Url) {
+        let header = |v: &str| {
+            let mut v = http::HeaderValue::from_str(v).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        };
         match self.placement.as_ref() {
-            Placement::Bearer => req.bearer_auth(self.value.expose()),
-            Placement::Header(name) => req.header(name.as_str(), self.value.expose()),
-            Placement::Query(name) => req.query(&[(name.as_str(), self.value.expose())]),
+            Placement::Bearer => {
+                if let Some(v) = header(&format!("Bearer {}", self.value.expose())) {
+                    headers.insert(http::header::AUTHORIZATION, v);
+                }
+            }
+            Placement::Header(name) => {
+                if let (Ok(n), Some(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    header(self.value.expose()),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            Placement::Query(name) => {
+                url.query_pairs_mut().append_pair(name, self.value.expose());
+            }
         }
     }
 }

@@ -6,15 +6,18 @@
 //! timeout; the first-byte timeout is applied by the caller around [`OpenAi::send`].
 
 use futures_util::StreamExt;
+use http::HeaderValue;
 
 use super::{BodyError, UpstreamRequest, UpstreamResponse};
 use crate::config::Timeouts;
 use crate::error::ApiError;
+use crate::openai::Endpoint;
 
 pub struct OpenAi {
     client: reqwest::Client,
-    /// Base URL without a trailing slash.
-    base_url: String,
+    /// The upstream URL of each endpoint, parsed once when the config is loaded: no URL parsing
+    /// (or IDNA work) per request.
+    urls: [reqwest::Url; 3],
 }
 
 impl OpenAi {
@@ -27,24 +30,35 @@ impl OpenAi {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let base = base_url.trim_end_matches('/');
+        let url = |e: Endpoint| {
+            reqwest::Url::parse(&format!("{base}{}", e.path()))
+                .map_err(|err| format!("base_url {base}: {err}"))
+        };
         Ok(OpenAi {
             client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            urls: [
+                url(Endpoint::Chat)?,
+                url(Endpoint::Completions)?,
+                url(Endpoint::Embeddings)?,
+            ],
         })
     }
 
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
-        let url = format!("{}{}", self.base_url, req.endpoint.path());
-        let mut builder = self
-            .client
-            .post(url)
-            .headers(req.headers.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(req.body);
+        let mut url = self.urls[req.endpoint as usize].clone();
+        let mut headers = req.headers.clone();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(lease) = req.lease {
-            builder = lease.apply(builder);
+            lease.place(&mut headers, &mut url);
         }
-        let resp = builder.send().await.map_err(classify)?;
+        let mut request = reqwest::Request::new(http::Method::POST, url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(req.body.into());
+        let resp = self.client.execute(request).await.map_err(classify)?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
