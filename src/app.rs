@@ -132,15 +132,17 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// Refuse ambiguous framing (request smuggling): both Content-Length and Transfer-Encoding, or
-/// several Content-Length values.
+/// Refuse ambiguous framing (request smuggling): both Content-Length and Transfer-Encoding,
+/// several Content-Length values, or a head the framing guard marked (bare LF line ends, an
+/// overlong line, a Content-Length that is not one plain number; see [`crate::server::framing`]).
 async fn framing(req: Request<Body>, next: Next) -> Response {
     let h = req.headers();
     let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
     let marked = h.contains_key(crate::server::framing::MARK);
     if marked || lengths > 1 || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING)) {
         let mut resp = ApiError::invalid(
-            "conflicting Content-Length / Transfer-Encoding headers",
+            "ambiguous request framing: conflicting Content-Length / Transfer-Encoding, \
+             a bare LF line end or an overlong header line",
             None,
         )
         .into_response();
