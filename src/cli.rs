@@ -514,10 +514,7 @@ async fn serve(
         }
     }
     let router = crate::app::router(state.clone());
-    let opts = ServeOptions {
-        header_read_timeout: server_cfg.header_read_timeout.0,
-        shutdown_grace: server_cfg.shutdown_grace.0,
-    };
+    let opts = ServeOptions::from_config(&server_cfg);
     server::serve(listener, router, opts, shutdown).await;
     stop_watch.cancel();
     if let Err(e) = state.snapshot.load().limiter.flush() {

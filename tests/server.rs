@@ -19,10 +19,15 @@ async fn mock() -> MockUpstream {
 
 /// One `openai` upstream at `base_url` serving `gpt`; `server` is spliced under `server:`.
 fn config(base_url: &str, server: &str) -> String {
+    let header = if server.contains("header_read_timeout") {
+        ""
+    } else {
+        "  header_read_timeout: 500ms"
+    };
     format!(
         r#"
 server:
-  header_read_timeout: 500ms
+{header}
   body_read_timeout: 500ms
 {server}
 credentials:
@@ -174,4 +179,261 @@ async fn equal_or_odd_content_lengths_are_refused() {
         }
     }
     assert_eq!(m.request_count(), 0, "nothing reached the upstream");
+}
+
+// --- Connections that never speak ---
+
+/// Poll `/metrics` (on a fresh connection each time) until `pred` holds for `metric`'s value.
+async fn await_metric(gw: &Gateway, metric: &str, pred: impl Fn(f64) -> bool) -> bool {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let text = match client.get(gw.url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = text.lines().find_map(|l| {
+            l.strip_prefix(metric)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if pred(value.unwrap_or(0.0)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn sockets_that_never_send_a_request_are_closed() {
+    let m = mock().await;
+    let gw = start(&m, "  idle_timeout: 500ms").await;
+    let within = Duration::from_secs(3);
+    // Silent, half an HTTP/2 preface, the whole preface and SETTINGS but no stream, half a head.
+    let openers: [&[u8]; 4] = [
+        b"",
+        b"PRI * HTTP/2.0\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        b"GET /health HTTP/1.1\r\nhost:",
+    ];
+    let mut socks = Vec::new();
+    for o in openers {
+        let mut s = connect(&gw).await;
+        s.write_all(o)
+            .await
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        socks.push(s);
+    }
+    for (i, s) in socks.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(s, within).await.is_some(),
+            "socket {i} still open after {within:?}"
+        );
+    }
+    assert!(
+        await_metric(
+            &gw,
+            "tollgate_connections_closed_total{reason=\"no_request\"}",
+            |v| v >= 3.0
+        )
+        .await,
+        "the closes were not counted"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_but_a_long_stream_is_not() {
+    let m = mock().await;
+    // Ten chunks 200 ms apart: the stream lasts four idle timeouts.
+    m.set_chunks(Some(10));
+    m.set_chunk_delay(Duration::from_millis(200));
+    let gw = start(&m, "  idle_timeout: 500ms").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .json(&common::chat(
+            "gpt",
+            "one two three four five six seven eight nine ten",
+            true,
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("stream: {e}"));
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let events = common::sse_events(resp).await;
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    // Now idle: closed after idle_timeout, and counted.
+    assert!(
+        await_metric(
+            &gw,
+            "tollgate_connections_closed_total{reason=\"idle\"}",
+            |v| v >= 1.0
+        )
+        .await,
+        "the idle HTTP/2 connection was not closed"
+    );
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
+    let m = mock().await;
+    let gw = start(
+        &m,
+        "  max_connections: 2\n  header_read_timeout: 30s\n  idle_timeout: 30s",
+    )
+    .await;
+    // Two connections hold both slots (each has answered one request and stays open).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(&gw).await;
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    // A third connects (the kernel queues it) but is not served while both are open.
+    let mut third = connect(&gw).await;
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = [0u8; 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
+            .await
+            .is_err(),
+        "served beyond the cap"
+    );
+    // One closes: the third is served.
+    drop(held.pop());
+    let out = read_until_closed(&mut third, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("the waiting connection was never served"));
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// The binary under `ulimit -n 512` with a thousand clients that connect and never finish a
+/// request, reconnecting when closed: `/health` and an honest chat request still answer.
+#[tokio::test]
+async fn health_and_honest_clients_are_served_through_a_thousand_idle_sockets() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ header_read_timeout: 1s, idle_timeout: 1s }}\n{}",
+            common::mock_config(2, 0)
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr_file = dir.path().join("addr");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 512 && exec '{}' serve --config '{}' --listen 127.0.0.1:0 --addr-file '{}'",
+            env!("CARGO_BIN_EXE_tollgate"),
+            config.display(),
+            addr_file.display()
+        ))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut addr = String::new();
+    for _ in 0..200 {
+        addr = std::fs::read_to_string(&addr_file).unwrap_or_default();
+        if !addr.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!addr.is_empty(), "gateway did not start");
+    let target: std::net::SocketAddr = addr.trim().parse().unwrap_or_else(|e| panic!("{e}"));
+    // A thousand pests: silent, half a preface, or a head trickled a byte at a time.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut pests = Vec::new();
+    for i in 0..1000 {
+        let (stop, connected) = (stop.clone(), connected.clone());
+        pests.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let attempt = tokio::select! {
+                    () = stop.cancelled() => return,
+                    s = TcpStream::connect(target) => s,
+                };
+                let Ok(mut s) = attempt else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let opener: &[u8] = match i % 3 {
+                    0 => b"",
+                    1 => b"PRI * HTTP/2.0\r\n",
+                    _ => b"POST /v1/chat/completions HTTP/1.1\r\n",
+                };
+                let _ = s.write_all(opener).await;
+                connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 64];
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        r = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)) => match r {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(_)) => {}
+                            // Trickle one more byte.
+                            Err(_) => {
+                                if i % 3 == 2 && s.write_all(b"x").await.is_err() {
+                                    break;
+                                }
+                            }
+                        },
+                    }
+                }
+            }
+        }));
+    }
+    // Every pest is connected (accepted or queued in the backlog) before the honest clients come.
+    for _ in 0..400 {
+        if connected.load(std::sync::atomic::Ordering::SeqCst) >= 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(connected.load(std::sync::atomic::Ordering::SeqCst) >= 1000);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let health = client.get(format!("http://{target}/health")).send().await;
+    let chat = client
+        .post(format!("http://{target}/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .json(&common::chat("mock-gpt", "still here", false))
+        .send()
+        .await;
+    stop.cancel();
+    for p in pests {
+        let _ = p.await;
+    }
+    let _ = child.kill().await;
+    let health = health.unwrap_or_else(|e| panic!("/health did not answer: {e}"));
+    assert_eq!(health.status(), 200);
+    let chat = chat.unwrap_or_else(|e| panic!("chat did not answer: {e}"));
+    assert_eq!(chat.status(), 200);
 }

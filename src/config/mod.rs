@@ -140,6 +140,38 @@ pub struct ServerConfig {
     /// Largest non-stream upstream response body Tollgate will relay.
     pub max_response_bytes: usize,
     pub cors: CorsConfig,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
+    /// HTTP/2 alike); a connection's first request must come within `header_read_timeout`.
+    pub idle_timeout: Dur,
+    /// Open client connections at most; at the cap the listener stops accepting until one
+    /// closes. Unset: half the process's open-file limit (`ulimit -n`).
+    pub max_connections: Option<usize>,
+    /// HTTP/2 connection limits.
+    pub http2: Http2Config,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams (requests) one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Ping an HTTP/2 client this often to find dead peers during long streams.
+    pub keep_alive_interval: Dur,
+    /// A ping unanswered this long closes the connection.
+    pub keep_alive_timeout: Dur,
+    /// Largest header list (decoded) one request may send.
+    pub max_header_list_size: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            keep_alive_interval: secs(30),
+            keep_alive_timeout: secs(10),
+            max_header_list_size: 64 * 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -154,6 +186,9 @@ impl Default for ServerConfig {
             forward_headers: vec!["accept".into(), "user-agent".into(), "openai-beta".into()],
             max_response_bytes: 64 * 1024 * 1024,
             cors: CorsConfig::default(),
+            idle_timeout: secs(60),
+            max_connections: None,
+            http2: Http2Config::default(),
         }
     }
 }
@@ -233,6 +268,18 @@ impl Config {
         }
         if s.max_in_flight == 0 {
             return Err(err("server.max_in_flight", "must be greater than 0"));
+        }
+        if s.max_connections == Some(0) {
+            return Err(err("server.max_connections", "must be greater than 0"));
+        }
+        if s.idle_timeout.0.is_zero() {
+            return Err(err("server.idle_timeout", "must be greater than 0"));
+        }
+        if s.http2.max_concurrent_streams == 0 {
+            return Err(err(
+                "server.http2.max_concurrent_streams",
+                "must be greater than 0",
+            ));
         }
         if s.cors.allow_credentials && s.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(err(

@@ -149,3 +149,27 @@ credentials:
     let e = validate(&bad, &env).err().unwrap_or_default();
     assert_eq!(e, "credentials.pool.members[0]: pools do not nest");
 }
+
+#[test]
+fn connection_limits_are_validated_with_field_paths() {
+    for (server, path) in [
+        ("max_connections: 0", "server.max_connections"),
+        ("idle_timeout: 0s", "server.idle_timeout"),
+        (
+            "http2: { max_concurrent_streams: 0 }",
+            "server.http2.max_concurrent_streams",
+        ),
+    ] {
+        let t = format!("server: {{ {server} }}\n{BASE}");
+        assert!(
+            check(&t).is_err_and(|e| e.starts_with(path)),
+            "{server}: {:?}",
+            check(&t)
+        );
+    }
+    let t = format!("server: {{ http2: {{ max_streams: 5 }} }}\n{BASE}");
+    assert!(check(&t).is_err_and(|e| e.contains("server.http2") && e.contains("max_streams")));
+    let c = Config::parse(BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.server.idle_timeout, secs(60));
+    assert_eq!(c.server.max_connections, None);
+}
