@@ -437,3 +437,80 @@ async fn health_and_honest_clients_are_served_through_a_thousand_idle_sockets() 
     let chat = chat.unwrap_or_else(|e| panic!("chat did not answer: {e}"));
     assert_eq!(chat.status(), 200);
 }
+
+// --- Slow readers ---
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_at_the_write_deadline() {
+    let m = mock().await;
+    // A 16 MiB answer: far more than loopback socket buffers hold.
+    let content = "a".repeat(16 << 20);
+    let body = serde_json::json!({
+        "id": "x", "object": "chat.completion", "created": 0, "model": "gpt",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    })
+    .to_string();
+    m.push_fault(tollgate::testkit::Fault::Status {
+        status: 200,
+        body,
+        retry_after: None,
+    });
+    let gw = start(&m, "  write_timeout: 500ms").await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    sock.set_recv_buffer_size(4096)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = sock
+        .connect(gw.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let req = serde_json::to_string(&common::chat("gpt", "big", false)).unwrap_or_default();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {DEMO_KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{req}",
+            req.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The client reads nothing; the server gives up on it and says so.
+    assert!(
+        await_metric(
+            &gw,
+            "tollgate_connections_closed_total{reason=\"write_timeout\"}",
+            |v| v >= 1.0
+        )
+        .await,
+        "the stalled writer was not cut off"
+    );
+    // The connection and the answer it held are gone (only /metrics' own connection is open).
+    assert!(
+        await_metric(&gw, "tollgate_connections_open", |v| v <= 1.0).await,
+        "the connection is still open"
+    );
+    // What the client can still read is less than the answer, then the end.
+    let out = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the connection was left open"));
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head"))
+        + 4;
+    let head = String::from_utf8_lossy(&out[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    assert!(length > 16 << 20);
+    assert!(
+        out.len() - head_end < length,
+        "the whole answer arrived ({} bytes)",
+        out.len() - head_end
+    );
+}

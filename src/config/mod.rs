@@ -143,6 +143,9 @@ pub struct ServerConfig {
     /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
     /// HTTP/2 alike); a connection's first request must come within `header_read_timeout`.
     pub idle_timeout: Dur,
+    /// A write to a client that stays blocked this long (the client stopped reading) fails the
+    /// connection and releases the response it held.
+    pub write_timeout: Dur,
     /// Open client connections at most; at the cap the listener stops accepting until one
     /// closes. Unset: half the process's open-file limit (`ulimit -n`).
     pub max_connections: Option<usize>,
@@ -187,6 +190,7 @@ impl Default for ServerConfig {
             max_response_bytes: 64 * 1024 * 1024,
             cors: CorsConfig::default(),
             idle_timeout: secs(60),
+            write_timeout: secs(30),
             max_connections: None,
             http2: Http2Config::default(),
         }
@@ -274,6 +278,9 @@ impl Config {
         }
         if s.idle_timeout.0.is_zero() {
             return Err(err("server.idle_timeout", "must be greater than 0"));
+        }
+        if s.write_timeout.0.is_zero() {
+            return Err(err("server.write_timeout", "must be greater than 0"));
         }
         if s.http2.max_concurrent_streams == 0 {
             return Err(err(

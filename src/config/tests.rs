@@ -155,6 +155,7 @@ fn connection_limits_are_validated_with_field_paths() {
     for (server, path) in [
         ("max_connections: 0", "server.max_connections"),
         ("idle_timeout: 0s", "server.idle_timeout"),
+        ("write_timeout: 0s", "server.write_timeout"),
         (
             "http2: { max_concurrent_streams: 0 }",
             "server.http2.max_concurrent_streams",

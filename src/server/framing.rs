@@ -21,12 +21,20 @@
 //! the read, so the two can never disagree on where a message ends while the connection lives.
 //! The only stream it passes through untouched is HTTP/2 prior knowledge (the full preface at
 //! the start of the connection).
+//!
+//! On the write side it holds the write deadline ([`Guarded::with_write_timeout`]): a client that
+//! stops reading cannot keep a response (and the memory behind it) forever.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use super::conn::CloseReason;
 
 /// The header slipped into a head the guard cannot vouch for.
 pub const MARK: &str = "x-tg-ambiguous";
@@ -246,6 +254,12 @@ pub struct Guarded<S> {
     /// Bytes ready for the reader.
     ready: Vec<u8>,
     ready_pos: usize,
+    /// How long one write may stay blocked; `None`: forever.
+    write_timeout: Option<Duration>,
+    /// Armed when a write blocks, dropped when one goes through.
+    write_stall: Option<Pin<Box<Sleep>>>,
+    /// The write deadline passed: every write fails from now on.
+    write_timed_out: bool,
 }
 
 impl<S> Guarded<S> {
@@ -255,6 +269,51 @@ impl<S> Guarded<S> {
             state: State::Preface(Vec::new()),
             ready: Vec::new(),
             ready_pos: 0,
+            write_timeout: None,
+            write_stall: None,
+            write_timed_out: false,
+        }
+    }
+
+    /// Fail the connection when one write stays blocked (the client stopped reading and the
+    /// socket buffers are full) for longer than `t`: hyper then drops the connection and the
+    /// response it was holding.
+    pub fn with_write_timeout(mut self, t: Duration) -> Self {
+        self.write_timeout = Some(t);
+        self
+    }
+
+    /// A write returned `Pending`: wait on the deadline too, and fail once it has passed.
+    fn write_blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let Some(t) = self.write_timeout else {
+            return Poll::Pending;
+        };
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+        match stall.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.write_stall = None;
+                self.write_timed_out = true;
+                CloseReason::WriteTimeout.count();
+                Poll::Ready(Err(timed_out()))
+            }
+        }
+    }
+
+    /// What a write returned, through the deadline.
+    fn write_result<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => self.write_blocked(cx),
+            ready => {
+                self.write_stall = None;
+                ready
+            }
         }
     }
 
@@ -453,16 +512,33 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client stopped reading: write deadline passed",
+    )
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.write_timed_out {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.write_result(cx, r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if this.write_timed_out {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.write_result(cx, r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -472,7 +548,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if this.write_timed_out {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.write_result(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -2,7 +2,8 @@
 //!
 //! Every accepted socket gets `TCP_NODELAY`, the framing guard ([`framing`]) and a watcher
 //! ([`conn`]) that closes it when it does nothing: no first request within
-//! `header_read_timeout` of accept, or no request in flight for `idle_timeout`. Open connections
+//! `header_read_timeout` of accept, or no request in flight for `idle_timeout`. A write blocked
+//! past `write_timeout` (a client that stopped reading) fails its connection. Open connections
 //! are capped (`max_connections`): at the cap the loop stops accepting until one closes, so a
 //! flood of idle sockets queues in the kernel's backlog instead of exhausting file descriptors.
 //! On shutdown the listener closes at once; connections in flight, streams included, get the
@@ -29,6 +30,8 @@ use crate::telemetry::names;
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// One write to a client may stay blocked this long before the connection is failed.
+    pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Open connections at most (resolved: never 0).
     pub max_connections: usize,
@@ -42,6 +45,7 @@ impl ServeOptions {
         ServeOptions {
             header_read_timeout: s.header_read_timeout.0,
             idle_timeout: s.idle_timeout.0,
+            write_timeout: s.write_timeout.0,
             shutdown_grace: s.shutdown_grace.0,
             max_connections: s
                 .max_connections
@@ -130,7 +134,7 @@ pub async fn serve(
         let activity = conn::Activity::new();
         let service =
             TowerToHyperService::new(conn::Tracked::new(router.clone(), activity.clone()));
-        let io = TokioIo::new(framing::Guarded::new(stream));
+        let io = TokioIo::new(framing::Guarded::new(stream).with_write_timeout(opts.write_timeout));
         let served = builder.serve_connection_with_upgrades(io, service);
         let served = graceful.watch(served.into_owned());
         let (header_read_timeout, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
