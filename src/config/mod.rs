@@ -16,7 +16,10 @@ use serde::Deserialize;
 use crate::secret::{EnvSource, SecretRef};
 
 mod checks;
-use checks::{check_credential, check_key_source, check_limits};
+use checks::{
+    check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
+    check_limits, check_secret,
+};
 mod credentials;
 mod limits;
 mod store;
@@ -151,6 +154,10 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// HTTP/2 connection limits.
     pub http2: Http2Config,
+    /// A bearer key `/metrics` requires (`${ENV}` or `file:` reference); unset: open.
+    pub metrics_key: Option<SecretRef>,
+    /// Serve `/metrics` on this address only (not on `listen`); read at start.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +200,8 @@ impl Default for ServerConfig {
             write_timeout: secs(30),
             max_connections: None,
             http2: Http2Config::default(),
+            metrics_key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -294,19 +303,15 @@ impl Config {
                 "'*' cannot be combined with allow_credentials: list the origins",
             ));
         }
-        for (i, h) in s.forward_headers.iter().enumerate() {
-            let lower = h.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
-                || matches!(
-                    lower.as_str(),
-                    "authorization" | "x-api-key" | "cookie" | "host" | "content-length"
-                )
-            {
-                return Err(err(
-                    format!("server.forward_headers[{i}]"),
-                    format!("'{h}' may not be forwarded"),
-                ));
-            }
+        check_forward_headers(&s.forward_headers)?;
+        if let Some(k) = &s.metrics_key {
+            check_secret(k, "server.metrics_key", env, &mut warnings)?;
+        }
+        if s.metrics_listen.is_some_and(|a| a == s.listen) {
+            return Err(err(
+                "server.metrics_listen",
+                "must differ from server.listen",
+            ));
         }
         for (name, c) in &self.credentials {
             let path = format!("credentials.{name}");
@@ -448,6 +453,7 @@ impl Config {
                 &k.budget,
             )?;
         }
+        check_admin_key_is_not_a_client_key(self, env)?;
         self.validate_limits(env, &mut warnings)?;
         Ok(warnings)
     }
