@@ -663,3 +663,62 @@ async fn metrics_can_listen_on_their_own_address() {
     assert_eq!(chat.status(), 404);
     let _ = child.kill().await;
 }
+
+/// Over HTTP/2, flow control stalls a stream without blocking the socket: the body-level write
+/// deadline cuts it.
+#[tokio::test]
+async fn an_http2_client_that_never_reads_is_cut_off_at_the_write_deadline() {
+    let m = mock().await;
+    let content = "a".repeat(16 << 20);
+    let body = serde_json::json!({
+        "id": "x", "object": "chat.completion", "created": 0, "model": "gpt",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    })
+    .to_string();
+    let expected = body.len();
+    m.push_fault(tollgate::testkit::Fault::Status {
+        status: 200,
+        body,
+        retry_after: None,
+    });
+    let gw = start(&m, "  write_timeout: 500ms").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .json(&common::chat("gpt", "big", false))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    // Read nothing until the server has given up on this client.
+    assert!(
+        await_metric(
+            &gw,
+            "tollgate_connections_closed_total{reason=\"write_timeout\"}",
+            |v| v >= 1.0
+        )
+        .await,
+        "the stalled HTTP/2 stream was not cut off"
+    );
+    let mut got = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await {
+            Ok(Ok(Some(c))) => got += c.len(),
+            Ok(Ok(None)) => break "end",
+            Ok(Err(_)) => break "error",
+            Err(_) => panic!("the stream neither ended nor failed"),
+        }
+    };
+    assert!(
+        got < expected,
+        "the whole answer arrived ({got} bytes, {ended})"
+    );
+    assert_eq!(ended, "error");
+}

@@ -137,10 +137,21 @@ pub async fn serve(
         let io = TokioIo::new(framing::Guarded::new(stream).with_write_timeout(opts.write_timeout));
         let served = builder.serve_connection_with_upgrades(io, service);
         let served = graceful.watch(served.into_owned());
-        let (header_read_timeout, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
+        let (header_read_timeout, idle_timeout, write_timeout) = (
+            opts.header_read_timeout,
+            opts.idle_timeout,
+            opts.write_timeout,
+        );
         metrics::gauge!(names::CONNECTIONS_OPEN).increment(1.0);
         tokio::spawn(async move {
-            conn::watch(served, activity, header_read_timeout, idle_timeout).await;
+            conn::watch(
+                served,
+                activity,
+                header_read_timeout,
+                idle_timeout,
+                write_timeout,
+            )
+            .await;
             metrics::gauge!(names::CONNECTIONS_OPEN).decrement(1.0);
             drop(permit);
         });
