@@ -64,7 +64,7 @@ fn caller(i: usize) -> Caller {
 
 async fn one(l: &Limiter, c: &Caller, est: &Estimate) -> Duration {
     let t = Instant::now();
-    match l.admit(c, est).await {
+    match l.admit(c.subject(), est).await {
         Ok(a) => drop(a),
         Err(e) => panic!("refused in the bench: {e}"),
     }

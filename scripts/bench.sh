@@ -13,8 +13,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${BENCH_OUT:-target/bench.txt}
 
-echo "==> cargo build --release --bins" >&2
-cargo build --release --bins
+echo "==> cargo build --release --bins --features testkit" >&2
+cargo build --release --bins --features testkit
 
 want=65536
 hard=$(ulimit -Hn)

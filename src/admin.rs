@@ -58,6 +58,13 @@ pub fn hidden(state: &AppState, path: &str) -> bool {
     (path == "/admin" || path.starts_with("/admin/")) && state.snapshot.load().admin.is_none()
 }
 
+/// Drop a key changed through this replica from the request path's cache at once.
+async fn forget_key(s: &AppState, hash_hex: &str) {
+    if let Some(k) = &s.store_keys {
+        k.invalidate(hash_hex).await;
+    }
+}
+
 fn store(s: &AppState) -> Result<Arc<Handle>, ApiError> {
     s.store.clone().ok_or_else(|| ApiError::NotFound {
         message: "this gateway has no store configured (store.url)".into(),
@@ -135,7 +142,7 @@ async fn update_key(
         check_models(&s.snapshot.load().config, m)?;
     }
     let rec = h.db.update_key(ACTOR, &id, &p).await?;
-    h.keys.invalidate(&rec.hash).await;
+    forget_key(&s, &rec.hash).await;
     Ok(Json(rec).into_response())
 }
 
@@ -145,7 +152,7 @@ async fn revoke_key(
 ) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let rec = h.db.revoke_key(ACTOR, &id).await?;
-    h.keys.invalidate(&rec.hash).await;
+    forget_key(&s, &rec.hash).await;
     Ok(Json(rec).into_response())
 }
 
@@ -166,7 +173,7 @@ async fn rotate_key(
     let r: Rotate = body(&b)?;
     let grace = r.grace.map_or(3600, |d| d.0.as_secs());
     let (new, plaintext, old) = h.db.rotate_key(ACTOR, &id, grace).await?;
-    h.keys.invalidate(&old.hash).await;
+    forget_key(&s, &old.hash).await;
     let mut v = json!(new);
     v["key"] = json!(plaintext);
     v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});
@@ -208,7 +215,9 @@ async fn update_team(
     }
     let rec = h.db.update_team(ACTOR, &name, &p).await?;
     // Cached callers carry their team: drop them all so the change applies at once here.
-    h.keys.invalidate_all();
+    if let Some(k) = &s.store_keys {
+        k.invalidate_all();
+    }
     Ok(Json(rec).into_response())
 }
 

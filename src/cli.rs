@@ -186,6 +186,28 @@ pub enum TeamsCommand {
 /// Exit code for a bad config or bad usage (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
 
+/// The whole program: parse the command line, start logging, run the command on a Tokio
+/// runtime. Lives in the library (not in `main.rs`) so the runtime and every async state machine
+/// it polls are compiled once, here, and the binary stays a call: an async `main` in the binary
+/// made the compiler build the whole server a second time for it.
+pub fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    // Held to the end: dropping it flushes the log lines still queued.
+    let _log_guard = crate::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    std::process::ExitCode::from(runtime.block_on(run(cli)))
+}
+
 pub async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
@@ -244,7 +266,7 @@ impl LimitArgs {
             .as_deref()
             .map(|p| {
                 crate::store::BudgetPeriod::parse(p)
-                    .ok_or_else(|| "--budget-period must be day, month or total".to_owned())
+                    .ok_or_else(|| "--budget-period must be daily, monthly or none".to_owned())
             })
             .transpose()
     }
@@ -439,7 +461,11 @@ async fn run_op(
 }
 
 fn check_config(file: &std::path::Path) -> u8 {
-    let result = Config::load(file).and_then(|c| c.validate(&ProcessEnv));
+    let result = Config::load(file).and_then(|c| {
+        let mut warnings = c.validate(&ProcessEnv)?;
+        warnings.extend(crate::limits::prices::unpriced_warnings(&c));
+        Ok(warnings)
+    });
     match result {
         Ok(warnings) => {
             for w in warnings {

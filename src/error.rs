@@ -7,9 +7,12 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::json;
 
-use crate::limits::RateHeaders;
+pub use crate::openai::error_json;
+use crate::openai::RateHeaders;
+
+/// Read by OpenAI's SDKs before anything else when deciding to retry.
+const X_SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
 
 /// Who caused an error; decides whether a retry on another upstream can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +47,9 @@ pub enum ApiError {
     #[error("{message}")]
     RateLimited {
         message: String,
-        retry_after_secs: u64,
+        /// `None`: waiting will not help (the request alone is larger than the limit); the
+        /// answer then tells SDKs not to retry.
+        retry_after_secs: Option<u64>,
         /// The `x-ratelimit-*` values at refusal.
         headers: Box<RateHeaders>,
     },
@@ -87,8 +92,14 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("the upstream sent an invalid response")]
     UpstreamInvalid,
-    /// An error answer from the upstream, relayed with its status. `body` is the upstream's body
-    /// when it is JSON with an `error` object, otherwise it is wrapped.
+    /// The upstream answered 401 after the credential's renewal retry (or every pool rotation):
+    /// it refuses the gateway's own credential. The client's key is fine, so this is never the
+    /// client's 401: it is a 502 naming the upstream.
+    #[error("the upstream '{upstream}' refused the gateway's credential")]
+    UpstreamCredentialRejected { upstream: String },
+    /// An error answer from the upstream, relayed with its status. Build it with
+    /// [`ApiError::upstream_status`]: `body` is then always Tollgate's own OpenAI-shaped JSON
+    /// (see [`sanitize_upstream_error`]).
     #[error("upstream answered {status}")]
     UpstreamStatus {
         status: StatusCode,
@@ -133,7 +144,9 @@ impl ApiError {
             | CredentialUnavailable { .. }
             | UpstreamUnavailable { .. }
             | LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable | UpstreamInvalid | UpstreamCredentialRejected { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
             NotFound { .. } => StatusCode::NOT_FOUND,
@@ -163,6 +176,7 @@ impl ApiError {
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid",
+            UpstreamCredentialRejected { .. } => "upstream_auth",
             UpstreamStatus { status, .. } => match status.as_u16() {
                 429 => "upstream_rate_limited",
                 401 | 403 => "upstream_auth",
@@ -183,6 +197,7 @@ impl ApiError {
             | UpstreamUnavailable { .. }
             | UpstreamTimeout
             | UpstreamInvalid
+            | UpstreamCredentialRejected { .. }
             | UpstreamStatus { .. } => Source::Upstream,
             CredentialUnavailable { .. }
             | CredentialsRateLimited { .. }
@@ -195,10 +210,12 @@ impl ApiError {
     }
 
     /// Whether another attempt (same or another upstream) may succeed: connect errors, timeouts
-    /// before the first byte, 408/409/429 and 5xx.
+    /// before the first byte, 408/409/429 and 5xx. A rejected credential is retryable on
+    /// *another* upstream only (the attempt loop does not send it to the same one again).
     pub fn retryable(&self) -> bool {
         match self {
             ApiError::UpstreamUnreachable
+            | ApiError::UpstreamCredentialRejected { .. }
             | ApiError::UpstreamUnavailable { .. }
             | ApiError::UpstreamTimeout
             | ApiError::UpstreamInvalid => true,
@@ -249,6 +266,7 @@ impl ApiError {
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid_response",
+            UpstreamCredentialRejected { .. } => "upstream_credential_rejected",
             UpstreamStatus { .. } => "upstream_error",
             NotFound { .. } => "not_found",
             Conflict { .. } => "conflict",
@@ -260,10 +278,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<HeaderValue> {
         use ApiError::*;
         match self {
-            RateLimited {
-                retry_after_secs, ..
-            }
-            | Overloaded {
+            Overloaded {
                 retry_after_secs, ..
             }
             | CredentialsRateLimited {
@@ -277,6 +292,9 @@ impl ApiError {
             } => Some(HeaderValue::from(*retry_after_secs)),
             InsufficientQuota {
                 retry_after_secs, ..
+            }
+            | RateLimited {
+                retry_after_secs, ..
             } => retry_after_secs.map(HeaderValue::from),
             LimiterUnavailable => Some(HeaderValue::from(1u64)),
             UpstreamStatus { retry_after, .. } => retry_after.clone(),
@@ -284,20 +302,41 @@ impl ApiError {
         }
     }
 
-    /// The OpenAI-shaped JSON body. Upstream error bodies that already have that shape pass
-    /// through untouched; anything else is wrapped.
+    /// An upstream's error answer: its raw body is reduced to what a client may see
+    /// ([`sanitize_upstream_error`]), `secret` (the credential Tollgate attached) masked.
+    pub fn upstream_status(
+        status: StatusCode,
+        raw: &[u8],
+        retry_after: Option<HeaderValue>,
+        secret: Option<&str>,
+    ) -> ApiError {
+        ApiError::UpstreamStatus {
+            status,
+            body: sanitize_upstream_error(status, raw, secret),
+            retry_after,
+        }
+    }
+
+    /// A retry by the client's SDK cannot succeed soon: a request larger than a rate limit, or a
+    /// spent budget (it resets at the end of its period, not within an SDK's backoff).
+    fn futile_to_retry(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RateLimited {
+                retry_after_secs: None,
+                ..
+            } | ApiError::InsufficientQuota { .. }
+        )
+    }
+
+    /// The OpenAI-shaped JSON body. An upstream error body was sanitized when it was read; one
+    /// built some other way that is not OpenAI-shaped gets Tollgate's own message.
     pub fn body(&self) -> Bytes {
         if let ApiError::UpstreamStatus { body, status, .. } = self {
             if is_openai_error(body) {
                 return body.clone();
             }
-            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            let message = if text.trim().is_empty() {
-                format!("upstream answered {status} with an empty body")
-            } else {
-                format!("upstream answered {status}: {}", text.trim())
-            };
-            return error_json(&message, self.openai_type(), None, self.code());
+            return generic_upstream_error(*status);
         }
         let param = match self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
@@ -307,10 +346,73 @@ impl ApiError {
     }
 }
 
-/// Build `{"error":{"message","type","param","code"}}`.
-pub fn error_json(message: &str, kind: &str, param: Option<&str>, code: &str) -> Bytes {
-    let v = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+/// Longest upstream error message relayed; the rest is cut.
+const MAX_UPSTREAM_MESSAGE: usize = 1024;
+/// A piece of the gateway's credential this long appearing in an upstream message withholds it.
+const SECRET_PIECE: usize = 12;
+
+/// What a client sees of an upstream error body. Only an OpenAI-shaped body
+/// (`{"error":{"message": string, ...}}`) is relayed, and only its `message`, `type`, `param`
+/// and `code` (strings; a numeric code becomes a string), rebuilt by Tollgate: every other field
+/// is dropped. The credential Tollgate attached (`secret`) is masked as `***`; a string that
+/// still holds a 12-character piece of it is replaced. Anything else (HTML pages, text,
+/// other JSON) is replaced by Tollgate's own message, so internal hosts, DSNs and stack traces
+/// in an upstream's error page never reach the client.
+pub fn sanitize_upstream_error(status: StatusCode, raw: &[u8], secret: Option<&str>) -> Bytes {
+    let Ok(serde_json::Value::Object(mut top)) = serde_json::from_slice::<serde_json::Value>(raw)
+    else {
+        return generic_upstream_error(status);
+    };
+    let Some(serde_json::Value::Object(err)) = top.remove("error") else {
+        return generic_upstream_error(status);
+    };
+    let Some(message) = err.get("message").and_then(serde_json::Value::as_str) else {
+        return generic_upstream_error(status);
+    };
+    let secret = secret.filter(|s| !s.is_empty());
+    let clean = |v: &str| -> Option<String> {
+        // Mask first, then cut: a cut must not leave a part of the secret unmasked.
+        let masked = match secret {
+            Some(s) => v.replace(s, "***"),
+            None => v.to_owned(),
+        };
+        let v: String = masked.chars().take(MAX_UPSTREAM_MESSAGE).collect();
+        if let Some(s) = secret {
+            let piece = SECRET_PIECE.min(s.len());
+            let leaked = (0..=s.len() - piece)
+                .filter_map(|i| s.get(i..i + piece))
+                .any(|p| v.contains(p));
+            if leaked {
+                return None;
+            }
+        }
+        Some(v)
+    };
+    let field = |name: &str| -> Option<String> {
+        match err.get(name) {
+            Some(serde_json::Value::String(s)) => clean(s),
+            Some(serde_json::Value::Number(n)) => clean(&n.to_string()),
+            _ => None,
+        }
+    };
+    let message = clean(message).unwrap_or_else(|| {
+        format!("the upstream answered {status}; its message was withheld by the gateway")
+    });
+    let kind = field("type").unwrap_or_else(|| "upstream_error".to_owned());
+    let code = field("code");
+    let param = field("param");
+    let v = serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
     Bytes::from(v.to_string())
+}
+
+/// Tollgate's own message for an upstream error body it does not relay.
+fn generic_upstream_error(status: StatusCode) -> Bytes {
+    error_json(
+        &format!("the upstream answered {status}"),
+        "upstream_error",
+        None,
+        "upstream_error",
+    )
 }
 
 fn is_openai_error(body: &[u8]) -> bool {
@@ -329,6 +431,10 @@ impl IntoResponse for ApiError {
         if let Some(v) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, v);
         }
+        if self.futile_to_retry() {
+            // OpenAI's SDKs read this before the status: no automatic retries.
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
         if let ApiError::RateLimited { headers: rate, .. }
         | ApiError::InsufficientQuota { headers: rate, .. } = &self
         {
@@ -343,3 +449,50 @@ impl IntoResponse for ApiError {
 /// Response extension carrying [`ApiError::kind`] to the accounting step.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorKind(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(raw: &str, secret: Option<&str>) -> serde_json::Value {
+        let b = sanitize_upstream_error(StatusCode::BAD_REQUEST, raw.as_bytes(), secret);
+        serde_json::from_slice(&b).unwrap_or_default()
+    }
+
+    #[test]
+    fn only_openai_fields_are_relayed_and_the_secret_is_masked() {
+        let v = clean(
+            r#"{"error":{"message":"Incorrect API key provided: sk-live-0123456789abcdef.","type":"invalid_request_error","param":null,"code":"invalid_api_key","key":"sk-live-0123456789abcdef"},"debug":"x"}"#,
+            Some("sk-live-0123456789abcdef"),
+        );
+        assert_eq!(v["error"]["message"], "Incorrect API key provided: ***.");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert!(v["error"].get("key").is_none() && v.get("debug").is_none());
+        // A piece of the secret withholds the message.
+        let v = clean(
+            r#"{"error":{"message":"bad key 0123456789abcdef"}}"#,
+            Some("sk-live-0123456789abcdef"),
+        );
+        assert!(!v.to_string().contains("0123456789ab"), "{v}");
+        // Numeric codes become strings; other shapes get Tollgate's message.
+        assert_eq!(
+            clean(r#"{"error":{"message":"m","code":1214}}"#, None)["error"]["code"],
+            "1214"
+        );
+        for raw in [
+            "<html>db=postgres://u:p@db.internal</html>",
+            r#"{"detail":"x"}"#,
+            r#"{"error":"x"}"#,
+            r#"{"error":{"code":1}}"#,
+            "",
+        ] {
+            let v = clean(raw, None);
+            assert_eq!(v["error"]["code"], "upstream_error", "{raw}");
+            assert_eq!(
+                v["error"]["message"], "the upstream answered 400 Bad Request",
+                "{raw}"
+            );
+        }
+    }
+}

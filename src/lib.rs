@@ -38,6 +38,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod limits;
+pub mod openai;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

@@ -1,11 +1,5 @@
-//! The thin binary: parse the command line, start logging, hand off to [`tollgate::cli::run`].
+//! The thin binary: everything, the runtime included, starts in [`tollgate::cli::main`].
 
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = tollgate::cli::Cli::parse();
-    // Held to the end: dropping it flushes the log lines still queued.
-    let _log_guard = tollgate::telemetry::init_logging();
-    std::process::ExitCode::from(tollgate::cli::run(cli).await)
+fn main() -> std::process::ExitCode {
+    tollgate::cli::main()
 }

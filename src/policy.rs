@@ -9,32 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::config::TeamConfig;
 use crate::error::ApiError;
-
-/// The OpenAI endpoints Tollgate relays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    /// Path appended to an upstream's base URL.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
-        }
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
-}
+pub use crate::openai::Endpoint;
 
 /// What shaping learned about the request.
 #[derive(Debug, Clone)]
@@ -43,9 +18,18 @@ pub struct Shaped {
     pub stream: bool,
     /// The client asked for the final usage chunk (`stream_options.include_usage`).
     pub client_wants_usage: bool,
-    /// `max_tokens` after defaults and caps, if any.
+    /// The output cap the upstream receives after defaults and caps, if any: the same number in
+    /// every capping field the request carries (see [`OUTPUT_CAP_FIELDS`]).
     pub max_tokens: Option<u64>,
+    /// Completions generated per request: `n`, or `best_of` on completions when larger (the
+    /// upstream generates, and bills, `best_of` completions).
+    pub completions: u64,
 }
+
+/// The fields an upstream may read as the output cap. vLLM and OpenAI read
+/// `max_completion_tokens` before `max_tokens`; others read only one of them. Whatever the client
+/// sends, all of them that reach the upstream carry the same number, never above the team's cap.
+pub const OUTPUT_CAP_FIELDS: [&str; 2] = ["max_tokens", "max_completion_tokens"];
 
 /// Whether the team may use `model` (`*` allows all).
 pub fn model_allowed(team: &TeamConfig, model: &str) -> bool {
@@ -151,36 +135,14 @@ pub fn shape(
         _ => {}
     }
 
-    let n = uint_field(body, "n", 1, 128)?;
-    let _ = n;
+    let n = uint_field(body, "n", 1, 128)?.unwrap_or(1);
+    let best_of = match endpoint {
+        Endpoint::Completions => uint_field(body, "best_of", 1, 128)?.unwrap_or(1),
+        _ => 1,
+    };
     let mut max_tokens = None;
     if endpoint != Endpoint::Embeddings {
-        // `max_completion_tokens` is the newer spelling; both are checked and capped.
-        for field in ["max_tokens", "max_completion_tokens"] {
-            if let Some(v) = uint_field(body, field, 1, u32::MAX as u64)? {
-                max_tokens = Some(max_tokens.map_or(v, |m: u64| m.min(v)));
-            }
-        }
-        if let Some(p) = &team.max_tokens {
-            match max_tokens {
-                None => {
-                    if let Some(d) = p.default {
-                        body.insert("max_tokens".into(), Value::from(d));
-                        max_tokens = Some(d);
-                    }
-                }
-                Some(v) => {
-                    if let Some(cap) = p.max.filter(|cap| v > *cap) {
-                        for field in ["max_tokens", "max_completion_tokens"] {
-                            if body.contains_key(field) {
-                                body.insert(field.into(), Value::from(cap));
-                            }
-                        }
-                        max_tokens = Some(cap);
-                    }
-                }
-            }
-        }
+        max_tokens = cap_output(team, body)?;
         let temperature = float_field(body, "temperature", 0.0, 2.0)?;
         float_field(body, "top_p", 0.0, 1.0)?;
         if let Some(tp) = &team.temperature {
@@ -208,7 +170,43 @@ pub fn shape(
         stream,
         client_wants_usage,
         max_tokens,
+        completions: n.max(best_of),
     })
+}
+
+/// The one output cap of a request: the smallest the client asked for in any capping field, or
+/// the team's default, never above the team's `max_tokens.max`. Every capping field present is
+/// rewritten to it (so an upstream reading either field sees the same number), and when the
+/// client sent none but the team has a default or a cap, `max_tokens` is added. `None`: no cap
+/// from anyone (the limiter estimates with `limits.default_max_tokens`).
+fn cap_output(team: &TeamConfig, body: &mut Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    let mut asked: Option<u64> = None;
+    let mut present = 0;
+    for field in OUTPUT_CAP_FIELDS {
+        if let Some(v) = uint_field(body, field, 1, u32::MAX as u64)? {
+            asked = Some(asked.map_or(v, |m| m.min(v)));
+            present += 1;
+        }
+    }
+    let policy = team.max_tokens.as_ref();
+    let cap = policy.and_then(|p| p.max);
+    let wanted = asked.or_else(|| policy.and_then(|p| p.default));
+    let effective = match (wanted, cap) {
+        (Some(w), Some(c)) => Some(w.min(c)),
+        (w, c) => w.or(c),
+    };
+    let Some(effective) = effective else {
+        return Ok(None);
+    };
+    for field in OUTPUT_CAP_FIELDS {
+        if let Some(v) = body.get_mut(field).filter(|v| !v.is_null()) {
+            *v = Value::from(effective);
+        }
+    }
+    if present == 0 {
+        body.insert("max_tokens".into(), Value::from(effective));
+    }
+    Ok(Some(effective))
 }
 
 fn uint_field(
@@ -306,5 +304,90 @@ mod tests {
             .flatten();
         assert_eq!((s, b.get("max_tokens")), (Some(500), Some(&json!(500))));
         assert_eq!(b.get("tools"), Some(&json!([1])));
+    }
+
+    #[test]
+    fn the_larger_capping_field_is_capped_too() {
+        let team = TeamConfig {
+            max_tokens: Some(RangeDefault {
+                default: None,
+                max: Some(500),
+            }),
+            ..TeamConfig::default()
+        };
+        let mut b = body(json!({"model":"m","messages":[{}],"max_tokens":10,
+            "max_completion_tokens":1000000}));
+        let s = shape(Endpoint::Chat, &team, &mut b).ok();
+        assert_eq!(s.and_then(|s| s.max_tokens), Some(10));
+        assert_eq!(b["max_tokens"], json!(10));
+        assert_eq!(b["max_completion_tokens"], json!(10));
+        // No field from the client: the cap itself goes upstream.
+        let mut b = body(json!({"model":"m","messages":[{}]}));
+        let s = shape(Endpoint::Chat, &team, &mut b).ok();
+        assert_eq!(s.and_then(|s| s.max_tokens), Some(500));
+        assert_eq!(b["max_tokens"], json!(500));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cap_field() -> impl Strategy<Value = Option<Value>> {
+            prop_oneof![
+                Just(None),
+                Just(Some(Value::Null)),
+                (1u64..=u32::MAX as u64).prop_map(|v| Some(json!(v))),
+                (1u64..5000).prop_map(|v| Some(json!(v))),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the client sends, no capping field reaching the upstream is above the
+            /// team's cap, every capping field carries the one number the estimate uses, and a
+            /// team with a cap always sends one.
+            #[test]
+            fn what_reaches_the_upstream_never_exceeds_the_cap(
+                mt in cap_field(),
+                mct in cap_field(),
+                n in proptest::option::of(1u64..=128),
+                best_of in proptest::option::of(1u64..=128),
+                default in proptest::option::of(1u64..4000),
+                max in proptest::option::of(1u64..4000),
+                completions in any::<bool>(),
+            ) {
+                let team = TeamConfig {
+                    max_tokens: Some(RangeDefault { default, max }),
+                    ..TeamConfig::default()
+                };
+                let endpoint = if completions { Endpoint::Completions } else { Endpoint::Chat };
+                let mut b = body(json!({"model": "m", "messages": [{}], "prompt": [1, 2]}));
+                for (f, v) in [("max_tokens", &mt), ("max_completion_tokens", &mct)] {
+                    if let Some(v) = v {
+                        b.insert(f.into(), v.clone());
+                    }
+                }
+                if let Some(n) = n { b.insert("n".into(), json!(n)); }
+                if let Some(k) = best_of { b.insert("best_of".into(), json!(k)); }
+                let shaped = match shape(endpoint, &team, &mut b) {
+                    Ok(s) => s,
+                    Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                };
+                let sent: Vec<u64> = OUTPUT_CAP_FIELDS
+                    .iter()
+                    .filter_map(|f| b.get(*f).and_then(Value::as_u64))
+                    .collect();
+                for v in &sent {
+                    prop_assert_eq!(Some(*v), shaped.max_tokens);
+                    if let Some(cap) = max {
+                        prop_assert!(*v <= cap);
+                    }
+                }
+                if max.is_some() {
+                    prop_assert!(!sent.is_empty());
+                }
+                let want = n.unwrap_or(1).max(if completions { best_of.unwrap_or(1) } else { 1 });
+                prop_assert_eq!(shaped.completions, want);
+            }
+        }
     }
 }

@@ -115,6 +115,12 @@ impl SecretRef {
     }
 }
 
+/// SHA-256 of a client key: the only form in which keys are stored or compared.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,66 +5,21 @@
 //! first; a bad config never replaces a good one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
 use tokio::sync::Semaphore;
 
-use crate::auth::KeyIndex;
-use crate::config::{Config, ProviderKind, Timeouts, UpstreamConfig};
+use crate::auth::{KeyCache, KeyIndex};
+use crate::config::{Config, ProviderKind};
 use crate::credentials::Credential;
 use crate::limits::Limiter;
 use crate::providers::{mock::Mock, openai::OpenAi, Provider};
-use crate::routing::breaker::{Breaker, State as BreakerState};
-use crate::routing::queue::Gate;
 use crate::routing::Route;
+pub use crate::routing::Upstream;
 use crate::secret::EnvSource;
 use crate::telemetry::Metrics;
-
-/// One upstream deployment at run time.
-pub struct Upstream {
-    pub name: Arc<str>,
-    pub provider: Provider,
-    pub credential: Option<Arc<Credential>>,
-    /// Model name sent upstream in place of the client's.
-    pub model: Option<String>,
-    pub timeouts: Timeouts,
-    /// Bounds requests in flight to this upstream, with a priority queue behind it.
-    pub gate: Arc<Gate>,
-    pub breaker: Breaker,
-    /// EWMA of time to first byte in microseconds (0 = no sample yet), for the latency strategy.
-    ewma_ttfb_us: AtomicU64,
-    /// The config this was built from; an unchanged upstream keeps its state across reloads.
-    config: UpstreamConfig,
-}
-
-impl Upstream {
-    /// Not known to be down: `/ready` needs one such upstream.
-    pub fn is_healthy(&self) -> bool {
-        self.breaker.state() != BreakerState::Open
-    }
-
-    pub fn ewma_ttfb_ms(&self) -> f64 {
-        self.ewma_ttfb_us.load(Ordering::Relaxed) as f64 / 1000.0
-    }
-
-    /// Fold one time-to-first-byte sample into the EWMA (weight 0.2 for the new sample).
-    pub fn observe_ttfb(&self, d: Duration) {
-        let sample = d.as_micros().min(u128::from(u64::MAX / 2)) as u64;
-        let _ = self
-            .ewma_ttfb_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample.max(1)
-                } else {
-                    (old * 4 + sample) / 5
-                })
-            });
-    }
-}
 
 /// Config plus everything derived from it.
 pub struct Snapshot {
@@ -135,7 +90,7 @@ impl Snapshot {
             };
             let kept = previous
                 .and_then(|p| p.upstreams.get(name))
-                .filter(|old| old.config == *u && same_credential(old));
+                .filter(|old| old.config() == u && same_credential(old));
             if let Some(old) = kept {
                 upstreams.insert(name.clone(), old.clone());
                 continue;
@@ -147,20 +102,9 @@ impl Snapshot {
                 )?),
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
             };
-            let name_arc: Arc<str> = Arc::from(name.as_str());
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream {
-                    name: name_arc.clone(),
-                    provider,
-                    credential,
-                    model: u.model.clone(),
-                    timeouts: u.timeouts.clone(),
-                    gate: Gate::new(name_arc, u.max_concurrent, u.max_queue),
-                    breaker: Breaker::new(u.breaker.clone()),
-                    ewma_ttfb_us: AtomicU64::new(0),
-                    config: u.clone(),
-                }),
+                Arc::new(Upstream::new(name, provider, credential, u)),
             );
         }
         let mut routes = HashMap::new();
@@ -202,6 +146,8 @@ pub struct AppState {
     /// The store (keys, teams, usage), when configured. Outside the snapshot: a config reload
     /// does not reconnect it.
     pub store: Option<Arc<crate::store::Handle>>,
+    /// Store keys, cached for the request path (with a store only).
+    pub store_keys: Option<Arc<KeyCache>>,
 }
 
 impl AppState {
@@ -211,11 +157,34 @@ impl AppState {
 
     pub fn with_store(snapshot: Snapshot, store: Option<Arc<crate::store::Handle>>) -> AppState {
         let max = snapshot.config.server.max_in_flight;
+        let store_keys = store.as_ref().map(|h| {
+            Arc::new(KeyCache::new(
+                h.db.clone(),
+                h.key_cache_ttl,
+                h.stale_if_error,
+            ))
+        });
         AppState {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics: Metrics::global(),
             in_flight: Arc::new(Semaphore::new(max)),
             store,
+            store_keys,
         }
+    }
+
+    /// Authenticate a request's headers against config keys, then store keys.
+    pub async fn authenticate(
+        &self,
+        snap: &Snapshot,
+        headers: &http::HeaderMap,
+    ) -> Result<crate::auth::Caller, crate::error::ApiError> {
+        crate::auth::authenticate(
+            &snap.keys,
+            self.store_keys.as_deref(),
+            &snap.config.teams,
+            headers,
+        )
+        .await
     }
 }

@@ -125,6 +125,9 @@ pub struct RequestRecord {
     pub team: Option<Arc<str>>,
     pub key_id: Option<Arc<str>>,
     pub model: Option<String>,
+    /// `model` is one of the config's models: only then is it a metric label (a client's
+    /// made-up model name is `unknown` there, so clients cannot grow the label set).
+    pub model_known: bool,
     pub upstream: Option<Arc<str>>,
     pub status: u16,
     pub error_kind: Option<&'static str>,
@@ -171,6 +174,11 @@ pub fn account(r: &RequestRecord) {
         attempts = r.attempts,
         attempt_log = %r.attempt_log,
     );
+    let model = match (r.model_known, &r.model) {
+        (true, _) => model,
+        (false, Some(_)) => "unknown",
+        (false, None) => "-",
+    };
     let status = r.status.to_string();
     metrics::counter!(names::REQUESTS, "model" => model.to_owned(), "team" => team.to_owned(),
         "status" => status)

@@ -296,7 +296,7 @@ async fn fault_status_500() {
 
 #[tokio::test]
 async fn fault_status_502_with_a_non_json_body() {
-    // A body that is not OpenAI-shaped is wrapped: code `upstream_error`.
+    // A body that is not OpenAI-shaped is replaced by Tollgate's message: code `upstream_error`.
     let fault = Fault::Status {
         status: 502,
         body: "<html>bad gateway</html>".into(),
@@ -404,13 +404,27 @@ async fn fault_truncated_stream_ends_with_an_error_event() {
     assert!(last["error"]["code"].is_string(), "{}", r.body);
 }
 
+/// A 429 that says the upstream account is out (`x-ratelimit-remaining-requests: 0`, as OpenAI
+/// sends): only such evidence marks an upstream rate limited for every request (see
+/// tests/upstream_trust.rs for a 429 about one request only).
+fn account_429(retry_after: u64) -> Fault {
+    Fault::Respond {
+        status: 429,
+        headers: vec![
+            ("retry-after".into(), retry_after.to_string()),
+            ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ],
+        body: openai_body("rate_limit_exceeded"),
+    }
+}
+
 #[tokio::test]
 async fn fault_429_with_retry_after_two_upstreams() {
-    // A 429 with Retry-After: 2 marks `a` rate limited: this request is rescued by `b`, and the
-    // following ones go to `b` without touching `a` until the two seconds have passed. A 429 is
-    // not a health failure: `a`'s breaker stays closed.
+    // A 429 about the account with Retry-After: 2 marks `a` rate limited: this request is
+    // rescued by `b`, and the following ones go to `b` without touching `a` until the two
+    // seconds have passed. A 429 is not a health failure: `a`'s breaker stays closed.
     let s = setup().await;
-    s.a.push_fault(status_fault(429, "rate_limit_exceeded", Some(2)));
+    s.a.push_fault(account_429(2));
     let r = send(&s.gw, "two", "hello", false).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!((r.attempts(), r.upstream()), (Some(2), Some("b")));
@@ -436,14 +450,16 @@ async fn fault_429_with_retry_after_two_upstreams() {
 
 #[tokio::test]
 async fn fault_429_with_retry_after_single_upstream() {
-    // Alone, the client gets the upstream's 429 with its Retry-After after one attempt (no
-    // retry is sent into a Retry-After window); while the window lasts Tollgate answers 429
-    // with the remaining Retry-After itself, without contacting the upstream.
+    // Alone, with a Retry-After longer than `retry.max_retry_after` (5s by default), the
+    // client gets the upstream's 429 with its Retry-After after one attempt (no retry is sent
+    // into a Retry-After window); while the window lasts Tollgate answers 429 with the
+    // remaining Retry-After itself, without contacting the upstream. (A shorter Retry-After is
+    // waited out: tests/upstream_trust.rs.)
     let s = setup().await;
-    s.a.push_fault(status_fault(429, "rate_limit_exceeded", Some(2)));
+    s.a.push_fault(account_429(8));
     let r = send(&s.gw, "one", "hello", false).await;
     assert_eq!(r.status, 429, "{}", r.body);
-    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.header("retry-after"), Some("8"));
     assert_eq!(r.error_code(), "rate_limit_exceeded");
     assert_eq!(r.attempts(), Some(1));
     let r = send(&s.gw, "one", "hello", true).await;
@@ -453,7 +469,7 @@ async fn fault_429_with_retry_after_single_upstream() {
         .header("retry-after")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    assert!((1..=2).contains(&secs), "retry-after {secs}");
+    assert!((1..=8).contains(&secs), "retry-after {secs}");
     assert_eq!(s.a.request_count(), 1);
     assert_eq!(breaker_state(&s.gw, "a"), BreakerState::Closed);
 }
@@ -475,7 +491,7 @@ async fn client_errors_are_not_retried_but_408_409_429_and_5xx_are() {
     assert_eq!((r.status, r.attempts()), (400, Some(1)));
     assert_eq!(s.a.request_count(), 2);
 
-    for status in [401u16, 403, 404, 422] {
+    for status in [403u16, 404, 422] {
         s.a.clear_records();
         s.b.clear_records();
         s.a.push_fault(status_fault(status, "no", None));
@@ -483,7 +499,9 @@ async fn client_errors_are_not_retried_but_408_409_429_and_5xx_are() {
         assert_eq!((r.status, r.attempts()), (status, Some(1)), "{status}");
         assert_eq!((s.a.request_count(), s.b.request_count()), (1, 0));
     }
-    for status in [408u16, 409, 429, 500, 502, 503, 504] {
+    // A 401 is the upstream refusing the gateway's credential (a 502 when it is the last
+    // word); another upstream, with its own credential, may take the request.
+    for status in [401u16, 408, 409, 429, 500, 502, 503, 504] {
         s.a.clear_records();
         s.b.clear_records();
         s.a.push_fault(status_fault(status, "retry-me", None));
@@ -865,8 +883,8 @@ where
 
 /// The test kit's random mix: `a` fails 20% of requests at random (500, 502, 503, reset
 /// mid-body, 429 + Retry-After: 1), `b` is healthy; model `two-even` weighs them equally with
-/// the default retry policy. Each 429 keeps `a` out for its Retry-After second, so `a` ends up
-/// with a small share of the load.
+/// the default retry policy. A 429 moves its request on to `b`; it marks `a` for everyone only
+/// with evidence about the account (these 429s carry none, and come from one team).
 async fn load_setup_random() -> Setup {
     let s = load_setup().await;
     s.a.set_random_failure_rate(0.2);

@@ -378,8 +378,13 @@ async fn spent_budget_answers_insufficient_quota_with_retry_after() {
         0,
     );
     let gw = Gateway::start(&cfg).await;
+    // The first call finds money left (its estimate is larger than all of it, but nothing else
+    // holds the remainder): admitted. It spends the budget, so the next one is refused.
+    let r = gw.post("/v1/chat/completions", body(16)).await;
+    assert_eq!(r.status(), 200);
     let r = gw.post("/v1/chat/completions", body(16)).await;
     assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-should-retry").as_deref(), Some("false"));
     let retry = num(&r, "retry-after");
     assert!(retry > 0 && retry <= 86_400, "{retry}");
     let v = json_of(r).await;

@@ -95,7 +95,7 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
         &gw,
         "POST",
         "/admin/teams",
-        Some(json!({"name": "ml", "models": ["mock-gpt"], "rpm": 600, "budget_usd": 5.0, "budget_period": "month"})),
+        Some(json!({"name": "ml", "models": ["mock-gpt"], "rpm": 600, "budget_usd": 5.0, "budget_period": "monthly"})),
     )
     .await;
     assert_eq!(s, 201);
@@ -124,16 +124,19 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
 
     assert_eq!(chat_status(&gw, &key, "mock-gpt").await, 200);
     // The caller carries the store's limits for the limits module.
-    let caller = tollgate::auth::authenticate(&gw.state, &gw.state.snapshot.load_full(), &{
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            "authorization",
-            http::HeaderValue::from_str(&format!("Bearer {key}")).unwrap_or_else(|e| panic!("{e}")),
-        );
-        h
-    })
-    .await
-    .unwrap_or_else(|e| panic!("auth: {e}"));
+    let caller = gw
+        .state
+        .authenticate(&gw.state.snapshot.load_full(), &{
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                "authorization",
+                http::HeaderValue::from_str(&format!("Bearer {key}"))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            h
+        })
+        .await
+        .unwrap_or_else(|e| panic!("auth: {e}"));
     assert_eq!(caller.key_limits.tpm, Some(100000));
     let team = caller.store_team.as_ref().map(|t| t.record.limits.clone());
     assert_eq!(team.as_ref().and_then(|l| l.rpm), Some(600));

@@ -142,7 +142,7 @@ fn run(args: Args) -> Result<()> {
     }
     if !args.gateway_bin.is_file() {
         bail!(
-            "{} not found: build it first (cargo build --release --bins) or pass --gateway-bin",
+            "{} not found: build it first (cargo build --release --bins --features testkit) or pass --gateway-bin",
             args.gateway_bin.display()
         );
     }

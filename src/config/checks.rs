@@ -39,19 +39,6 @@ impl Config {
                 "limits.state_file: ignored with backend: redis (spend lives in Redis)".into(),
             );
         }
-        let budgeted = self.teams.values().any(|t| t.budget.is_some())
-            || self.keys.iter().any(|k| k.budget.is_some());
-        if budgeted {
-            let prices = crate::limits::prices::Prices::new(&self.prices);
-            for name in self.models.keys() {
-                if prices.get(name).is_none() {
-                    warnings.push(format!(
-                        "models.{name}: no price (built in or under prices:); its requests \
-                         cost 0 against budgets"
-                    ));
-                }
-            }
-        }
         for (name, p) in &self.prices {
             for (field, v) in [
                 ("input_per_million", p.input_per_million),

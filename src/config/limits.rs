@@ -87,14 +87,39 @@ pub struct BudgetConfig {
     pub period: BudgetPeriod,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// The window a budget applies to: one vocabulary for the config file, the store, the admin API
+/// and the CLI. Written `daily`, `monthly`, `none`; the store's earlier `day`, `month`, `total`
+/// are read as the same periods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetPeriod {
     /// Resets at 00:00 UTC.
+    #[serde(alias = "day")]
     Daily,
     /// Resets at 00:00 UTC on the 1st.
     #[default]
+    #[serde(alias = "month")]
     Monthly,
     /// Never resets.
+    #[serde(alias = "total")]
     None,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Daily => "daily",
+            BudgetPeriod::Monthly => "monthly",
+            BudgetPeriod::None => "none",
+        }
+    }
+    /// The written forms, the store's earlier ones included.
+    pub fn parse(s: &str) -> Option<BudgetPeriod> {
+        match s {
+            "daily" | "day" => Some(BudgetPeriod::Daily),
+            "monthly" | "month" => Some(BudgetPeriod::Monthly),
+            "none" | "total" => Some(BudgetPeriod::None),
+            _ => None,
+        }
+    }
 }

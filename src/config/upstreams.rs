@@ -190,6 +190,10 @@ pub struct RetryConfig {
     pub budget_ratio: f64,
     /// ...plus this many retries per second.
     pub budget_min_per_sec: f64,
+    /// An upstream's 429 with a `Retry-After` up to this long is waited out and retried (when
+    /// it also fits the deadline and attempts are left), even on the only upstream; a longer
+    /// one goes back to the client as 429 with that `Retry-After`. `0s` never waits.
+    pub max_retry_after: Dur,
 }
 
 impl Default for RetryConfig {
@@ -200,6 +204,7 @@ impl Default for RetryConfig {
             max_backoff: secs(2),
             budget_ratio: 0.2,
             budget_min_per_sec: 10.0,
+            max_retry_after: secs(5),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! [`Credential::lease`] returns a [`Lease`]: the secret, where it goes ([`Placement`]), the
 //! generation it came from and, for pools, which member gave it. [`Credential::report`] tells the
 //! credential how the upstream answered and returns a [`Retry`] verdict: a 401 invalidates that
-//! generation and asks for one retry with a renewed value ([`Retry::Renewed`]); a 429/401/403 on a
-//! pool member cools it down or disables it and asks for a retry with another member at once
-//! ([`Retry::Rotated`]). The proxy enforces the bounds (one renewal retry, pool-size rotations).
+//! generation and asks for one retry with a renewed value ([`Retry::Renewed`]); a 429/401 on a
+//! pool member asks for a retry with another member at once ([`Retry::Rotated`]), and cools the
+//! member down or disables it only on evidence that the answer is about the member, not about
+//! the request (see [`pool`]); a 403 is about the request and changes nothing. The proxy
+//! enforces the bounds (one renewal retry, pool-size rotations).
 //!
 //! Kinds, one file each: static keys (here), [`oauth2`] (background renewal, single flight,
 //! backoff), [`jwt`] (self-signed HS256, Zhipu style), [`pool`] (rotation, cooldown, a watched
@@ -35,8 +37,33 @@ pub enum Outcome {
     Ok,
     Unauthorized,
     Forbidden,
-    RateLimited(Option<Duration>),
+    /// A 429: its `Retry-After` (already clamped), and whether the answer itself says the
+    /// account is out (the upstream's `x-ratelimit-remaining-*: 0`, `insufficient_quota`)
+    /// rather than something about this one request.
+    RateLimited {
+        after: Option<Duration>,
+        account: bool,
+    },
 }
+
+/// Who a lease serves, so that shared state changes only on evidence from more than one
+/// request or tenant: a random id per request and a hash of the caller's team. Set by the proxy
+/// on each lease; zero (the default) for leases nobody set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Witness {
+    pub request: u64,
+    pub tenant: u64,
+}
+
+/// 401s from this many different requests, with no success in between, disable a static pool
+/// member.
+pub const STRIKES_TO_DISABLE: usize = 3;
+/// Two 429s (without account evidence) from different tenants within this window are taken as
+/// being about the account.
+pub const WITNESS_WINDOW: Duration = Duration::from_secs(10);
+/// The longest a pool member cools down (or an upstream is marked rate limited) on one 429,
+/// whatever its `Retry-After` said: a wrong verdict costs at most this.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
 /// What the proxy may do after [`Credential::report`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +109,8 @@ pub struct Lease {
     pub generation: u64,
     /// The pool member that gave this lease, if it came from a pool.
     pub member: Option<MemberRef>,
+    /// The request and tenant this lease serves (set by the proxy).
+    pub from: Witness,
     /// Held while the request is in flight (least-in-flight selection).
     in_flight: Option<Arc<InFlight>>,
 }
@@ -104,6 +133,7 @@ impl Lease {
             value,
             generation,
             member: None,
+            from: Witness::default(),
             in_flight: None,
         }
     }
@@ -251,6 +281,12 @@ impl Credential {
 
     /// What to attach to the next request. Never waits in steady state.
     pub async fn lease(&self) -> Result<Lease, ApiError> {
+        self.lease_avoiding(&[]).await
+    }
+
+    /// Like [`Credential::lease`], but a pool prefers members not in `avoid` (those this
+    /// request already tried), so a rotation moves on to a member it has not yet heard from.
+    pub async fn lease_avoiding(&self, avoid: &[MemberRef]) -> Result<Lease, ApiError> {
         match &self.kind {
             Kind::Static(k) => {
                 k.served.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +295,7 @@ impl Credential {
             Kind::OAuth2(o) => o.lease().await,
             Kind::Jwt(j) => j.lease(),
             // Boxed: a pool leases from member credentials (the future is recursive).
-            Kind::Pool(p) => Box::pin(p.lease()).await,
+            Kind::Pool(p) => Box::pin(p.lease(avoid)).await,
         }
     }
 

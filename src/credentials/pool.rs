@@ -3,10 +3,19 @@
 //! Members come from inline `tokens`, a `file` (one token per line; blank lines and `#` comments
 //! ignored, whitespace trimmed) and `members` of any other kind (e.g. several OAuth2 clients).
 //! Selection is round robin or least-in-flight over the members that are neither disabled nor
-//! cooling down. A 429 cools the member down for its `Retry-After` (or `default_cooldown`) and the
-//! proxy retries at once with another member; a 401/403 disables a static member until the file
-//! changes or an admin re-enables it (a renewable member renews instead of being disabled on a
-//! 401). All cooling → 429 with the earliest recovery as `Retry-After`; all disabled → 503.
+//! cooling down. What one member's answer may change for everyone is decided on evidence, so
+//! that one tenant's request cannot take a member from the others:
+//! - a 429 always moves *this* request on to another member at once; it cools the member down
+//!   for its `Retry-After` (or `default_cooldown`, at most [`MAX_COOLDOWN`]) only when the answer
+//!   is about the account (the upstream's `x-ratelimit-remaining-*: 0` or `insufficient_quota`)
+//!   or when another tenant's request got a 429 from the same member within [`WITNESS_WINDOW`];
+//! - a 401 moves this request on; a renewable member renews; a static member is disabled (until
+//!   the file changes or an admin re-enables it) after 401s from [`STRIKES_TO_DISABLE`]
+//!   different requests with no success in between;
+//! - a 403 is about the request (moderation, model access): it changes nothing and goes to the
+//!   client.
+//!
+//! All cooling → 429 with the earliest recovery as `Retry-After`; all disabled → 503.
 //!
 //! The file is polled every 500 ms by a task owned through a [`TaskGuard`] (polling rather than
 //! inotify: it works the same on every filesystem, across atomic renames and in containers, and a
@@ -23,7 +32,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use super::{Credential, InFlight, Lease, MemberRef, Outcome, Retry, TaskGuard, View};
+use super::{
+    Credential, InFlight, Lease, MemberRef, Outcome, Retry, TaskGuard, View, MAX_COOLDOWN,
+    STRIKES_TO_DISABLE, WITNESS_WINDOW,
+};
 use crate::config::{Placement, PoolConfig, Selection};
 use crate::error::ApiError;
 use crate::secret::{EnvSource, Secret};
@@ -66,6 +78,12 @@ struct Member {
     in_flight: Arc<AtomicUsize>,
     served: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Requests whose 401 counts against this member since its last success (at most
+    /// [`STRIKES_TO_DISABLE`]); `has_strikes` lets a success skip the lock.
+    strikes: Mutex<Vec<u64>>,
+    has_strikes: AtomicBool,
+    /// The last 429 without account evidence: when (pool ms) and from which tenant.
+    last_429: Mutex<Option<(u64, u64)>>,
 }
 
 impl Member {
@@ -79,7 +97,43 @@ impl Member {
             in_flight: Arc::new(AtomicUsize::new(0)),
             served: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            strikes: Mutex::new(Vec::new()),
+            has_strikes: AtomicBool::new(false),
+            last_429: Mutex::new(None),
         }
+    }
+
+    /// A success: earlier 401s no longer count.
+    fn succeeded(&self) {
+        if self.has_strikes.swap(false, Ordering::AcqRel) {
+            if let Ok(mut s) = self.strikes.lock() {
+                s.clear();
+            }
+        }
+    }
+
+    /// Count a 401 from `request`; true once enough different requests had one.
+    fn strike(&self, request: u64) -> bool {
+        let Ok(mut s) = self.strikes.lock() else {
+            return false;
+        };
+        if !s.contains(&request) {
+            s.push(request);
+        }
+        self.has_strikes.store(true, Ordering::Release);
+        s.len() >= STRIKES_TO_DISABLE
+    }
+
+    /// Note a 429 without account evidence from `tenant` at `now_ms`; true when another tenant
+    /// had one from this member within the window.
+    fn corroborated_429(&self, now_ms: u64, tenant: u64) -> bool {
+        let Ok(mut last) = self.last_429.lock() else {
+            return false;
+        };
+        let window = u64::try_from(WITNESS_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let seen = last.is_some_and(|(at, t)| t != tenant && now_ms.saturating_sub(at) <= window);
+        *last = Some((now_ms, tenant));
+        seen
     }
 
     fn set_error(&self, msg: String) {
@@ -159,7 +213,9 @@ impl Pool {
         self.inner.members.load().list.len()
     }
 
-    pub async fn lease(&self) -> Result<Lease, ApiError> {
+    /// A lease from an available member, preferring those not in `avoid` (tried already by
+    /// this request); when only avoided ones are left, one of them.
+    pub async fn lease(&self, avoid: &[MemberRef]) -> Result<Lease, ApiError> {
         self.ensure_started();
         let inner = &self.inner;
         let members = inner.members.load_full();
@@ -179,11 +235,20 @@ impl Pool {
         }
         // Members that can lease without waiting first; a member still fetching its token is
         // waited for only when nobody else is ready.
-        let (ready, waiting): (Vec<usize>, Vec<usize>) = order
+        let avoided = |i: usize| {
+            avoid.contains(&MemberRef {
+                list_version: members.version,
+                index: i,
+            })
+        };
+        let (fresh, tried): (Vec<usize>, Vec<usize>) = order
             .into_iter()
             .filter(|&i| available(&members.list[i]))
+            .partition(|&i| !avoided(i));
+        let (ready, waiting): (Vec<usize>, Vec<usize>) = fresh
+            .into_iter()
             .partition(|&i| members.list[i].cred.ready());
-        for index in ready.into_iter().chain(waiting) {
+        for index in ready.into_iter().chain(waiting).chain(tried) {
             let m = &members.list[index];
             match m.cred.lease().await {
                 Ok(mut l) => {
@@ -230,30 +295,48 @@ impl Pool {
         let Some(r) = lease.member else {
             return Retry::No;
         };
-        if outcome == Outcome::Ok {
+        // A 403 is about the request (moderation, model access), not the member: nothing
+        // changes and the client gets the answer.
+        if outcome == Outcome::Forbidden {
             return Retry::No;
         }
         let members = inner.members.load();
         if members.version != r.list_version {
             // The list changed under this request; its member may be gone. Try another.
-            return Retry::Rotated;
+            return if outcome == Outcome::Ok {
+                Retry::No
+            } else {
+                Retry::Rotated
+            };
         }
         let Some(m) = members.list.get(r.index) else {
-            return Retry::Rotated;
+            return Retry::No;
         };
         let fp = m.fingerprint.clone().unwrap_or_else(|| m.cred.name.clone());
         match outcome {
-            Outcome::Ok => Retry::No,
-            Outcome::RateLimited(after) => {
-                let d = after.unwrap_or(inner.default_cooldown);
-                let until = inner.now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2);
-                m.cooldown_until.fetch_max(until, Ordering::AcqRel);
-                m.set_error(format!("429: cooling down for {}s", d.as_secs_f64()));
-                tracing::info!(credential = %inner.name, member = r.index, fingerprint = %fp,
-                    cooldown_secs = d.as_secs_f64(), "pool member rate limited; rotating");
+            Outcome::Ok | Outcome::Forbidden => {
+                m.succeeded();
+                Retry::No
+            }
+            Outcome::RateLimited { after, account } => {
                 metrics::counter!(names::CREDENTIAL_429_ROTATIONS,
                     "credential" => inner.name.to_string())
                 .increment(1);
+                let corroborated =
+                    !account && m.corroborated_429(inner.now_ms(), lease.from.tenant);
+                if !account && !corroborated {
+                    // Maybe about this request only (its size, its content): it moves on to
+                    // another member; the member stays in service for everyone else.
+                    m.set_error("429: this request moved on; no cooldown without evidence".into());
+                    return Retry::Rotated;
+                }
+                let d = after.unwrap_or(inner.default_cooldown).min(MAX_COOLDOWN);
+                let until = inner.now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
+                m.cooldown_until.fetch_max(until, Ordering::AcqRel);
+                m.set_error(format!("429: cooling down for {}s", d.as_secs_f64()));
+                let evidence = if account { "account" } else { "two tenants" };
+                tracing::info!(credential = %inner.name, member = r.index, fingerprint = %fp,
+                    cooldown_secs = d.as_secs_f64(), evidence, "pool member rate limited; rotating");
                 Retry::Rotated
             }
             Outcome::Unauthorized if m.cred.renewable() => {
@@ -262,17 +345,17 @@ impl Pool {
                 m.set_error("401: renewing".into());
                 Retry::Rotated
             }
-            Outcome::Unauthorized | Outcome::Forbidden => {
-                let code = if outcome == Outcome::Forbidden {
-                    403
-                } else {
-                    401
-                };
+            Outcome::Unauthorized => {
+                if !m.strike(lease.from.request) {
+                    m.set_error("401: counted; disabled after 401s from 3 requests".into());
+                    return Retry::Rotated;
+                }
                 if !m.disabled.swap(true, Ordering::AcqRel) {
                     tracing::warn!(credential = %inner.name, member = r.index, fingerprint = %fp,
-                        status = code, "pool member disabled until the file changes or an admin re-enables it");
+                        status = 401, strikes = STRIKES_TO_DISABLE,
+                        "pool member disabled until the file changes or an admin re-enables it");
                 }
-                m.set_error(format!("{code}: disabled"));
+                m.set_error("401: disabled".into());
                 Retry::Rotated
             }
         }
@@ -286,6 +369,7 @@ impl Pool {
             .ok_or_else(|| format!("pool '{}' has no member {index}", self.inner.name))?;
         m.disabled.store(false, Ordering::Release);
         m.cooldown_until.store(0, Ordering::Release);
+        m.succeeded();
         tracing::info!(credential = %self.inner.name, member = index, "pool member re-enabled by admin");
         Ok(())
     }
@@ -381,6 +465,7 @@ impl Inner {
         }
         for m in &list {
             m.disabled.store(false, Ordering::Release);
+            m.succeeded();
         }
         let n = list.len();
         self.members.store(Arc::new(Members {
@@ -494,7 +579,7 @@ mod tests {
     }
 
     async fn lease(p: &Pool) -> Lease {
-        match p.lease().await {
+        match p.lease(&[]).await {
             Ok(l) => l,
             Err(e) => panic!("{e}"),
         }
@@ -517,10 +602,7 @@ mod tests {
         // a answers 429 with Retry-After 3: skipped for 3 s.
         let la = lease(&p).await;
         assert_eq!(la.value.expose(), "a");
-        assert_eq!(
-            p.report(&la, Outcome::RateLimited(Some(Duration::from_secs(3)))),
-            Retry::Rotated
-        );
+        assert_eq!(p.report(&la, limited(3, true)), Retry::Rotated);
         for _ in 0..10 {
             assert_ne!(lease(&p).await.value.expose(), "a");
         }
@@ -530,14 +612,18 @@ mod tests {
             got.push(lease(&p).await.value.expose().to_owned());
         }
         assert!(got.iter().any(|t| t == "a"), "{got:?}");
-        // b answers 401: never used again.
-        let lb = loop {
-            let l = lease(&p).await;
-            if l.value.expose() == "b" {
-                break l;
-            }
-        };
-        assert_eq!(p.report(&lb, Outcome::Unauthorized), Retry::Rotated);
+        // b answers 401 to three different requests: never used again.
+        for request in 1..=3 {
+            let mut lb = lease_of(&p, "b").await;
+            lb.from.request = request;
+            assert_eq!(p.report(&lb, Outcome::Unauthorized), Retry::Rotated);
+            let state = p.view().members[1].state;
+            assert_eq!(
+                state == "disabled",
+                request == 3,
+                "after {request}: {state}"
+            );
+        }
         for _ in 0..10 {
             assert_ne!(lease(&p).await.value.expose(), "b");
         }
@@ -555,23 +641,84 @@ mod tests {
         let p = pool(&["a", "b"], Selection::RoundRobin);
         let la = lease(&p).await;
         let lb = lease(&p).await;
-        p.report(&la, Outcome::RateLimited(Some(Duration::from_secs(7))));
-        p.report(&lb, Outcome::RateLimited(Some(Duration::from_secs(4))));
-        match p.lease().await {
+        p.report(&la, limited(7, true));
+        p.report(&lb, limited(4, true));
+        match p.lease(&[]).await {
             Err(ApiError::CredentialsRateLimited {
                 retry_after_secs, ..
             }) => assert_eq!(retry_after_secs, 4),
             other => panic!("{other:?}"),
         }
-        p.report(&lb, Outcome::Forbidden);
-        p.report(&la, Outcome::Unauthorized);
-        match p.lease().await {
+        for (l, request) in [(&la, 1), (&la, 2), (&la, 3), (&lb, 4), (&lb, 5), (&lb, 6)] {
+            let mut l = l.clone();
+            l.from.request = request;
+            p.report(&l, Outcome::Unauthorized);
+        }
+        match p.lease(&[]).await {
             Err(e @ ApiError::CredentialUnavailable { .. }) => {
                 assert_eq!(e.status().as_u16(), 503);
                 assert!(e.to_string().contains("disabled"), "{e}");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn limited(secs: u64, account: bool) -> Outcome {
+        Outcome::RateLimited {
+            after: Some(Duration::from_secs(secs)),
+            account,
+        }
+    }
+
+    async fn lease_of(p: &Pool, token: &str) -> Lease {
+        for _ in 0..100 {
+            let l = lease(p).await;
+            if l.value.expose() == token {
+                return l;
+            }
+        }
+        panic!("{token} never leased");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_requests_answer_does_not_take_a_member_from_others() {
+        let p = pool(&["a", "b"], Selection::RoundRobin);
+        let state = |i: usize| p.view().members[i].state;
+        // A 403 is about the request: no rotation, nothing changes.
+        let la = lease_of(&p, "a").await;
+        assert_eq!(p.report(&la, Outcome::Forbidden), Retry::No);
+        assert_eq!(state(0), "valid");
+        // A 429 without evidence: this request moves on, the member stays in service; the same
+        // tenant again changes nothing either.
+        let mut la = lease_of(&p, "a").await;
+        la.from.tenant = 1;
+        assert_eq!(p.report(&la, limited(60, false)), Retry::Rotated);
+        assert_eq!(p.report(&la, limited(60, false)), Retry::Rotated);
+        assert_eq!(state(0), "valid");
+        // Another tenant's 429 within the window corroborates it: cooled, for at most
+        // MAX_COOLDOWN whatever the Retry-After said.
+        la.from.tenant = 2;
+        p.report(&la, limited(86_400, false));
+        assert_eq!(state(0), "cooling_down");
+        tokio::time::sleep(MAX_COOLDOWN + Duration::from_secs(1)).await;
+        assert_eq!(state(0), "valid");
+        // 401s: the same request three times is one strike; a success in between resets.
+        let mut lb = lease_of(&p, "b").await;
+        for _ in 0..3 {
+            lb.from.request = 7;
+            p.report(&lb, Outcome::Unauthorized);
+        }
+        lb.from.request = 8;
+        p.report(&lb, Outcome::Unauthorized);
+        p.report(&lb, Outcome::Ok);
+        lb.from.request = 9;
+        p.report(&lb, Outcome::Unauthorized);
+        assert_eq!(state(1), "valid");
+        lb.from.request = 10;
+        p.report(&lb, Outcome::Unauthorized);
+        lb.from.request = 11;
+        p.report(&lb, Outcome::Unauthorized);
+        assert_eq!(state(1), "disabled");
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,25 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The budget rule both backends apply (the Redis script spells the same test in Lua), all in
+/// nano-dollars: refuse once `spent` reaches the budget; while money is left, admit a request
+/// whose estimate fits beside the reservations of the requests in flight, or, when it does not
+/// fit, admit it only if no other request holds a reservation. That request then holds the
+/// whole remainder (its reservation is larger than what is left), so every other request waits
+/// until it settles.
+///
+/// The bound this gives, per scope and period: spend ends at most one request's real cost above
+/// the budget (the one admitted on the remainder), plus whatever admitted requests cost beyond
+/// their estimate. Completion tokens never exceed the estimate when the request carries an
+/// output cap (the team's `max_tokens`, or the client's own); the prompt is estimated from its
+/// text.
+pub fn admits(budget: u64, spent: u64, reserved: u64, estimate: u64) -> bool {
+    if spent >= budget {
+        return false;
+    }
+    spent.saturating_add(reserved).saturating_add(estimate) <= budget || reserved == 0
+}
+
 use crate::config::BudgetPeriod;
 
 /// Seconds since the Unix epoch, now.
@@ -80,6 +99,19 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remainder_goes_to_one_request_at_a_time() {
+        // Fits beside others.
+        assert!(admits(100, 10, 30, 60));
+        // Does not fit, but nobody else holds a reservation: admitted on the remainder.
+        assert!(admits(100, 90, 0, 500));
+        // Does not fit and another request holds a reservation: refused.
+        assert!(!admits(100, 10, 30, 61));
+        // Nothing left: refused, however small.
+        assert!(!admits(100, 100, 0, 0));
+        assert!(!admits(100, 150, 0, 1));
+    }
 
     #[test]
     fn tags_follow_the_utc_calendar() {

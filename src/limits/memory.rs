@@ -10,7 +10,12 @@
 //! restart through `limits.state_file`: a small JSON file rewritten atomically (write, then
 //! rename) every `state_flush_interval` when spend changed, and by [`Memory::save`] on shutdown.
 //! Rate and concurrency state is not persisted: after a restart every limit starts full.
-//! Entries are never evicted; there is one per configured key and team.
+//!
+//! The maps are bounded by eviction: every `SWEEP_EVERY` a sweep removes the entries at rest (no
+//! request in flight, no reservation, rate limits full again, no spend in a current period), so
+//! a stream of short-lived keys (store keys created and revoked, say) does not grow the process.
+//! An evicted entry is marked under its own lock; an admission or settlement that found it just
+//! before it went looks it up again, so nothing is charged to an entry nobody can see.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,7 +41,12 @@ struct Entry {
     /// The spend counter's period tag and value.
     spend_tag: String,
     spend: u64,
+    /// Removed from its map by a sweep: look the id up again.
+    evicted: bool,
 }
+
+/// How often idle entries are swept out of the maps.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl Entry {
     fn spend_in(&self, tag: &str) -> u64 {
@@ -117,6 +127,9 @@ impl Memory {
                 rt.spawn(flusher(Arc::downgrade(&m), flush_every));
             }
         }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweeper(Arc::downgrade(&m)));
+        }
         Ok(m)
     }
 
@@ -135,19 +148,77 @@ impl Memory {
         map.entry(id.clone()).or_default().clone()
     }
 
+    /// The entry of `id`, never one a sweep has just removed.
+    fn live_entry(&self, scope: Scope, id: &Arc<str>) -> Shared {
+        loop {
+            let e = self.entry(scope, id);
+            if !lock(&e).evicted {
+                return e;
+            }
+        }
+    }
+
+    /// Entries in the maps (keys, teams).
+    pub fn len(&self) -> (usize, usize) {
+        (self.keys.len(), self.teams.len())
+    }
+
+    /// Remove the entries at rest: nothing in flight or reserved, both rates full again, and no
+    /// spend in the current day, month or all-time counter. Returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_us();
+        let t = budget::unix_now();
+        let current = [
+            budget::period_tag(crate::config::BudgetPeriod::Daily, t),
+            budget::period_tag(crate::config::BudgetPeriod::Monthly, t),
+            budget::period_tag(crate::config::BudgetPeriod::None, t),
+        ];
+        let mut removed = 0;
+        for map in [&self.keys, &self.teams] {
+            map.retain(|_, e| {
+                let mut e = lock(e);
+                let at_rest = e.concurrent == 0
+                    && e.reserved == 0
+                    && e.rpm_tat <= now
+                    && e.tpm_tat <= now
+                    && (e.spend == 0 || !current.contains(&e.spend_tag));
+                if at_rest {
+                    e.evicted = true;
+                    removed += 1;
+                }
+                !at_rest
+            });
+        }
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        removed
+    }
+
     fn now_us(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64() * 1e6 + 1.0
     }
 
     /// Check every limit of every scope and, only if all pass, charge them.
     pub(crate) fn admit(&self, req: &AdmitRequest) -> Decision {
-        let entries: Vec<Shared> = req
-            .scopes
-            .iter()
-            .map(|s| self.entry(s.scope, &s.id))
-            .collect();
-        // Key first, then team: the order every admission uses.
+        let entries: Vec<Shared> = loop {
+            let entries: Vec<Shared> = req
+                .scopes
+                .iter()
+                .map(|s| self.entry(s.scope, &s.id))
+                .collect();
+            if !entries.iter().any(|e| lock(e).evicted) {
+                break entries;
+            }
+        };
+        // Key first, then team: the order every admission uses. A sweep between the check above
+        // and these locks finds the entries busy only if an admission already holds them; an
+        // idle one it may evict, so check again under the locks.
         let mut guards: Vec<MutexGuard<'_, Entry>> = entries.iter().map(lock).collect();
+        if guards.iter().any(|g| g.evicted) {
+            drop(guards);
+            return self.admit(req);
+        }
         let now = self.now_us();
         let mut headers = RateHeaders::default();
         let mut denied: Option<(Scope, LimitKind, Option<Duration>)> = None;
@@ -159,11 +230,7 @@ impl Memory {
                 }
             };
             if let Some(b) = s.budget_nanos {
-                let spent = e.spend_in(&s.period_tag);
-                if spent
-                    .saturating_add(e.reserved)
-                    .saturating_add(req.cost_nanos)
-                    > b
+                if !super::budget::admits(b, e.spend_in(&s.period_tag), e.reserved, req.cost_nanos)
                 {
                     deny(LimitKind::Budget, None);
                 }
@@ -221,7 +288,7 @@ impl Memory {
     pub(crate) fn settle(&self, req: &SettleRequest) {
         let tag_now = budget::unix_now();
         for s in &req.scopes {
-            let entry = self.entry(s.scope, &s.id);
+            let entry = self.live_entry(s.scope, &s.id);
             let mut e = lock(&entry);
             if s.leased {
                 e.concurrent = e.concurrent.saturating_sub(1);
@@ -314,6 +381,14 @@ fn info(limit: u64, remaining: u64, reset_us: f64) -> RateInfo {
         limit,
         remaining,
         reset: Duration::from_secs_f64(reset_us.max(0.0) / 1e6),
+    }
+}
+
+async fn sweeper(m: Weak<Memory>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(m) = m.upgrade() else { return };
+        m.sweep();
     }
 }
 
@@ -484,6 +559,50 @@ mod tests {
             cost_nanos: 0,
         });
         assert_eq!((0..5).filter(|_| admitted(&m.admit(&r))).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_entries_are_swept_and_busy_ones_stay() {
+        let Ok(m) = Memory::open(None, Duration::from_secs(5)) else {
+            panic!("open")
+        };
+        let limits = Limits {
+            rpm: Some(60),
+            max_concurrent: Some(5),
+            ..Limits::default()
+        };
+        for i in 0..1000 {
+            let r = req(vec![check(Scope::Key, &format!("k{i}"), limits)], 1, 0);
+            assert!(admitted(&m.admit(&r)));
+            if i > 0 {
+                m.settle(&SettleRequest {
+                    lease_id: 1,
+                    scopes: vec![ScopeSettle {
+                        scope: Scope::Key,
+                        id: Arc::from(format!("k{i}")),
+                        tpm: None,
+                        leased: true,
+                        reserved: 0,
+                        period: BudgetPeriod::Monthly,
+                    }],
+                    token_delta: 0,
+                    cost_nanos: 0,
+                });
+            }
+        }
+        assert_eq!(m.len(), (1000, 0));
+        // Their rate limits are not full again yet: nothing goes.
+        assert_eq!(m.sweep(), 0);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // All but k0, which still holds a concurrency slot.
+        assert_eq!(m.sweep(), 999);
+        assert_eq!(m.len(), (1, 0));
+        let r = req(vec![check(Scope::Key, "k0", limits)], 1, 0);
+        for _ in 0..4 {
+            assert!(admitted(&m.admit(&r)));
+        }
+        // The slot k0 held survived the sweep: the sixth is refused.
+        assert!(!admitted(&m.admit(&r)));
     }
 
     #[tokio::test]

@@ -35,20 +35,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::auth::Caller;
 pub use crate::config::{BudgetConfig as Budget, BudgetPeriod};
 use crate::config::{Config, LimiterBackend, OnBackendError};
 use crate::error::ApiError;
-use crate::policy::{Endpoint, Shaped};
-use crate::providers::Usage;
+pub use crate::openai::{go_duration, RateHeaders, RateInfo};
+use crate::openai::{Endpoint, Usage};
 use crate::telemetry::names;
 use prices::{Price, Prices, NANOS_PER_USD};
 
 /// One key's or one team's limits. Unset fields do not limit. Filled from config keys and teams
-/// (and, later, from keys in the store), carried on the [`Caller`].
+/// and from keys in the store, carried on the caller (`auth::Caller`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
     /// Requests per minute.
@@ -91,6 +89,27 @@ impl Limits {
         self.budget
             .map(|b| (b.amount_usd * NANOS_PER_USD).round().max(0.0) as u64)
     }
+}
+
+/// Whose limits a request counts against: a key and its team. The caller's identity as the
+/// limiter sees it (authentication builds it; this module does not know how keys are found).
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub key_id: &'a Arc<str>,
+    pub team: &'a Arc<str>,
+    pub key_limits: Limits,
+    pub team_limits: Limits,
+}
+
+/// What a shaped request asks of the model, as far as the estimate goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The client-facing model (the price table's key).
+    pub model: &'a str,
+    /// The output cap the upstream receives, if any.
+    pub output_cap: Option<u64>,
+    /// Completions generated (`n`, `best_of`).
+    pub completions: u64,
 }
 
 /// Whose limit: the key's own, or its team's (shared by all the team's keys).
@@ -145,83 +164,12 @@ impl LimitKind {
     }
 }
 
-/// One limit's state for the `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateInfo {
-    pub limit: u64,
-    pub remaining: u64,
-    /// Until the limit is fully available again.
-    pub reset: Duration,
-}
-
-/// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` values: of the key's and the
-/// team's limit, the one with less remaining. `None` when neither scope sets that limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateHeaders {
-    pub requests: Option<RateInfo>,
-    pub tokens: Option<RateInfo>,
-}
-
-impl RateHeaders {
-    fn merge(slot: &mut Option<RateInfo>, info: RateInfo) {
-        if slot.is_none_or(|s| info.remaining < s.remaining) {
-            *slot = Some(info);
-        }
-    }
-    pub fn add_requests(&mut self, info: RateInfo) {
-        Self::merge(&mut self.requests, info);
-    }
-    pub fn add_tokens(&mut self, info: RateInfo) {
-        Self::merge(&mut self.tokens, info);
-    }
-
-    /// Write the headers OpenAI sends (reset as a Go-style duration, e.g. `1s`, `6m0s`, `20ms`).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for (info, suffix) in [(&self.requests, "requests"), (&self.tokens, "tokens")] {
-            let Some(i) = info else { continue };
-            for (name, value) in [
-                ("limit", i.limit.to_string()),
-                ("remaining", i.remaining.to_string()),
-                ("reset", go_duration(i.reset)),
-            ] {
-                let name = format!("x-ratelimit-{name}-{suffix}");
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    headers.insert(n, v);
-                }
-            }
-        }
-    }
-}
-
-/// `1h2m3.5s`, `6m0s`, `1.25s`, `20ms`, `0s`, the way OpenAI (Go) prints durations.
-pub fn go_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let h = ms / 3_600_000;
-    let m = (ms / 60_000) % 60;
-    let s = (ms % 60_000) as f64 / 1000.0;
-    let secs = format!("{s:.3}");
-    let secs = secs.trim_end_matches('0').trim_end_matches('.');
-    match (h, m) {
-        (0, 0) => format!("{secs}s"),
-        (0, m) => format!("{m}m{secs}s"),
-        (h, m) => format!("{h}h{m}m{secs}s"),
-    }
-}
-
 /// What a request is expected to use, known before it is sent.
 #[derive(Debug, Clone)]
 pub struct Estimate {
     pub prompt_tokens: u64,
-    /// `max_tokens` after shaping, or `limits.default_max_tokens` (0 for embeddings).
+    /// The output cap after shaping, or `limits.default_max_tokens`, times the completions
+    /// asked for (`n`, `best_of`); 0 for embeddings.
     pub completion_tokens: u64,
     /// The model's price; `None` when the model has no price (it costs 0).
     pub price: Option<Price>,
@@ -239,33 +187,65 @@ impl Estimate {
 }
 
 /// Tokens in the prompt, estimated without a tokenizer: a token per 4 ASCII characters, a token
-/// per other character (CJK text is close to one token per character). Counts every string in
-/// `messages`, `prompt`, `input`, `tools` and `functions`.
+/// per other character (CJK text is close to one token per character), a token per number in
+/// `prompt`/`input` (token-id arrays), 4 per chat message for its framing. Counts every string in
+/// `messages`, `prompt`, `input`, and every string and object key in `tools`, `functions` and
+/// `response_format` (the model reads those schemas as prompt).
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    fn walk(v: &Value, ascii: &mut u64, other: &mut u64) {
-        match v {
-            Value::String(s) if s.is_ascii() => *ascii += s.len() as u64,
-            Value::String(s) => {
+    #[derive(Default)]
+    struct Count {
+        ascii: u64,
+        other: u64,
+        ids: u64,
+    }
+    impl Count {
+        fn text(&mut self, s: &str) {
+            if s.is_ascii() {
+                self.ascii += s.len() as u64;
+            } else {
                 for c in s.chars() {
                     if c.is_ascii() {
-                        *ascii += 1
+                        self.ascii += 1
                     } else {
-                        *other += 1
+                        self.other += 1
                     }
                 }
             }
-            Value::Array(a) => a.iter().for_each(|v| walk(v, ascii, other)),
-            Value::Object(o) => o.values().for_each(|v| walk(v, ascii, other)),
-            _ => {}
+        }
+        /// `ids`: numbers are token ids; `keys`: object keys are read by the model.
+        fn walk(&mut self, v: &Value, ids: bool, keys: bool) {
+            match v {
+                Value::String(s) => self.text(s),
+                Value::Number(_) if ids => self.ids += 1,
+                Value::Array(a) => a.iter().for_each(|v| self.walk(v, ids, keys)),
+                Value::Object(o) => o.iter().for_each(|(k, v)| {
+                    if keys {
+                        self.text(k);
+                    }
+                    self.walk(v, ids, keys)
+                }),
+                _ => {}
+            }
         }
     }
-    let (mut ascii, mut other) = (0, 0);
-    for f in ["messages", "prompt", "input", "tools", "functions"] {
+    let mut c = Count::default();
+    let mut framing = 0;
+    for (f, ids, keys) in [
+        ("messages", false, false),
+        ("prompt", true, false),
+        ("input", true, false),
+        ("tools", false, true),
+        ("functions", false, true),
+        ("response_format", false, true),
+    ] {
         if let Some(v) = body.get(f) {
-            walk(v, &mut ascii, &mut other);
+            c.walk(v, ids, keys);
+            if let (Value::Array(a), "messages") = (v, f) {
+                framing += 4 * a.len() as u64;
+            }
         }
     }
-    ascii.div_ceil(4) + other
+    c.ascii.div_ceil(4) + c.other + c.ids + framing
 }
 
 /// What the backend checks for one scope.
@@ -445,24 +425,27 @@ impl Limiter {
     pub fn estimate(
         &self,
         endpoint: Endpoint,
-        shaped: &Shaped,
+        ask: Ask<'_>,
         body: &Map<String, Value>,
     ) -> Estimate {
         let completion_tokens = match endpoint {
             Endpoint::Embeddings => 0,
-            _ => shaped.max_tokens.unwrap_or(self.default_max_tokens),
+            _ => ask
+                .output_cap
+                .unwrap_or(self.default_max_tokens)
+                .saturating_mul(ask.completions),
         };
         Estimate {
             prompt_tokens: estimate_prompt_tokens(body),
             completion_tokens,
-            price: self.prices.get(&shaped.model),
+            price: self.prices.get(ask.model),
         }
     }
 
     /// The admit step: check and reserve everything in one atomic backend step.
     /// Errors: 429 `rate_limit_exceeded`, 429 `insufficient_quota`, or (backend down and
     /// `fail_closed`) 503.
-    pub async fn admit(&self, caller: &Caller, est: &Estimate) -> Result<Admission, ApiError> {
+    pub async fn admit(&self, caller: Subject<'_>, est: &Estimate) -> Result<Admission, ApiError> {
         let now = budget::unix_now();
         let cost = est.cost_nanos();
         let tokens = est.tokens();
@@ -470,8 +453,8 @@ impl Limiter {
         let mut settle = Vec::with_capacity(2);
         let mut checks = Vec::with_capacity(2);
         for (scope, id, limits) in [
-            (Scope::Key, &caller.key_id, caller.key_limits),
-            (Scope::Team, &caller.team, caller.team_limits),
+            (Scope::Key, caller.key_id, caller.key_limits),
+            (Scope::Team, caller.team, caller.team_limits),
         ] {
             let period = limits.budget.map_or(BudgetPeriod::Monthly, |b| b.period);
             let budget_nanos = limits.budget_nanos();
@@ -576,7 +559,7 @@ impl Limiter {
 }
 
 fn rejection(
-    caller: &Caller,
+    caller: Subject<'_>,
     scope: Scope,
     limit: LimitKind,
     retry_after: Option<Duration>,
@@ -624,7 +607,7 @@ fn rejection(
     };
     ApiError::RateLimited {
         message,
-        retry_after_secs: retry_secs.unwrap_or(60),
+        retry_after_secs: retry_secs,
         headers,
     }
 }
@@ -726,42 +709,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn go_durations() {
-        assert_eq!(go_duration(Duration::ZERO), "0s");
-        assert_eq!(go_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(go_duration(Duration::from_millis(1000)), "1s");
-        assert_eq!(go_duration(Duration::from_millis(1250)), "1.25s");
-        assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
-        assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
-    }
-
-    #[test]
-    fn headers_take_the_scope_with_less_remaining() {
-        let mut h = RateHeaders::default();
-        h.add_requests(RateInfo {
-            limit: 100,
-            remaining: 50,
-            reset: Duration::from_secs(30),
-        });
-        h.add_requests(RateInfo {
-            limit: 10,
-            remaining: 3,
-            reset: Duration::from_secs(42),
-        });
-        let mut map = HeaderMap::new();
-        h.apply(&mut map);
-        assert_eq!(map["x-ratelimit-limit-requests"], "10");
-        assert_eq!(map["x-ratelimit-remaining-requests"], "3");
-        assert_eq!(map["x-ratelimit-reset-requests"], "42s");
-        assert!(map.get("x-ratelimit-limit-tokens").is_none());
-    }
-
-    #[test]
     fn prompt_estimate_counts_ascii_by_four_and_cjk_by_one() {
         let body = serde_json::json!({"messages":[{"role":"user","content":"abcdefgh"},
             {"role":"user","content":[{"type":"text","text":"你好"}]}]});
         let Value::Object(m) = body else { panic!() };
-        // Values only: "user"+"abcdefgh"+"user"+"text" = 20 ascii -> 5; 2 CJK -> 2.
-        assert_eq!(estimate_prompt_tokens(&m), 7);
+        // Values only: "user"+"abcdefgh"+"user"+"text" = 20 ascii -> 5; 2 CJK -> 2; 2 messages -> 8.
+        assert_eq!(estimate_prompt_tokens(&m), 15);
+    }
+
+    #[test]
+    fn prompt_estimate_counts_token_ids_and_tool_schemas() {
+        let body = serde_json::json!({"prompt": [[1, 2, 3], [4, 5]],
+            "tools": [{"type": "function", "function": {"name": "abcd"}}]});
+        let Value::Object(m) = body else { panic!() };
+        // 5 ids; keys and values of tools: type+function+function+name+abcd = 28 ascii -> 7.
+        assert_eq!(estimate_prompt_tokens(&m), 12);
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use crate::config::PriceConfig;
-use crate::providers::Usage;
+use crate::openai::Usage;
 
 /// Nano-dollars per dollar.
 pub const NANOS_PER_USD: f64 = 1e9;
@@ -128,6 +128,27 @@ impl Prices {
     }
 }
 
+/// Warnings for `check-config`: models without a price while budgets are set (they cost 0
+/// against every budget). Lives here, where prices are known, not in `config`.
+pub fn unpriced_warnings(cfg: &crate::config::Config) -> Vec<String> {
+    let budgeted = cfg.teams.values().any(|t| t.budget.is_some())
+        || cfg.keys.iter().any(|k| k.budget.is_some());
+    if !budgeted {
+        return Vec::new();
+    }
+    let prices = Prices::new(&cfg.prices);
+    cfg.models
+        .keys()
+        .filter(|name| prices.get(name).is_none())
+        .map(|name| {
+            format!(
+                "models.{name}: no price (built in or under prices:); its requests cost 0 \
+                 against budgets"
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +195,32 @@ mod tests {
         assert!(prices
             .get("mock-gpt")
             .is_some_and(|p| p.cost_nanos(1, 1) > 0));
+    }
+
+    #[test]
+    fn unpriced_models_are_warned_about_when_budgets_are_set() {
+        let base = r#"
+upstreams:
+  m: { provider: mock }
+models:
+  mock-gpt: { targets: [ { upstream: m } ] }
+teams:
+  t: { models: ["*"] }
+"#;
+        let warn = |text: &str| match crate::config::Config::parse(text) {
+            Ok(c) => unpriced_warnings(&c),
+            Err(e) => panic!("{e}"),
+        };
+        let t = base.replace("mock-gpt:", "house-model:").replace(
+            r#"t: { models: ["*"] }"#,
+            r#"t: { models: ["*"], budget: { amount_usd: 10, period: daily } }"#,
+        );
+        let w = warn(&t);
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("models.house-model: no price")),
+            "{w:?}"
+        );
+        assert!(warn(base).is_empty());
     }
 }

@@ -98,7 +98,9 @@ for i = 1, n do
   if budget >= 0 then
     local spent = tonumber(redis.call('GET', KEYS[k + 6]) or '0')
     local resv = tonumber(redis.call('GET', KEYS[k + 5]) or '0')
-    if spent + resv + cost > budget then deny(i, 'budget', -1) end
+    -- budget::admits: money left, and either the estimate fits beside the reservations or no
+    -- other request holds any (the only request allowed on the remainder).
+    if spent >= budget or (spent + resv + cost > budget and resv > 0) then deny(i, 'budget', -1) end
   end
   local info = {-1, 0, 0, -1, 0, 0}
   if rpm > 0 then

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::{UpstreamRequest, UpstreamResponse};
 use crate::config::MockConfig;
-use crate::policy::Endpoint;
+use crate::openai::Endpoint;
 
 pub struct Mock {
     cfg: MockConfig,

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::credentials::Lease;
 use crate::error::ApiError;
-use crate::policy::Endpoint;
+pub use crate::openai::{Endpoint, Usage};
 
 /// Why an upstream body ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +59,6 @@ impl Provider {
             Provider::Mock(p) => Ok(p.answer(req).await),
         }
     }
-}
-
-/// Token counts as OpenAI reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
 }
 
 #[derive(Deserialize)]

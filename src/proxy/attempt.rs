@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::ledger::Ledger;
 use super::relay;
 use crate::config::{FallbackReason, Priority};
-use crate::credentials::{Lease, Outcome, Retry};
+use crate::credentials::{Lease, Outcome, Retry, Witness, MAX_COOLDOWN, WITNESS_WINDOW};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub stream: bool,
     pub headers: &'a HeaderMap,
     pub max_response_bytes: usize,
+    /// Who sends it: shared upstream state changes on evidence from more than one of these.
+    pub witness: Witness,
 }
 
 /// What one attempt aims at: the model being tried (the requested one or a fallback), the
@@ -105,20 +107,25 @@ pub async fn dispatch(
         route.budget.deposit(Instant::now());
         let plan = route.plan(Instant::now());
         let mut err = no_upstream(route, current);
+        // Upstreams that refused the gateway's credential in this request: not tried again.
+        let mut refused: Vec<&str> = Vec::new();
+        // Upstreams that answered this request 429 with a Retry-After: not before then.
+        let mut not_before: Vec<(&str, Instant)> = Vec::new();
+        let max_retry_after = route.config.retry.max_retry_after.0;
         for n in 0..max_attempts {
-            // Fix: the next upstream in plan order that can take a request *now*. An upstream
-            // an earlier attempt of this request marked rate limited (429 + Retry-After) or
-            // opened is skipped; when none is left we stop and the last error stands. Before,
-            // the retry was sent to the rate-limited upstream, refused by its breaker, and
-            // the client got a 503 "not taking requests" instead of the upstream's 429 with
-            // its Retry-After.
+            // The next upstream in plan order that can take this request now. An upstream
+            // that is rate limited (its mark, or its Retry-After to this request) or open is
+            // skipped; when every one left is only waiting out a Retry-After, the earliest is
+            // waited for if that fits `retry.max_retry_after` and the deadline. Otherwise we
+            // stop and the last error stands: the upstream's 429 with its Retry-After.
             let now = Instant::now();
-            let Some(upstream) = (0..plan.len())
-                .map(|k| &plan[(n as usize + k) % plan.len()])
-                .find(|u| u.breaker.available(now))
-            else {
+            let Some((upstream, at)) = next_upstream(&plan, n, now, &refused, &not_before) else {
                 break;
             };
+            let must_wait = at.saturating_duration_since(now);
+            if must_wait > max_retry_after || at >= deadline {
+                break;
+            }
             if n > 0 {
                 if !route.budget.withdraw(Instant::now()) {
                     metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => current.to_owned())
@@ -129,11 +136,14 @@ pub async fn dispatch(
                     n - 1,
                     route.config.retry.base_backoff.0,
                     route.config.retry.max_backoff.0,
-                );
+                )
+                .max(must_wait);
                 if Instant::now() + wait >= deadline {
                     break;
                 }
                 tokio::time::sleep(wait).await;
+            } else if !must_wait.is_zero() {
+                tokio::time::sleep(must_wait).await;
             }
             let t0 = Instant::now();
             let target = Target {
@@ -154,6 +164,23 @@ pub async fn dispatch(
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     let retry = e.retryable();
+                    match &e {
+                        ApiError::UpstreamCredentialRejected { .. } => refused.push(&upstream.name),
+                        ApiError::UpstreamStatus {
+                            status,
+                            retry_after: Some(v),
+                            ..
+                        } if status.as_u16() == 429 => {
+                            // Our own clamped whole seconds (set in `attempt_inner`).
+                            if let Some(secs) = v.to_str().ok().and_then(|v| v.parse().ok()) {
+                                not_before.push((
+                                    &upstream.name,
+                                    Instant::now() + Duration::from_secs(secs),
+                                ));
+                            }
+                        }
+                        _ => {}
+                    }
                     err = e;
                     if !retry {
                         break;
@@ -215,6 +242,44 @@ fn no_upstream(route: &crate::routing::Route, model: &str) -> ApiError {
             retry_after_secs: 5,
         },
     }
+}
+
+/// The upstream for attempt `n` and when it can take this request: the first in plan order
+/// (starting at `n`) that can take it now, else the one that can take it soonest. `None` when
+/// none can (open breakers, refused credentials).
+fn next_upstream<'p>(
+    plan: &'p [Arc<Upstream>],
+    n: u32,
+    now: Instant,
+    refused: &[&str],
+    not_before: &[(&str, Instant)],
+) -> Option<(&'p Arc<Upstream>, Instant)> {
+    let mut best: Option<(&Arc<Upstream>, Instant)> = None;
+    for k in 0..plan.len() {
+        let u = &plan[(n as usize + k) % plan.len()];
+        if refused.contains(&&*u.name) {
+            continue;
+        }
+        let mut at = now;
+        for (name, t) in not_before {
+            if *name == &*u.name {
+                at = at.max(*t);
+            }
+        }
+        if let Some(t) = u.breaker.rate_limited_until(now) {
+            at = at.max(t);
+        }
+        if !u.breaker.available(at) {
+            continue;
+        }
+        if at <= now {
+            return Some((u, now));
+        }
+        if best.is_none_or(|(_, b)| at < b) {
+            best = Some((u, at));
+        }
+    }
+    best
 }
 
 /// Which `fallback_on` entry an error calls for.
@@ -283,7 +348,10 @@ async fn attempt(
         Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 408 => {
             Some(upstream.breaker.record(now, false, None, probe))
         }
-        // Client-side errors say nothing about the upstream's health.
+        // Client-side errors, and a refused credential, say nothing about the upstream's health.
+        Err(ApiError::UpstreamCredentialRejected { .. }) => {
+            Some(upstream.breaker.record(now, true, None, probe))
+        }
         Err(ApiError::UpstreamStatus { status, .. }) if status.is_client_error() => {
             Some(upstream.breaker.record(now, true, None, probe))
         }
@@ -352,20 +420,25 @@ async fn attempt_inner(
         .credential
         .as_ref()
         .map_or(0, |c| c.max_rotations());
-    let (response, sent_at) = loop {
+    // Pool members this attempt already heard from: a rotation prefers the others.
+    let mut tried_members: Vec<crate::credentials::MemberRef> = Vec::new();
+    let (response, sent_at, lease, error_body, account) = loop {
         ledger.attempted();
-        let lease: Option<Lease> =
-            match &upstream.credential {
-                // A lease waits only when no token is usable; that wait is bounded by the credential's
-                // lease_timeout and by the request's deadline.
-                Some(c) => Some(tokio::time::timeout(left(), c.lease()).await.map_err(
-                    |_| ApiError::CredentialUnavailable {
+        let lease: Option<Lease> = match &upstream.credential {
+            // A lease waits only when no token is usable; that wait is bounded by the credential's
+            // lease_timeout and by the request's deadline.
+            Some(c) => {
+                let mut lease = tokio::time::timeout(left(), c.lease_avoiding(&tried_members))
+                    .await
+                    .map_err(|_| ApiError::CredentialUnavailable {
                         message: format!("no upstream credential for '{}' in time", upstream.name),
                         retry_after_secs: 1,
-                    },
-                )??),
-                None => None,
-            };
+                    })??;
+                lease.from = req.witness;
+                Some(lease)
+            }
+            None => None,
+        };
         let sent_at = Instant::now();
         let request = UpstreamRequest {
             endpoint: req.endpoint,
@@ -376,16 +449,29 @@ async fn attempt_inner(
             json,
         };
         let wait = upstream.timeouts.first_byte.0.min(left());
-        let response = tokio::time::timeout(wait, upstream.provider.send(request))
+        let mut response = tokio::time::timeout(wait, upstream.provider.send(request))
             .await
             .map_err(|_| ApiError::UpstreamTimeout)??;
+        // One reading of an error answer (bounded), used by the credential, the upstream's
+        // mark and what the client sees.
+        let error_body = if response.status.is_success() {
+            None
+        } else {
+            Some(read_error_body(&mut response.body, upstream.timeouts.idle.0, deadline).await)
+        };
+        let account = response.status == StatusCode::TOO_MANY_REQUESTS
+            && about_account(&response.headers, error_body.as_deref().unwrap_or_default());
         if let (Some(cred), Some(lease)) = (&upstream.credential, &lease) {
             let outcome = match response.status.as_u16() {
                 401 => Outcome::Unauthorized,
                 403 => Outcome::Forbidden,
-                429 => Outcome::RateLimited(super::retry_after(&response.headers)),
+                429 => Outcome::RateLimited {
+                    after: super::retry_after(&response.headers),
+                    account,
+                },
                 _ => Outcome::Ok,
             };
+            tried_members.extend(lease.member);
             match cred.report(lease, outcome) {
                 Retry::Renewed if !renewed && response.status == StatusCode::UNAUTHORIZED => {
                     renewed = true;
@@ -398,16 +484,42 @@ async fn attempt_inner(
                 _ => {}
             }
         }
-        break (response, sent_at);
+        break (response, sent_at, lease, error_body, account);
     };
-    if !response.status.is_success() {
+    if let Some(raw) = error_body {
         ledger.upstream_time(sent_at.elapsed());
+        if response.status == StatusCode::UNAUTHORIZED {
+            // After the renewal retry (or every rotation): the upstream refuses the gateway's
+            // own credential. The client's key is fine; the body is not relayed.
+            return Err(ApiError::UpstreamCredentialRejected {
+                upstream: upstream.name.to_string(),
+            });
+        }
+        let retry_after = super::retry_after(&response.headers);
         if response.status == StatusCode::TOO_MANY_REQUESTS {
-            if let Some(d) = super::retry_after(&response.headers) {
-                upstream.breaker.rate_limited(Instant::now() + d, false);
+            // The upstream leaves every tenant's plans only on evidence that the 429 is about
+            // the account: its own headers or code, or another tenant's 429 within the window.
+            // Otherwise only this request moves on (or waits out its Retry-After).
+            if let Some(d) = retry_after {
+                let now = Instant::now();
+                let corroborated = !account
+                    && upstream
+                        .breaker
+                        .note_429(now, req.witness.tenant, WITNESS_WINDOW);
+                if account || corroborated {
+                    upstream
+                        .breaker
+                        .rate_limited(now + d.min(MAX_COOLDOWN), false);
+                }
             }
         }
-        return Err(upstream_error(response, upstream.timeouts.idle.0, deadline).await);
+        let secret = lease.as_ref().map(|l| l.value.expose());
+        return Err(ApiError::upstream_status(
+            response.status,
+            &raw,
+            retry_after.map(super::retry_after_value),
+            secret,
+        ));
     }
     let is_sse = response
         .headers
@@ -511,14 +623,10 @@ const MAX_FIRST_EVENT: usize = 1024 * 1024;
 /// Whether the first SSE event in `buf` is well formed: `None` while it is incomplete, else
 /// whether its `data` (if any) is JSON or `[DONE]`. Comment-only events (keep-alives) pass.
 fn first_event_ok(buf: &[u8]) -> Option<bool> {
-    // The event ends at a blank line: "\n\n" or "\n\r\n" (as the relay splits them).
-    let end = (0..buf.len()).find_map(|i| match &buf[i..] {
-        [b'\n', b'\n', ..] => Some(i + 2),
-        [b'\n', b'\r', b'\n', ..] => Some(i + 3),
-        _ => None,
-    })?;
+    // The event ends at a blank line, found by the relay's own splitter.
+    let event = relay::Events::new(buf).next()?;
     let mut data: Vec<u8> = Vec::new();
-    for line in buf[..end].split(|b| *b == b'\n') {
+    for line in event.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(d) = line.strip_prefix(b"data:") {
             if !data.is_empty() {
@@ -535,13 +643,11 @@ fn first_event_ok(buf: &[u8]) -> Option<bool> {
     )
 }
 
-/// Read an upstream error body (bounded in size and time) into an [`ApiError::UpstreamStatus`].
-async fn upstream_error(resp: UpstreamResponse, idle: Duration, deadline: Instant) -> ApiError {
+/// Read an upstream error body, bounded in size (64 KiB; the rest is never read) and time
+/// (each chunk within `idle`, the whole within the request's deadline).
+async fn read_error_body(body: &mut BodyStream, idle: Duration, deadline: Instant) -> Vec<u8> {
     const MAX: usize = 64 * 1024;
-    let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
-    let mut body = resp.body;
     let mut buf = Vec::new();
-    // Each chunk within `idle`, the whole body within the request's deadline.
     while buf.len() < MAX {
         let until = deadline.min(Instant::now() + idle);
         match tokio::time::timeout_at(until.into(), body.next()).await {
@@ -550,11 +656,38 @@ async fn upstream_error(resp: UpstreamResponse, idle: Duration, deadline: Instan
         }
     }
     buf.truncate(MAX);
-    ApiError::UpstreamStatus {
-        status: resp.status,
-        body: Bytes::from(buf),
-        retry_after,
+    buf
+}
+
+/// Whether a 429 says the upstream *account* is out, rather than something about this one
+/// request: the upstream's own `x-ratelimit-remaining-requests: 0` or
+/// `x-ratelimit-remaining-tokens: 0`, or an `insufficient_quota` code or type.
+fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
+    let zero = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+    };
+    if zero("x-ratelimit-remaining-requests") || zero("x-ratelimit-remaining-tokens") {
+        return true;
     }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Error,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        #[serde(default)]
+        code: Option<Value>,
+        #[serde(default, rename = "type")]
+        kind: Option<Value>,
+    }
+    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
+        [b.error.code, b.error.kind]
+            .iter()
+            .any(|v| v.as_ref().and_then(Value::as_str) == Some("insufficient_quota"))
+    })
 }
 
 #[cfg(test)]

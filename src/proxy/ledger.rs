@@ -62,6 +62,10 @@ impl Ledger {
         self.rec.model = Some(s.model.clone());
         self.rec.stream = s.stream;
     }
+    /// The shaped model is one of the config's models (a metric label from now on).
+    pub fn model_known(&mut self) {
+        self.rec.model_known = true;
+    }
     /// The request passed the limiter; its reservation is settled when this ledger drops.
     pub fn admitted(&mut self, a: Admission) {
         self.admission = Some(a);

@@ -63,23 +63,15 @@ async fn run(
     req: Request<Body>,
     ledger: &mut Ledger,
 ) -> Result<Response, ApiError> {
-    // accept: bound the work in flight.
-    let in_flight =
-        state
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded {
-                message: "too many requests in flight".into(),
-                retry_after_secs: 1,
-            })?;
     let snap = state.snapshot.load_full();
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
-    let caller = crate::auth::authenticate(state, &snap, &parts.headers).await?;
+    let caller = state.authenticate(&snap, &parts.headers).await?;
     ledger.caller(&caller);
-    let team = caller.team_policy(&snap).ok_or(ApiError::Internal)?;
+    let team = caller
+        .team_policy(&snap.config.teams)
+        .ok_or(ApiError::Internal)?;
 
     // accept (cont.): read the body within the team's size limit and the read deadline.
     let limit = team
@@ -97,6 +89,7 @@ async fn run(
             model: shaped.model.clone(),
         });
     }
+    ledger.model_known();
     if !policy::model_allowed(team, &shaped.model) || !caller.key_allows(&shaped.model) {
         return Err(ApiError::ModelNotAllowed {
             model: shaped.model.clone(),
@@ -123,9 +116,27 @@ async fn run(
     };
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
-    let estimate = snap.limiter.estimate(endpoint, &shaped, &json);
-    ledger.admitted(snap.limiter.admit(&caller, &estimate).await?);
+    let ask = crate::limits::Ask {
+        model: &shaped.model,
+        output_cap: shaped.max_tokens,
+        completions: shaped.completions,
+    };
+    let estimate = snap.limiter.estimate(endpoint, ask, &json);
+    ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
     let rate_headers = ledger.rate_headers().copied();
+
+    // Only now, authenticated and within its own limits, may the caller take one of the
+    // process's shared in-flight slots: a caller cannot hold them while it trickles a body in
+    // or past its own concurrency.
+    let in_flight =
+        state
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                message: "too many requests in flight".into(),
+                retry_after_secs: 1,
+            })?;
 
     // plan + attempt: model -> upstreams in order; retries and fallbacks before the first byte.
     let headers = forward_headers(&snap, &parts.headers, ledger.request_id());
@@ -134,6 +145,10 @@ async fn run(
         stream: shaped.stream,
         headers: &headers,
         max_response_bytes: snap.config.server.max_response_bytes,
+        witness: crate::credentials::Witness {
+            request: rand::random(),
+            tenant: tenant_of(&caller.team),
+        },
     };
     let answer =
         attempt::dispatch(&snap, &shaped.model, &mut json, &request, wishes, ledger).await?;
@@ -145,6 +160,14 @@ async fn run(
         rate.apply(resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// A stable number for a team (the tenant in shared-state evidence).
+fn tenant_of(team: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    team.hash(&mut h);
+    h.finish()
 }
 
 /// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.
@@ -193,9 +216,37 @@ fn forward_headers(snap: &Snapshot, client: &HeaderMap, request_id: &str) -> Hea
     out
 }
 
+/// The longest `Retry-After` Tollgate takes from an upstream: longer values (or dates further
+/// ahead) are read as this. A value is only ever added to an `Instant` after this clamp, so
+/// `Retry-After: 18446744073709551615` cannot overflow a deadline.
+pub(crate) const MAX_UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// An upstream's `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), clamped to
+/// [`MAX_UPSTREAM_RETRY_AFTER`]; a date in the past is zero. Anything else is ignored.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    parse_retry_after(v, std::time::SystemTime::now())
+}
+
+fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits: too many of them for a u64 is simply "very long".
+        v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs)
+    } else {
+        let at = httpdate::parse_http_date(v).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_UPSTREAM_RETRY_AFTER))
+}
+
+/// A `Retry-After` value for the client: whole seconds, rounded up.
+pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs)
 }
 
 async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
@@ -224,5 +275,36 @@ fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
             format!("the request body is not valid JSON: {e}"),
             None,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_and_always_clamped() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let p = |v: &str| parse_retry_after(v, now);
+        assert_eq!(p("7"), Some(Duration::from_secs(7)));
+        assert_eq!(p("0"), Some(Duration::ZERO));
+        assert_eq!(p("18446744073709551615"), Some(MAX_UPSTREAM_RETRY_AFTER));
+        assert_eq!(
+            p("99999999999999999999999999"),
+            Some(MAX_UPSTREAM_RETRY_AFTER)
+        );
+        let in_30s = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(p(&in_30s), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(p(&past), Some(Duration::ZERO));
+        let far =
+            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_000));
+        assert_eq!(p(&far), Some(MAX_UPSTREAM_RETRY_AFTER));
+        for bad in ["", "-1", "1.5", "soon", "+3"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        assert_eq!(retry_after_value(Duration::from_millis(1500)), "2");
+        assert_eq!(retry_after_value(Duration::ZERO), "0");
     }
 }

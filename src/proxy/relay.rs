@@ -6,6 +6,7 @@
 //! An upstream that breaks or stalls mid-stream ends the client's stream with a well-formed SSE
 //! error event. A client that goes away drops this stream, which drops the upstream body and so
 //! cancels the upstream request. Non-stream answers arrive here whole (read by the attempt step).
+//! Of the upstream's response headers only an allowlist reaches the client ([`CLIENT_HEADERS`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,12 +117,23 @@ pub fn looks_like_sse(chunk: &[u8]) -> bool {
         .any(|p| start.starts_with(p))
 }
 
-/// Upstream response headers the client may see: hop-by-hop and length headers are dropped.
+/// The only upstream response headers a client sees; Tollgate adds its own (`x-request-id`,
+/// `x-tollgate-*`, its `x-ratelimit-*`) after these. An allowlist, not a denylist: an upstream's
+/// `set-cookie`, `server`, `openai-organization`, its own `x-ratelimit-*` (its account, not the
+/// caller's limits) or any header it invents tomorrow never reach the client. `content-length`
+/// is set by the server for the body actually sent.
+const CLIENT_HEADERS: [HeaderName; 2] = [
+    http::header::CONTENT_TYPE,
+    HeaderName::from_static("openai-processing-ms"),
+];
+
+/// Upstream response headers the client may see ([`CLIENT_HEADERS`]), plus the upstream's name
+/// and the attempt count.
 fn client_headers(upstream: &HeaderMap, name: &str, attempts: u32) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(upstream.len() + 2);
-    for (k, v) in upstream {
-        if !is_hop_by_hop(k) && k != http::header::CONTENT_LENGTH {
-            out.append(k.clone(), v.clone());
+    let mut out = HeaderMap::with_capacity(CLIENT_HEADERS.len() + 2);
+    for k in &CLIENT_HEADERS {
+        if let Some(v) = upstream.get(k) {
+            out.insert(k.clone(), v.clone());
         }
     }
     if let Ok(v) = HeaderValue::from_str(name) {
@@ -236,22 +248,24 @@ impl SseRelay {
     /// Split off the complete events at the front of the buffer, noting usage and removing
     /// the usage-only chunk when the client did not ask for it.
     fn take_events(&mut self) -> Option<Bytes> {
-        let mut pos = 0;
         let mut cut: Option<(usize, usize)> = None;
-        while let Some(len) = event_len(&self.buf[pos..]) {
-            let event = &self.buf[pos..pos + len];
+        let mut events = Events::new(&self.buf);
+        loop {
+            let start = events.consumed();
+            let Some(event) = events.next() else { break };
+            let len = event.len();
             match inspect(event) {
                 Seen::Content => self.content_events += 1,
                 Seen::Usage { usage, usage_only } => {
                     self.usage = Some(usage);
                     if usage_only && self.strip_usage && cut.is_none() {
-                        cut = Some((pos, pos + len));
+                        cut = Some((start, start + len));
                     }
                 }
                 Seen::Other => {}
             }
-            pos += len;
         }
+        let pos = events.consumed();
         if pos == 0 {
             return None;
         }
@@ -302,6 +316,38 @@ impl SseRelay {
         out.extend_from_slice(&error_json(message, "upstream_error", None, code));
         out.extend_from_slice(b"\n\n");
         out.freeze()
+    }
+}
+
+/// The complete SSE events at the front of a buffer, in order, each through its blank line
+/// (`\n\n` or `\n\r\n`); a partial event at the end is left for more bytes. The one SSE
+/// splitter: the relay and the attempt step's first-event check both use it, and a property test
+/// holds it to giving the same events however the stream is cut into chunks.
+pub(crate) struct Events<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Events<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Events { buf, pos: 0 }
+    }
+
+    /// Bytes taken by the events returned so far.
+    pub(crate) fn consumed(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.buf.get(self.pos..)?;
+        let len = event_len(rest)?;
+        let event = rest.get(..len)?;
+        self.pos += len;
+        Some(event)
     }
 }
 
@@ -371,6 +417,104 @@ mod tests {
         assert_eq!(event_len(b"data: a\n\ndata: b"), Some(9));
         assert_eq!(event_len(b"data: a\r\n\r\n"), Some(11));
         assert_eq!(event_len(b"data: a\n"), None);
+    }
+
+    mod split_property {
+        //! Any cut of a valid event stream into chunks gives the same events, in order, with
+        //! nothing left over, and the same usage. The test command runs proptest's default 256
+        //! cases; a longer run: `PROPTEST_CASES=200000 cargo nextest run --lib split_property`.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// One event: field lines (data, comments, event names, ids) and one line ending for
+        /// the whole event, then the blank line.
+        fn event() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                "[ -~&&[^\\r\\n]]{0,40}".prop_map(|t| format!("data: {t}")),
+                Just(r#"data: {"choices":[{"delta":{"content":"hi"}}]}"#.to_owned()),
+                Just(
+                    r#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#
+                        .to_owned()
+                ),
+                Just("data: [DONE]".to_owned()),
+                "[ -~]{0,20}".prop_map(|t| format!(": {t}")),
+                Just("event: message".to_owned()),
+                (0u32..1000).prop_map(|n| format!("id: {n}")),
+            ];
+            (prop::collection::vec(line, 1..4), any::<bool>()).prop_map(|(lines, crlf)| {
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let mut e = String::new();
+                for l in lines {
+                    e.push_str(&l);
+                    e.push_str(eol);
+                }
+                e.push_str(eol);
+                e.into_bytes()
+            })
+        }
+
+        /// Feed `chunks` as the relay does: append, take the complete events at the front.
+        fn split(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, usize) {
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for c in chunks {
+                buf.extend_from_slice(c);
+                let mut events = Events::new(&buf);
+                out.extend(events.by_ref().map(<[u8]>::to_vec));
+                let n = events.consumed();
+                let _ = buf.split_to(n);
+            }
+            (out, buf.len())
+        }
+
+        fn usage(events: &[Vec<u8>]) -> Option<(u64, u64)> {
+            events.iter().rev().find_map(|e| match inspect(e) {
+                Seen::Usage { usage, .. } => Some((usage.prompt_tokens, usage.completion_tokens)),
+                _ => None,
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_split_gives_the_same_events(
+                events in prop::collection::vec(event(), 1..12),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
+            ) {
+                let stream: Vec<u8> = events.concat();
+                let mut at: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+                at.sort_unstable();
+                at.dedup();
+                let mut chunks: Vec<&[u8]> = Vec::new();
+                let mut from = 0;
+                for &to in at.iter().chain(std::iter::once(&stream.len())) {
+                    chunks.push(&stream[from..to]);
+                    from = to;
+                }
+                let (got, left) = split(&chunks);
+                prop_assert_eq!(left, 0);
+                prop_assert_eq!(&got, &events);
+                prop_assert_eq!(usage(&got), usage(&events));
+                // The attempt step's first-event check sees the same first event on every
+                // prefix that holds it whole, and nothing before that.
+                let first = events[0].len();
+                for &cut in &at {
+                    let e = Events::new(&stream[..cut]).next();
+                    prop_assert_eq!(e, (cut >= first).then(|| &stream[..first]));
+                }
+            }
+
+            #[test]
+            fn a_cut_event_is_never_passed_on(
+                events in prop::collection::vec(event(), 1..6),
+                drop_tail in 1usize..4,
+            ) {
+                let stream: Vec<u8> = events.concat();
+                let cut = stream.len().saturating_sub(drop_tail);
+                let (got, left) = split(&[&stream[..cut]]);
+                prop_assert_eq!(&got[..], &events[..events.len() - 1]);
+                prop_assert_eq!(left, cut - (stream.len() - events[events.len() - 1].len()));
+            }
+        }
     }
 
     #[test]

@@ -74,6 +74,8 @@ struct Inner {
     probe_in_flight: bool,
     consecutive: u32,
     rate_limited_until: Option<Instant>,
+    /// The last 429 that alone was no evidence about the account: when, from which tenant.
+    last_429: Option<(Instant, u64)>,
     ring: [Bucket; BUCKETS],
 }
 
@@ -104,6 +106,7 @@ impl Breaker {
                 probe_in_flight: false,
                 consecutive: 0,
                 rate_limited_until: None,
+                last_429: None,
                 ring: [Bucket::default(); BUCKETS],
             }),
         }
@@ -182,6 +185,17 @@ impl Breaker {
         if probe {
             g.probe_in_flight = false;
         }
+    }
+
+    /// Note a 429 that alone says nothing about the account, from `tenant`; true when another
+    /// tenant got one within `window` (then it is taken as being about the account).
+    pub fn note_429(&self, now: Instant, tenant: u64, window: Duration) -> bool {
+        let mut g = self.lock();
+        let seen = g.last_429.is_some_and(|(at, t)| {
+            t != tenant && now.checked_duration_since(at).is_some_and(|d| d <= window)
+        });
+        g.last_429 = Some((now, tenant));
+        seen
     }
 
     /// Record an outcome. `ttfb` is the time to first byte of a success.

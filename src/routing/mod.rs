@@ -8,6 +8,7 @@
 pub mod breaker;
 pub mod queue;
 pub mod retry;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +16,8 @@ use std::time::Instant;
 use rand::Rng;
 
 use crate::config::{ModelConfig, Strategy};
-use crate::state::Upstream;
 use retry::RetryBudget;
+pub use upstream::Upstream;
 
 /// The upstreams behind one client-facing model, and how to use them.
 pub struct Route {

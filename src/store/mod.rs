@@ -19,7 +19,7 @@
 //! path keeps serving config keys and cached store keys (see [`key_cache`]), and usage rows
 //! queue, then spill to a local file (see [`writer`]); nothing is dropped silently.
 
-pub mod key_cache;
+mod key_lookup;
 pub mod records;
 pub mod usage;
 pub mod writer;
@@ -37,13 +37,44 @@ use sqlx::sqlite::{
 use crate::config::StoreConfig;
 use crate::secret::EnvSource;
 
-pub use key_cache::KeyCache;
 pub use records::{KeyRecord, TeamRecord};
 pub use usage::UsageRow;
 pub use writer::{UsageSink, UsageWriter};
 
-/// The migrations, embedded at build time; one set for both backends.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations, embedded at build time; one set for both backends. Listed by hand rather than
+/// with `sqlx::migrate!`, which would pull sqlx's proc-macro crates (and a second build of both
+/// database drivers) into every build; the version, description and SQL are what `migrate!`
+/// read from the file names, so databases migrated before keep their checksums.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+
+/// Hands [`MIGRATIONS`] to sqlx's migrator.
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> sqlx::migrate::MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<
+        's,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *version,
+                        (*description).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
 
 /// A connection pool to one of the two backends. Cheap to clone.
 #[derive(Clone)]
@@ -145,11 +176,14 @@ impl Store {
     /// SQLite has none, so a replica that lost the race (its insert into the migrations table
     /// fails) tries again and then finds the migration applied.
     async fn migrate(&self) -> Result<(), String> {
+        let migrator = sqlx::migrate::Migrator::new(Embedded)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut last = String::new();
         for attempt in 0..5 {
             let r = match &self.pool {
-                Pool::Sqlite(p) => MIGRATOR.run(p).await,
-                Pool::Pg(p) => MIGRATOR.run(p).await,
+                Pool::Sqlite(p) => migrator.run(p).await,
+                Pool::Pg(p) => migrator.run(p).await,
             };
             match r {
                 Ok(()) => return Ok(()),
@@ -203,52 +237,8 @@ impl Limits {
     }
 }
 
-/// The stored form to the form the limiter enforces (a budget without a period is monthly).
-impl From<&Limits> for crate::limits::Limits {
-    fn from(l: &Limits) -> Self {
-        use crate::config::{BudgetConfig, BudgetPeriod as P};
-        crate::limits::Limits {
-            rpm: l.rpm,
-            tpm: l.tpm,
-            max_concurrent: l.max_concurrent,
-            budget: l.budget_usd.map(|amount_usd| BudgetConfig {
-                amount_usd,
-                period: match l.budget_period {
-                    Some(BudgetPeriod::Day) => P::Daily,
-                    Some(BudgetPeriod::Total) => P::None,
-                    Some(BudgetPeriod::Month) | None => P::Monthly,
-                },
-            }),
-        }
-    }
-}
-
-/// The window a budget applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BudgetPeriod {
-    Day,
-    Month,
-    Total,
-}
-
-impl BudgetPeriod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BudgetPeriod::Day => "day",
-            BudgetPeriod::Month => "month",
-            BudgetPeriod::Total => "total",
-        }
-    }
-    pub fn parse(s: &str) -> Option<BudgetPeriod> {
-        match s {
-            "day" => Some(BudgetPeriod::Day),
-            "month" => Some(BudgetPeriod::Month),
-            "total" => Some(BudgetPeriod::Total),
-            _ => None,
-        }
-    }
-}
+/// The window a budget applies to: the config's vocabulary.
+pub use crate::config::BudgetPeriod;
 
 /// Milliseconds since the Unix epoch: the store's one time format.
 pub fn now_ms() -> i64 {
@@ -325,8 +315,9 @@ pub fn civil_from_days(z: i64) -> String {
 /// Everything the running gateway holds of the store.
 pub struct Handle {
     pub db: Store,
-    /// Store keys, cached for the request path.
-    pub keys: KeyCache,
+    /// How long the request path's key cache (`auth::KeyCache`) may answer from a read.
+    pub key_cache_ttl: std::time::Duration,
+    pub stale_if_error: std::time::Duration,
     /// Where the ledger sends usage rows.
     pub usage: UsageSink,
 }
@@ -340,9 +331,14 @@ pub async fn open(
     let url = cfg.url.resolve(env)?;
     let db = Store::connect(url.expose(), cfg.max_connections).await?;
     let (usage, writer) = writer::start(db.clone(), &cfg.usage)?;
-    let keys = KeyCache::new(db.clone(), cfg.key_cache_ttl.0, cfg.stale_if_error.0);
     tracing::info!(backend = db.backend(), "store ready");
-    Ok((Arc::new(Handle { db, keys, usage }), writer))
+    let handle = Handle {
+        db,
+        key_cache_ttl: cfg.key_cache_ttl.0,
+        stale_if_error: cfg.stale_if_error.0,
+        usage,
+    };
+    Ok((Arc::new(handle), writer))
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ pub fn mint_key() -> Minted {
         .collect();
     let plaintext = format!("{KEY_PREFIX}{random}");
     Minted {
-        hash: hex::encode(crate::auth::hash_key(&plaintext)),
+        hash: hex::encode(crate::secret::hash_key(&plaintext)),
         prefix: plaintext[..DISPLAY_PREFIX_LEN].to_owned(),
         plaintext,
     }

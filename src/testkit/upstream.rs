@@ -7,6 +7,10 @@
 //! else a random fault (per `set_random_failure_rate`), else the default fault.
 //! The fault is taken when the request arrives, whatever its route or
 //! credential; then per-token statuses, then the auth check, then routing.
+//! A content fault (`set_content_fault`: the request body contains a marker)
+//! comes before all of these and leaves the queue alone, so one tenant's
+//! request can be made to fail while another's goes through. Headers set with
+//! `set_response_headers` are added to every answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -59,6 +63,18 @@ pub enum Fault {
     TruncatedJson,
     /// Never answer, until the client goes away (or the mock shuts down).
     Hang,
+    /// Answer `status` with exactly these headers (plus a content type: JSON
+    /// if `body` parses, else `text/html`) and `body`: for Retry-After dates,
+    /// odd headers and HTML error pages.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Answer `status` with an OpenAI-shaped error whose message and an
+    /// extra field repeat the credential the request carried (as some
+    /// upstreams do): a canary for credential leaks.
+    EchoCredential { status: u16 },
 }
 
 /// One request as the mock received it.
@@ -82,6 +98,8 @@ struct Knobs {
     default_fault: Option<Fault>,
     auth_check: Option<AuthCheck>,
     token_status: HashMap<String, (u16, Option<u64>)>,
+    content_faults: Vec<(String, Fault)>,
+    response_headers: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -160,6 +178,26 @@ impl MockUpstream {
         lock(&self.shared.knobs).faults.push_back(f);
     }
 
+    /// Requests whose raw body contains `marker` get `fault` (before any
+    /// queued, random or default fault, which stay untouched); `None` removes
+    /// the rule.
+    pub fn set_content_fault(&self, marker: &str, fault: Option<Fault>) {
+        let mut k = lock(&self.shared.knobs);
+        k.content_faults.retain(|(m, _)| m != marker);
+        if let Some(f) = fault {
+            k.content_faults.push((marker.to_owned(), f));
+        }
+    }
+
+    /// Headers added to every answer from now on (an upstream's `set-cookie`,
+    /// `server`, `x-ratelimit-*`, ...). Invalid names or values are skipped.
+    pub fn set_response_headers(&self, headers: &[(&str, &str)]) {
+        lock(&self.shared.knobs).response_headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
     /// Drops all queued faults.
     pub fn clear_faults(&self) {
         lock(&self.shared.knobs).faults.clear();
@@ -190,7 +228,9 @@ impl MockUpstream {
 
     /// Requests whose bearer token, `api-key`/`x-api-key` header or
     /// `access_token` query parameter equals `token` get `status` (with
-    /// `Retry-After` if given). `None` removes the rule.
+    /// `Retry-After` if given; a 429 also says the credential's limit is spent
+    /// with `x-ratelimit-remaining-requests: 0`, as OpenAI does). `None`
+    /// removes the rule.
     pub fn set_token_status(&self, token: &str, status: Option<(u16, Option<u64>)>) {
         let mut k = lock(&self.shared.knobs);
         match status {
@@ -286,6 +326,20 @@ enum Planned {
 }
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let extra = lock(&s.knobs).response_headers.clone();
+    let mut resp = answer(s, req).await;
+    for (k, v) in extra {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+async fn answer(s: Arc<Shared>, req: Request) -> Response {
     let mut guard = FlightGuard::new(s.counters.clone());
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY)
@@ -309,11 +363,16 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
 
     let (queued, default, first_byte, chunk_delay, chunks, auth, token_status) = {
         let mut k = lock(&s.knobs);
+        let by_content = k
+            .content_faults
+            .iter()
+            .find(|(m, _)| memfind(&bytes, m.as_bytes()))
+            .map(|(_, f)| f.clone());
         let token_status = request_tokens(&parts.headers, query.as_deref())
             .into_iter()
             .find_map(|t| k.token_status.get(&t).copied());
         (
-            k.faults.pop_front(),
+            by_content.or_else(|| k.faults.pop_front()),
             k.default_fault.clone(),
             k.first_byte_delay,
             k.chunk_delay,
@@ -343,6 +402,23 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             body,
             retry_after,
         }) => return status_resp(status, body, retry_after, guard),
+        Some(Fault::Respond {
+            status,
+            headers,
+            body,
+        }) => return respond_resp(status, &headers, body, guard),
+        Some(Fault::EchoCredential { status }) => {
+            let token = request_tokens(&parts.headers, query.as_deref())
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let err = json!({"error": {
+                "message": format!("Incorrect API key provided: {token}."),
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key",
+                "received_credential": token}});
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            return json_resp(code, &err, guard);
+        }
         _ => {}
     }
     if let Some((status, retry_after)) = token_status {
@@ -429,6 +505,34 @@ fn status_resp(
     resp
 }
 
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn respond_resp(
+    status: u16,
+    headers: &[(String, String)],
+    body: String,
+    guard: FlightGuard,
+) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let ct = if serde_json::from_str::<Value>(&body).is_ok() {
+        "application/json"
+    } else {
+        "text/html"
+    };
+    let mut resp = full(code, ct, Bytes::from(body), guard);
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
 fn token_status_resp(status: u16, retry_after: Option<u64>, guard: FlightGuard) -> Response {
     let body = match status {
         429 => openai_error(
@@ -443,7 +547,14 @@ fn token_status_resp(status: u16, retry_after: Option<u64>, guard: FlightGuard) 
         ),
         _ => openai_error("Mock status for this credential.", "server_error", None),
     };
-    status_resp(status, body.to_string(), retry_after, guard)
+    let mut resp = status_resp(status, body.to_string(), retry_after, guard);
+    if status == 429 {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderValue::from_static("0"),
+        );
+    }
+    resp
 }
 
 fn plan(method: &Method, path: &str, body: &Value, chunks: Option<usize>) -> Planned {

@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
-use super::records::KeyRecord;
-use super::{now_ms, on_pool, BudgetPeriod, Limits, Store, StoreError, TeamRecord};
-use crate::auth::{Caller, StoreTeam};
+use super::{Caller, StoreTeam};
+use crate::store::{now_ms, Store, StoreError};
 
 struct Entry {
     /// `None`: no usable key with this hash (unknown, revoked or expired when read).
@@ -131,77 +130,17 @@ impl KeyCache {
 
 /// One query: the key and, when its team lives in the store, the team.
 async fn read(store: &Store, hash: [u8; 32]) -> Result<Entry, StoreError> {
-    let sql = "SELECT k.id, k.hash, k.prefix, k.name, k.team, k.models, k.rpm, k.tpm, \
-        k.max_concurrent, k.budget_usd, k.budget_period, k.expires_at, k.revoked_at, \
-        k.rotated_to, k.created_at, k.last_used_at, t.models AS t_models, t.rpm AS t_rpm, \
-        t.tpm AS t_tpm, t.max_concurrent AS t_max_concurrent, t.budget_usd AS t_budget_usd, \
-        t.budget_period AS t_budget_period, t.created_at AS t_created_at, \
-        t.updated_at AS t_updated_at \
-        FROM keys k LEFT JOIN teams t ON t.name = k.team WHERE k.hash = $1";
-    let hex_hash = hex::encode(hash);
-    let found: Option<(KeyRecord, Option<TeamRecord>)> = on_pool!(store, p => {
-        use sqlx::Row;
-        match sqlx::query(sql).bind(&hex_hash).fetch_optional(p).await? {
-            None => None,
-            Some(r) => {
-                let u = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-                let list = |s: &str| serde_json::from_str::<Vec<String>>(s).unwrap_or_default();
-                let key = KeyRecord {
-                    id: r.try_get("id")?,
-                    hash: r.try_get("hash")?,
-                    prefix: r.try_get("prefix")?,
-                    name: r.try_get("name")?,
-                    team: r.try_get("team")?,
-                    models: r.try_get::<Option<String>, _>("models")?.map(|m| list(&m)),
-                    limits: Limits {
-                        rpm: u(r.try_get("rpm")?),
-                        tpm: u(r.try_get("tpm")?),
-                        max_concurrent: u(r.try_get("max_concurrent")?),
-                        budget_usd: r.try_get("budget_usd")?,
-                        budget_period: r
-                            .try_get::<Option<String>, _>("budget_period")?
-                            .as_deref()
-                            .and_then(BudgetPeriod::parse),
-                    },
-                    expires_at: r.try_get("expires_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    rotated_to: r.try_get("rotated_to")?,
-                    created_at: r.try_get("created_at")?,
-                    last_used_at: r.try_get("last_used_at")?,
-                };
-                let team = match r.try_get::<Option<String>, _>("t_models")? {
-                    None => None,
-                    Some(models) => Some(TeamRecord {
-                        name: key.team.clone(),
-                        models: list(&models),
-                        limits: Limits {
-                            rpm: u(r.try_get("t_rpm")?),
-                            tpm: u(r.try_get("t_tpm")?),
-                            max_concurrent: u(r.try_get("t_max_concurrent")?),
-                            budget_usd: r.try_get("t_budget_usd")?,
-                            budget_period: r
-                                .try_get::<Option<String>, _>("t_budget_period")?
-                                .as_deref()
-                                .and_then(BudgetPeriod::parse),
-                        },
-                        created_at: r.try_get("t_created_at")?,
-                        updated_at: r.try_get("t_updated_at")?,
-                    }),
-                };
-                Some((key, team))
-            }
-        }
-    });
+    let found = store.key_by_hash(&hash).await?;
     let caller = found
         .filter(|(k, _)| k.active(now_ms()))
         .map(|(k, team)| Caller {
             key_id: Arc::from(k.id.as_str()),
             team: Arc::from(k.team.as_str()),
             models: k.models.map(Arc::from),
-            key_limits: crate::limits::Limits::from(&k.limits),
+            key_limits: super::limits_of(&k.limits),
             team_limits: team
                 .as_ref()
-                .map(|t| crate::limits::Limits::from(&t.limits))
+                .map(|t| super::limits_of(&t.limits))
                 .unwrap_or_default(),
             store_team: team.map(|t| Arc::new(StoreTeam::from(t))),
             expires_at: k.expires_at,

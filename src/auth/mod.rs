@@ -7,21 +7,25 @@
 //!
 //! Two sources, config keys first: the config file's keys (a `HashMap` built with the snapshot)
 //! and, when a store is configured, keys made through the admin API, read through
-//! [`crate::store::KeyCache`] so the request path does not query the database in steady state.
+//! [`KeyCache`] (this module's) so the request path does not query the database in steady
+//! state. It reads the store and hands the limiter its limits; it must not use the assembled
+//! state (`state`), which is built from it.
 
-use std::collections::HashMap;
+mod key_cache;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, TeamConfig};
 use crate::error::ApiError;
 use crate::limits::Limits;
+pub use crate::secret::hash_key;
 use crate::secret::{EnvSource, SecretRef};
-use crate::state::{AppState, Snapshot};
 use crate::store::TeamRecord;
+pub use key_cache::KeyCache;
 
 /// Who is calling: enough for policy, limits and accounting.
 ///
@@ -69,10 +73,23 @@ impl From<TeamRecord> for StoreTeam {
 
 impl Caller {
     /// The caller's team policy: the store's for store teams, else the config's.
-    pub fn team_policy<'a>(&'a self, snap: &'a Snapshot) -> Option<&'a TeamConfig> {
+    pub fn team_policy<'a>(
+        &'a self,
+        teams: &'a BTreeMap<String, TeamConfig>,
+    ) -> Option<&'a TeamConfig> {
         match &self.store_team {
             Some(t) => Some(&t.policy),
-            None => snap.config.teams.get(self.team.as_ref()),
+            None => teams.get(self.team.as_ref()),
+        }
+    }
+
+    /// The caller as the limiter counts it.
+    pub fn subject(&self) -> crate::limits::Subject<'_> {
+        crate::limits::Subject {
+            key_id: &self.key_id,
+            team: &self.team,
+            key_limits: self.key_limits,
+            team_limits: self.team_limits,
         }
     }
 
@@ -84,25 +101,40 @@ impl Caller {
     }
 }
 
+/// The stored form to the form the limiter enforces (a budget without a period is monthly).
+pub fn limits_of(l: &crate::store::Limits) -> Limits {
+    use crate::config::{BudgetConfig, BudgetPeriod};
+    Limits {
+        rpm: l.rpm,
+        tpm: l.tpm,
+        max_concurrent: l.max_concurrent,
+        budget: l.budget_usd.map(|amount_usd| BudgetConfig {
+            amount_usd,
+            period: l.budget_period.unwrap_or(BudgetPeriod::Monthly),
+        }),
+    }
+}
+
 /// Authenticate from request headers: config keys, then (with a store) store keys.
 pub async fn authenticate(
-    state: &AppState,
-    snap: &Snapshot,
+    keys: &KeyIndex,
+    store_keys: Option<&KeyCache>,
+    teams: &BTreeMap<String, TeamConfig>,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
     let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
     let hash = hash_key(key);
-    if let Some(c) = snap.keys.lookup(&hash) {
+    if let Some(c) = keys.lookup(&hash) {
         return Ok(c);
     }
-    let Some(store) = &state.store else {
+    let Some(store_keys) = store_keys else {
         return Err(ApiError::Unauthorized);
     };
-    match store.keys.lookup(hash).await? {
+    match store_keys.lookup(hash).await? {
         Some(mut c) => {
             // A store key of a config team: the team's limits come from the config.
             if c.store_team.is_none() {
-                if let Some(t) = snap.config.teams.get(c.team.as_ref()) {
+                if let Some(t) = teams.get(c.team.as_ref()) {
                     c.team_limits = Limits::of_team(t);
                 }
             }
@@ -115,10 +147,6 @@ pub async fn authenticate(
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<[u8; 32], Caller>,
-}
-
-pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
 }
 
 impl KeyIndex {

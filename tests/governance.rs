@@ -1,0 +1,400 @@
+//! Governance against a hostile client, through real sockets: output caps in every field the
+//! upstream may read, estimates that cover the whole request, budgets with a bounded overrun and
+//! no refusal while money is left, shared capacity only after authentication and the caller's
+//! own limits, and metric labels a client cannot grow.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{chat, Gateway, DEMO_KEY, DEMO_KEY_SHA256};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tollgate::limits::{BudgetPeriod, Scope};
+use tollgate::testkit::MockUpstream;
+
+fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Memory,
+    Redis,
+}
+
+fn limits_block(backend: Backend) -> String {
+    match backend {
+        Backend::Memory => "limits: { backend: memory }".into(),
+        Backend::Redis => format!(
+            "limits: {{ backend: redis, redis_url: \"{}\", redis_prefix: \"tg-gov-{:016x}:\" }}",
+            redis_url(),
+            rand::random::<u64>()
+        ),
+    }
+}
+
+/// The built-in mock model (priced 1.00 in / 2.00 out per million tokens) with the demo key.
+fn mock_config(team: &str, limits: &str, latency_ms: u64) -> String {
+    format!(
+        r#"
+upstreams:
+  mock: {{ provider: mock, mock: {{ chunks: 2, latency: {latency_ms}ms }} }}
+models:
+  mock-gpt: {{ targets: [ {{ upstream: mock }} ] }}
+teams:
+  demo: {{ models: ["*"] {team} }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+{limits}
+"#
+    )
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    r.json::<Value>()
+        .await
+        .unwrap_or_else(|e| panic!("not JSON: {e}"))
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Every field that caps output is capped.
+
+#[tokio::test]
+async fn no_output_cap_above_the_teams_reaches_the_upstream_in_any_field() {
+    let up = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("mock: {e}"));
+    up.set_recording(true);
+    let cfg = format!(
+        r#"
+credentials:
+  up-key: {{ kind: static, secret: "${{UP_KEY}}" }}
+upstreams:
+  up: {{ provider: openai, base_url: "{}", credential: up-key }}
+models:
+  gpt: {{ targets: [ {{ upstream: up }} ] }}
+teams:
+  demo: {{ models: ["*"], max_tokens: {{ max: 500 }} }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+"#,
+        up.base_url()
+    );
+    let env = HashMap::from([("UP_KEY".to_string(), "k".to_string())]);
+    let gw = Gateway::start_with_env(&cfg, env).await;
+    let asks = [
+        json!({"max_tokens": 10, "max_completion_tokens": 100_000_000}),
+        json!({"max_completion_tokens": 100_000_000}),
+        json!({"max_tokens": 100_000_000, "max_completion_tokens": 20}),
+        json!({"max_tokens": 100_000_000}),
+        json!({}),
+        json!({"max_tokens": null, "max_completion_tokens": 7}),
+    ];
+    for ask in &asks {
+        let mut body = chat("gpt", "hello there", false);
+        if let (Some(b), Some(a)) = (body.as_object_mut(), ask.as_object()) {
+            b.extend(a.clone());
+        }
+        let r = gw.post("/v1/chat/completions", body).await;
+        assert_eq!(r.status(), 200, "{ask}");
+    }
+    let got = up.received();
+    assert_eq!(got.len(), asks.len());
+    for (ask, rec) in asks.iter().zip(&got) {
+        let caps: Vec<u64> = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .filter_map(|f| rec.body.get(*f).and_then(Value::as_u64))
+            .collect();
+        assert!(!caps.is_empty(), "no cap went upstream for {ask}");
+        assert!(caps.iter().all(|c| *c <= 500), "{ask} -> {}", rec.body);
+        assert!(
+            caps.windows(2).all(|w| w[0] == w[1]),
+            "{ask} -> {}",
+            rec.body
+        );
+    }
+    // The smaller of the client's two numbers is the one kept.
+    assert_eq!(got[0].body["max_completion_tokens"], 10);
+    assert_eq!(got[2].body["max_tokens"], 20);
+    assert_eq!(got[4].body["max_tokens"], 500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The estimate covers the whole request; a request that can never fit is not retried.
+
+#[tokio::test]
+async fn n_best_of_and_token_ids_count_and_a_request_that_never_fits_says_do_not_retry() {
+    let gw = Gateway::start(&mock_config(
+        ", tokens_per_minute: 1000",
+        &limits_block(Backend::Memory),
+        300,
+    ))
+    .await;
+    // 100 completion tokens, fine once; 20 completions of them can never fit 1,000 a minute.
+    let mut one = chat("mock-gpt", "hi", false);
+    one["max_tokens"] = json!(100);
+    let r = gw.post("/v1/chat/completions", one.clone()).await;
+    assert_eq!(r.status(), 200);
+    let mut twenty = one.clone();
+    twenty["n"] = json!(20);
+    let too_large = [
+        ("/v1/chat/completions", twenty),
+        (
+            "/v1/completions",
+            json!({"model": "mock-gpt", "prompt": "hi", "max_tokens": 100, "best_of": 20}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "mock-gpt", "prompt": (0..1500).collect::<Vec<u32>>(), "max_tokens": 1}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "mock-gpt", "input": [(0..1500).collect::<Vec<u32>>()]}),
+        ),
+    ];
+    for (path, body) in too_large {
+        let r = gw.post(path, body).await;
+        assert_eq!(r.status(), 429, "{path}");
+        assert_eq!(header(&r, "x-should-retry").as_deref(), Some("false"));
+        assert_eq!(header(&r, "retry-after"), None, "{path}");
+        let v = json_of(r).await;
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Request too large")),
+            "{v}"
+        );
+    }
+    // Two that fit the limit alone but not together: the second only has to wait, and is told
+    // when to come back.
+    let mut big = chat("mock-gpt", "hi", false);
+    big["max_tokens"] = json!(600);
+    let (a, b) = tokio::join!(
+        gw.post("/v1/chat/completions", big.clone()),
+        gw.post("/v1/chat/completions", big)
+    );
+    let waited: Vec<_> = [&a, &b].into_iter().filter(|r| r.status() == 429).collect();
+    assert_eq!(waited.len(), 1, "{} {}", a.status(), b.status());
+    assert_eq!(header(waited[0], "x-should-retry"), None);
+    assert!(header(waited[0], "retry-after").is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Budgets: no refusal while money is left, and a bounded overrun under parallel clients.
+
+/// Nano-dollars of a mock answer's usage at the built-in price (1.00 / 2.00 per million).
+fn cost_nanos(v: &Value) -> u64 {
+    let p = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    let c = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    p * 1000 + c * 2000
+}
+
+async fn spend_nanos(gw: &Gateway) -> u64 {
+    let usd = gw
+        .state
+        .snapshot
+        .load()
+        .limiter
+        .spend_usd(Scope::Team, "demo", BudgetPeriod::Monthly)
+        .await
+        .unwrap_or_else(|e| panic!("spend: {e}"));
+    (usd * 1e9).round() as u64
+}
+
+async fn budget_on_the_remainder(backend: Backend) {
+    // With no max_tokens, one request's estimate is 1,024 completion tokens: $0.002048, four
+    // times the whole budget. Each real answer costs a few hundredths of that.
+    let budget_nanos: u64 = 500_000;
+    let gw = Arc::new(
+        Gateway::start(&mock_config(
+            &format!(
+                ", budget: {{ amount_usd: {}, period: monthly }}",
+                budget_nanos as f64 / 1e9
+            ),
+            &limits_block(backend),
+            20,
+        ))
+        .await,
+    );
+    // The first call is admitted although its estimate alone is larger than the budget.
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            chat("mock-gpt", "hello there", false),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", json_of(r).await);
+
+    // 16 parallel clients call until the budget is spent: the remainder goes to one request at a
+    // time, the others are refused meanwhile.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut costs = Vec::new();
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                let text = format!("client {i} asks a question of a few words");
+                let r = gw
+                    .post("/v1/chat/completions", chat("mock-gpt", &text, false))
+                    .await;
+                match r.status().as_u16() {
+                    200 => costs.push(cost_nanos(&json_of(r).await)),
+                    429 => {
+                        let v = json_of(r).await;
+                        assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
+                        if spend_nanos(&gw).await >= budget_nanos {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    s => panic!("unexpected {s}: {}", json_of(r).await),
+                }
+            }
+            costs
+        }));
+    }
+    let mut costs = Vec::new();
+    for t in tasks {
+        costs.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let max_one = costs.iter().copied().max().unwrap_or(0);
+    assert!(max_one > 0 && costs.len() >= 2, "{} answers", costs.len());
+    // Spend settles in the background on Redis: wait until it stops moving.
+    let mut spent = spend_nanos(&gw).await;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = spend_nanos(&gw).await;
+        if now == spent && now >= budget_nanos {
+            break;
+        }
+        spent = now;
+    }
+    assert!(
+        spent >= budget_nanos,
+        "money was left: {spent} of {budget_nanos}"
+    );
+    assert!(
+        spent <= budget_nanos + max_one,
+        "overrun beyond one request: spent {spent}, budget {budget_nanos}, largest {max_one}"
+    );
+}
+
+#[tokio::test]
+async fn memory_budget_admits_on_the_remainder_one_request_at_a_time() {
+    budget_on_the_remainder(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn redis_budget_admits_on_the_remainder_one_request_at_a_time() {
+    budget_on_the_remainder(Backend::Redis).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Shared in-flight slots are taken only after authentication and the caller's own limits.
+
+#[tokio::test]
+async fn a_caller_trickling_bodies_holds_no_shared_slot() {
+    let cfg = format!(
+        r#"
+server: {{ max_in_flight: 3, body_read_timeout: 30s }}
+upstreams:
+  mock: {{ provider: mock, mock: {{ chunks: 2, latency: 10ms }} }}
+models:
+  mock-gpt: {{ targets: [ {{ upstream: mock }} ] }}
+teams:
+  greedy: {{ models: ["*"], max_concurrent: 1 }}
+  other: {{ models: ["*"] }}
+keys:
+  - {{ name: greedy, team: greedy, sha256: {} }}
+  - {{ name: other, team: other, sha256: {DEMO_KEY_SHA256} }}
+"#,
+        common::sha256_hex("sk-greedy")
+    );
+    let gw = Gateway::start(&cfg).await;
+    // The greedy key opens more requests than there are slots and sends half of each body.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gw.addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\
+                    authorization: Bearer sk-greedy\r\ncontent-type: application/json\r\n\
+                    content-length: 100\r\n\r\n{\"model\":";
+        s.write_all(head.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        held.push(s);
+    }
+    // A round trip on another connection: the heads above have been read by now.
+    let r = gw
+        .client
+        .get(gw.url("/health"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    for _ in 0..5 {
+        let r = gw
+            .post_with_key(
+                "/v1/chat/completions",
+                DEMO_KEY,
+                chat("mock-gpt", "hi", false),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", json_of(r).await);
+    }
+    drop(held);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Labels come from config: made-up model names do not grow /metrics.
+
+#[tokio::test]
+async fn made_up_model_names_never_become_metric_labels() {
+    let gw = Gateway::start(&mock_config("", "", 0)).await;
+    let r = gw
+        .post("/v1/chat/completions", chat("mock-gpt", "hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
+    for i in 0..200 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                chat(
+                    &format!("made-up-{i:04}-{:x}", rand::random::<u64>()),
+                    "hi",
+                    false,
+                ),
+            )
+            .await;
+        assert_eq!(r.status(), 404);
+    }
+    let text = gw
+        .client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        !text.contains("made-up-"),
+        "a client's model name is a label"
+    );
+    assert!(text.contains("model=\"unknown\""), "{text}");
+    assert!(text.contains("model=\"mock-gpt\""), "{text}");
+}
