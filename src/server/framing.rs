@@ -20,7 +20,9 @@
 //! hyper would refuse a chunk line, the guard passes the bytes up to that point and then fails
 //! the read, so the two can never disagree on where a message ends while the connection lives.
 //! The only stream it passes through untouched is HTTP/2 prior knowledge (the full preface at
-//! the start of the connection).
+//! the start of the connection). No route upgrades a connection (101, or 2xx to CONNECT); one
+//! that did would need to switch the guard to pass-through, or it would read the upgraded bytes
+//! as HTTP/1.
 //!
 //! On the write side it holds the write deadline ([`Guarded::with_write_timeout`]): a client that
 //! stops reading cannot keep a response (and the memory behind it) forever.
