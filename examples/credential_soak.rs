@@ -71,6 +71,7 @@ keys:
     let opts = ServeOptions {
         header_read_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(5),
+        ..ServeOptions::from_config(&snapshot.config.server)
     };
     let state = AppState::new(snapshot);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

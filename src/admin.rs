@@ -1,8 +1,8 @@
 //! The admin API: `/admin/*` on the main listener, behind the admin key.
 //!
 //! The admin key is separate from client keys (config `admin.key`, an `${ENV}`/`file:`
-//! reference or a SHA-256); without one configured every admin route answers 404, so an admin
-//! surface is never open by accident. Each concern adds its routes to [`router`]; this module owns
+//! reference or a SHA-256); without one configured every admin route answers 404, whatever the
+//! method, so an admin surface is never open (or even visible) by accident. Each concern adds its routes to [`router`]; this module owns
 //! the gate, the route table, and the thin handlers over [`crate::store`]'s operations (keys,
 //! teams, usage, audit), which check requests against the config (teams and models exist) and
 //! drop changed keys from this replica's key cache at once. Without a store those routes answer
@@ -49,6 +49,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/usage", get(usage))
         .route("/admin/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+/// Whether `path` is an admin path that must look unknown: no admin key is configured. The app
+/// asks before routing, so `POST /admin/status` is a 404 like any unknown path rather than a 405
+/// telling that the route exists.
+pub fn hidden(state: &AppState, path: &str) -> bool {
+    (path == "/admin" || path.starts_with("/admin/")) && state.snapshot.load().admin.is_none()
 }
 
 /// Drop a key changed through this replica from the request path's cache at once.

@@ -1,7 +1,8 @@
 //! The one route table and the middleware order, written once.
 //!
 //! [`router`] is what the server runs and what tests call. Authentication is on for every
-//! `/v1` route; the only unauthenticated routes are `/health`, `/ready` and `/metrics`. Unknown
+//! `/v1` route; the only unauthenticated routes are `/health`, `/ready` and `/metrics` (which
+//! takes `server.metrics_key` when set, and can move to its own listener). Unknown
 //! routes and wrong methods answer OpenAI-shaped 404/405. This module does not relay anything
 //! itself: `/v1` handlers hand off to [`crate::proxy::handle`].
 
@@ -26,7 +27,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state);
-    let mut app = Router::new()
+    let hide = middleware::from_fn_with_state(state.clone(), hide_admin);
+    let routes = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -41,7 +43,11 @@ pub fn router(state: AppState) -> Router {
     // Layers run outside-in in the reverse of the order they are added here:
     // 1. request id (outermost: every answer, even a CORS or framing error, carries it);
     // 2. framing checks (conflicting Content-Length / Transfer-Encoding are refused);
-    // 3. CORS (answers preflights before anything else runs).
+    // 3. CORS (answers preflights before anything else runs);
+    // 4. admin hiding (without an admin key `/admin/*` is an unknown path, any method). It must
+    //    run before routing (a route's layers run after the wrong-method answer is chosen and
+    //    its `Allow` header added), so the route table sits behind it as one service.
+    let mut app = Router::new().fallback_service(routes).layer(hide);
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
@@ -94,15 +100,43 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
-    (
+/// `/metrics` on the main listener: an unknown route when `server.metrics_listen` moves it.
+async fn metrics(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    if s.snapshot.load().config.server.metrics_listen.is_some() {
+        return Err(ApiError::RouteNotFound {
+            path: "/metrics".into(),
+        });
+    }
+    render_metrics(&s, &req)
+}
+
+/// The Prometheus text, behind `server.metrics_key` when one is set.
+fn render_metrics(s: &AppState, req: &Request) -> Result<Response, ApiError> {
+    if let Some(key) = &s.snapshot.load().metrics_key {
+        key.authenticate(req.headers())?;
+    }
+    Ok((
         [(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
         s.metrics.render(),
     )
-        .into_response()
+        .into_response())
+}
+
+/// `/metrics` alone, for its own listener (`server.metrics_listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    async fn own(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+        render_metrics(&s, &req)
+    }
+    Router::new()
+        .route("/metrics", get(own))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(framing))
+        .layer(middleware::from_fn(request_id))
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -115,6 +149,15 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::MethodNotAllowed {
         method: req.method().to_string(),
     }
+}
+
+/// Without an admin key, `/admin/*` is an unknown path whatever the method: answered before
+/// routing, so no 405 (and no `Allow` header) tells that the route exists.
+async fn hide_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if crate::admin::hidden(&s, req.uri().path()) {
+        return not_found(req).await.into_response();
+    }
+    next.run(req).await
 }
 
 /// Accept a sane client `x-request-id` or make one; put it on the request and the answer.
@@ -134,15 +177,17 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// Refuse ambiguous framing (request smuggling): both Content-Length and Transfer-Encoding, or
-/// several Content-Length values.
+/// Refuse ambiguous framing (request smuggling): both Content-Length and Transfer-Encoding,
+/// several Content-Length values, or a head the framing guard marked (bare LF line ends, an
+/// overlong line, a Content-Length that is not one plain number; see [`crate::server::framing`]).
 async fn framing(req: Request<Body>, next: Next) -> Response {
     let h = req.headers();
     let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
     let marked = h.contains_key(crate::server::framing::MARK);
     if marked || lengths > 1 || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING)) {
         let mut resp = ApiError::invalid(
-            "conflicting Content-Length / Transfer-Encoding headers",
+            "ambiguous request framing: conflicting Content-Length / Transfer-Encoding, \
+             a bare LF line end or an overlong header line",
             None,
         )
         .into_response();

@@ -533,6 +533,32 @@ async fn serve(
     let state = AppState::with_store(snapshot, store.clone());
     let stop_watch = tokio_util::sync::CancellationToken::new();
     crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
+    // `/metrics` on its own listener, stopped when the main one has drained.
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match server_cfg.metrics_listen {
+        None => None,
+        Some(maddr) => match tokio::net::TcpListener::bind(maddr).await {
+            Ok(l) => {
+                tracing::info!(addr = %maddr, "metrics listening");
+                Some(tokio::spawn(server::serve(
+                    l,
+                    crate::app::metrics_router(state.clone()),
+                    ServeOptions {
+                        // A scraper or two: no need for the main listener's budget.
+                        max_connections: 64,
+                        ..ServeOptions::from_config(&server_cfg)
+                    },
+                    async {
+                        let _ = metrics_stopped.await;
+                    },
+                )))
+            }
+            Err(e) => {
+                tracing::error!(addr = %maddr, error = %e, "cannot listen (server.metrics_listen)");
+                return 1;
+            }
+        },
+    };
     if let Some(f) = addr_file {
         if let Err(e) = std::fs::write(&f, &bound) {
             tracing::error!(file = %f.display(), error = %e, "cannot write addr file");
@@ -540,11 +566,12 @@ async fn serve(
         }
     }
     let router = crate::app::router(state.clone());
-    let opts = ServeOptions {
-        header_read_timeout: server_cfg.header_read_timeout.0,
-        shutdown_grace: server_cfg.shutdown_grace.0,
-    };
+    let opts = ServeOptions::from_config(&server_cfg);
     server::serve(listener, router, opts, shutdown).await;
+    let _ = metrics_stop.send(());
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     stop_watch.cancel();
     if let Err(e) = state.snapshot.load().limiter.flush() {
         tracing::warn!(error = %e, "limits state not saved");

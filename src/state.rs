@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub keys: KeyIndex,
     /// The admin key; `None` closes `/admin`.
     pub admin: Option<KeyIndex>,
+    /// The key `/metrics` requires; `None` leaves it open.
+    pub metrics_key: Option<KeyIndex>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Upstream credentials by name (their background tasks live as long as this snapshot).
     pub credentials: BTreeMap<String, Arc<Credential>>,
@@ -48,6 +50,7 @@ impl Snapshot {
         config.validate(env).map_err(|e| e.to_string())?;
         let keys = KeyIndex::from_config(&config, env)?;
         let admin = KeyIndex::admin(&config, env)?;
+        let metrics_key = KeyIndex::metrics(&config, env)?;
         // The limiter's counters survive a reload unless `limits:` itself changed.
         let limiter = Arc::new(match previous {
             Some(p) if p.config.limits == config.limits => p.limiter.reconfigured(&config),
@@ -123,6 +126,7 @@ impl Snapshot {
             config,
             keys,
             admin,
+            metrics_key,
             upstreams,
             credentials,
             routes,

@@ -46,6 +46,10 @@ pub mod names {
     pub const USAGE_ROWS: &str = "tollgate_usage_rows_total";
     pub const USAGE_QUEUE: &str = "tollgate_usage_queue_depth";
     pub const USAGE_WRITE_ERRORS: &str = "tollgate_usage_write_errors_total";
+    /// Client connections open now.
+    pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
+    /// Client connections the server closed, by `reason` (no_request / idle / write_timeout).
+    pub const CONNECTIONS_CLOSED: &str = "tollgate_connections_closed_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.

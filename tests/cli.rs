@@ -91,3 +91,27 @@ fn a_literal_secret_is_a_warning_not_an_error() {
         "the warning must not print the secret: {err}"
     );
 }
+
+#[test]
+fn dangerous_forwarding_and_a_shared_admin_key_are_refused() {
+    let cases = [
+        (
+            GOOD.replace(
+                "credentials:",
+                "server: { forward_headers: [accept, transfer-encoding] }\ncredentials:",
+            ),
+            "server.forward_headers[1]: 'transfer-encoding' may not be forwarded",
+        ),
+        (
+            format!(
+                "{GOOD}keys:\n  - {{ name: k, team: t, key: \"${{TG_UP}}\" }}\nadmin: {{ key: \"${{TG_UP}}\" }}\n"
+            ),
+            "admin.key: is the same key as keys[0]",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let (code, out, err) = check(&yaml, &[("TG_UP", "secret")]);
+        assert_eq!(code, 64, "{out}{err}");
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+    }
+}

@@ -183,6 +183,22 @@ impl KeyIndex {
         }))
     }
 
+    /// The `/metrics` key (`server.metrics_key`), if configured, as an index of one.
+    pub fn metrics(cfg: &Config, env: &dyn EnvSource) -> Result<Option<KeyIndex>, String> {
+        let Some(k) = &cfg.server.metrics_key else {
+            return Ok(None);
+        };
+        let hash = hash_key(k.resolve(env)?.expose());
+        let caller = Caller {
+            key_id: Arc::from("metrics"),
+            team: Arc::from("metrics"),
+            ..Caller::default()
+        };
+        Ok(Some(KeyIndex {
+            by_hash: HashMap::from([(hash, caller)]),
+        }))
+    }
+
     /// Authenticate from request headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;

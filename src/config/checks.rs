@@ -292,3 +292,87 @@ pub(super) fn check_placement(p: &Placement, path: &str) -> Result<(), ConfigErr
         _ => Ok(()),
     }
 }
+
+/// Client headers that may never be forwarded upstream: hop-by-hop headers (they describe this
+/// connection, and forwarding them is how framing is desynchronised), and credentials (the
+/// upstream gets Tollgate's own credential, never the client's key or cookies).
+const NEVER_FORWARDED: &[(&str, &str)] = &[
+    ("connection", "hop-by-hop"),
+    ("keep-alive", "hop-by-hop"),
+    ("proxy-connection", "hop-by-hop"),
+    ("transfer-encoding", "hop-by-hop"),
+    ("te", "hop-by-hop"),
+    ("trailer", "hop-by-hop"),
+    ("upgrade", "hop-by-hop"),
+    ("content-length", "hop-by-hop"),
+    ("host", "hop-by-hop"),
+    ("proxy-authorization", "credential"),
+    ("authorization", "credential"),
+    ("api-key", "credential"),
+    ("x-api-key", "credential"),
+    ("cookie", "credential"),
+];
+
+pub(super) fn check_forward_headers(headers: &[String]) -> Result<(), ConfigError> {
+    for (i, h) in headers.iter().enumerate() {
+        let path = format!("server.forward_headers[{i}]");
+        let lower = h.trim().to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(err(path, format!("'{h}' is not a header name")));
+        }
+        if let Some((_, why)) = NEVER_FORWARDED.iter().find(|(n, _)| *n == lower) {
+            return Err(err(
+                path,
+                format!("'{h}' may not be forwarded: it is a {why} header"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The SHA-256 of a key given as a hex hash or a secret reference, when it can be had.
+fn key_sha256(
+    sha256: &Option<String>,
+    key: &Option<SecretRef>,
+    env: &dyn EnvSource,
+) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    match (sha256, key) {
+        (Some(h), _) => hex::decode(h.trim()).ok()?.try_into().ok(),
+        (None, Some(r)) => {
+            Some(sha2::Sha256::digest(r.resolve(env).ok()?.expose().as_bytes()).into())
+        }
+        (None, None) => None,
+    }
+}
+
+/// The admin key must not also be a client key: a client key leaking would then open the admin
+/// API. Compared by hash, so a `sha256:` client key and a `key:` admin key are compared too.
+pub(super) fn check_admin_key_is_not_a_client_key(
+    cfg: &Config,
+    env: &dyn EnvSource,
+) -> Result<(), ConfigError> {
+    let Some(admin) = &cfg.admin else {
+        return Ok(());
+    };
+    let Some(admin_hash) = key_sha256(&admin.sha256, &admin.key, env) else {
+        return Ok(());
+    };
+    for (i, k) in cfg.keys.iter().enumerate() {
+        if key_sha256(&k.sha256, &k.key, env).is_some_and(|h| h == admin_hash) {
+            let field = if admin.key.is_some() {
+                "admin.key"
+            } else {
+                "admin.sha256"
+            };
+            return Err(err(
+                field,
+                format!(
+                    "is the same key as keys[{i}] ('{}'): the admin key must be its own",
+                    k.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -16,7 +16,10 @@ use serde::Deserialize;
 use crate::secret::{EnvSource, SecretRef};
 
 mod checks;
-use checks::{check_credential, check_key_source, check_limits};
+use checks::{
+    check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
+    check_limits, check_secret,
+};
 mod credentials;
 mod limits;
 mod store;
@@ -140,6 +143,45 @@ pub struct ServerConfig {
     /// Largest non-stream upstream response body Tollgate will relay.
     pub max_response_bytes: usize,
     pub cors: CorsConfig,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
+    /// HTTP/2 alike); a connection's first request must come within `header_read_timeout`.
+    pub idle_timeout: Dur,
+    /// A write to a client that stays blocked this long (the client stopped reading) fails the
+    /// connection and releases the response it held.
+    pub write_timeout: Dur,
+    /// Open client connections at most; at the cap the listener stops accepting until one
+    /// closes. Unset: half the process's open-file limit (`ulimit -n`).
+    pub max_connections: Option<usize>,
+    /// HTTP/2 connection limits.
+    pub http2: Http2Config,
+    /// A bearer key `/metrics` requires (`${ENV}` or `file:` reference); unset: open.
+    pub metrics_key: Option<SecretRef>,
+    /// Serve `/metrics` on this address only (not on `listen`); read at start.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams (requests) one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Ping an HTTP/2 client this often to find dead peers during long streams.
+    pub keep_alive_interval: Dur,
+    /// A ping unanswered this long closes the connection.
+    pub keep_alive_timeout: Dur,
+    /// Largest header list (decoded) one request may send.
+    pub max_header_list_size: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            keep_alive_interval: secs(30),
+            keep_alive_timeout: secs(10),
+            max_header_list_size: 64 * 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -154,6 +196,12 @@ impl Default for ServerConfig {
             forward_headers: vec!["accept".into(), "user-agent".into(), "openai-beta".into()],
             max_response_bytes: 64 * 1024 * 1024,
             cors: CorsConfig::default(),
+            idle_timeout: secs(60),
+            write_timeout: secs(30),
+            max_connections: None,
+            http2: Http2Config::default(),
+            metrics_key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -234,25 +282,36 @@ impl Config {
         if s.max_in_flight == 0 {
             return Err(err("server.max_in_flight", "must be greater than 0"));
         }
+        if s.max_connections == Some(0) {
+            return Err(err("server.max_connections", "must be greater than 0"));
+        }
+        if s.idle_timeout.0.is_zero() {
+            return Err(err("server.idle_timeout", "must be greater than 0"));
+        }
+        if s.write_timeout.0.is_zero() {
+            return Err(err("server.write_timeout", "must be greater than 0"));
+        }
+        if s.http2.max_concurrent_streams == 0 {
+            return Err(err(
+                "server.http2.max_concurrent_streams",
+                "must be greater than 0",
+            ));
+        }
         if s.cors.allow_credentials && s.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(err(
                 "server.cors.allowed_origins",
                 "'*' cannot be combined with allow_credentials: list the origins",
             ));
         }
-        for (i, h) in s.forward_headers.iter().enumerate() {
-            let lower = h.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
-                || matches!(
-                    lower.as_str(),
-                    "authorization" | "x-api-key" | "cookie" | "host" | "content-length"
-                )
-            {
-                return Err(err(
-                    format!("server.forward_headers[{i}]"),
-                    format!("'{h}' may not be forwarded"),
-                ));
-            }
+        check_forward_headers(&s.forward_headers)?;
+        if let Some(k) = &s.metrics_key {
+            check_secret(k, "server.metrics_key", env, &mut warnings)?;
+        }
+        if s.metrics_listen.is_some_and(|a| a == s.listen) {
+            return Err(err(
+                "server.metrics_listen",
+                "must differ from server.listen",
+            ));
         }
         for (name, c) in &self.credentials {
             let path = format!("credentials.{name}");
@@ -394,6 +453,7 @@ impl Config {
                 &k.budget,
             )?;
         }
+        check_admin_key_is_not_a_client_key(self, env)?;
         self.validate_limits(env, &mut warnings)?;
         Ok(warnings)
     }

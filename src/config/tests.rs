@@ -134,3 +134,104 @@ credentials:
     let e = validate(&bad, &env).err().unwrap_or_default();
     assert_eq!(e, "credentials.pool.members[0]: pools do not nest");
 }
+
+#[test]
+fn connection_limits_are_validated_with_field_paths() {
+    for (server, path) in [
+        ("max_connections: 0", "server.max_connections"),
+        ("idle_timeout: 0s", "server.idle_timeout"),
+        ("write_timeout: 0s", "server.write_timeout"),
+        (
+            "http2: { max_concurrent_streams: 0 }",
+            "server.http2.max_concurrent_streams",
+        ),
+    ] {
+        let t = format!("server: {{ {server} }}\n{BASE}");
+        assert!(
+            check(&t).is_err_and(|e| e.starts_with(path)),
+            "{server}: {:?}",
+            check(&t)
+        );
+    }
+    let t = format!("server: {{ http2: {{ max_streams: 5 }} }}\n{BASE}");
+    assert!(check(&t).is_err_and(|e| e.contains("server.http2") && e.contains("max_streams")));
+    let c = Config::parse(BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.server.idle_timeout, secs(60));
+    assert_eq!(c.server.max_connections, None);
+}
+
+#[test]
+fn dangerous_forward_headers_are_refused_with_their_index() {
+    for (i, h) in [
+        "connection",
+        "Transfer-Encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-authorization",
+        "authorization",
+        "api-key",
+        "X-Api-Key",
+        "cookie",
+        "host",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let t = format!("server: {{ forward_headers: [accept, {h}] }}\n{BASE}");
+        let e = check(&t).err().unwrap_or_default();
+        assert!(
+            e.starts_with("server.forward_headers[1]: ") && e.contains("may not be forwarded"),
+            "{i} {h}: {e}"
+        );
+    }
+    let t = format!("server: {{ forward_headers: [accept, x-team-trace] }}\n{BASE}");
+    assert!(check(&t).is_ok());
+}
+
+#[test]
+fn the_admin_key_may_not_be_a_client_key() {
+    let env = HashMap::from([
+        ("K".to_string(), "sk-same".to_string()),
+        ("A".to_string(), "sk-same".to_string()),
+    ]);
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"sk-same"));
+    // Same key through two references, and a hash against a reference.
+    for (key, admin) in [
+        ("key: \"${K}\"", "key: \"${A}\"".to_string()),
+        ("key: \"${K}\"", format!("sha256: {hash}")),
+        (
+            &*format!("sha256: {}", hash.to_uppercase()),
+            "key: \"${A}\"".to_string(),
+        ),
+    ] {
+        let t = format!(
+            "{BASE}keys:\n  - {{ name: k0, team: t, sha256: {} }}\n  - {{ name: k1, team: t, {key} }}\nadmin: {{ {admin} }}\n",
+            "b".repeat(64)
+        );
+        let e = validate(&t, &env).err().unwrap_or_default();
+        assert!(e.starts_with("admin."), "{key} / {admin}: {e}");
+        assert!(e.contains("keys[1]") && !e.contains("sk-same"), "{e}");
+    }
+    let env = HashMap::from([
+        ("K".to_string(), "sk-client".to_string()),
+        ("A".to_string(), "sk-admin".to_string()),
+    ]);
+    let t = format!(
+        "{BASE}keys:\n  - {{ name: k1, team: t, key: \"${{K}}\" }}\nadmin: {{ key: \"${{A}}\" }}\n"
+    );
+    assert!(validate(&t, &env).is_ok());
+}
+
+#[test]
+fn the_metrics_key_and_listener_are_checked() {
+    let t = format!("server: {{ metrics_key: \"${{NOPE}}\" }}\n{BASE}");
+    assert!(check(&t).is_err_and(|e| e.starts_with("server.metrics_key: ")));
+    let t = format!(
+        "server: {{ listen: \"127.0.0.1:9000\", metrics_listen: \"127.0.0.1:9000\" }}\n{BASE}"
+    );
+    assert!(check(&t).is_err_and(|e| e.starts_with("server.metrics_listen: ")));
+    let t = format!("server: {{ metrics_listen: \"127.0.0.1:9100\" }}\n{BASE}");
+    assert!(check(&t).is_ok());
+}

@@ -1,12 +1,19 @@
 //! The listener: accept loop, per-connection settings, graceful shutdown.
 //!
-//! Every accepted socket gets `TCP_NODELAY` and a header read deadline (slow clients cannot hold
-//! connections open). On shutdown the listener closes at once; connections in flight, streams
-//! included, get the grace period to finish, then the rest are dropped.
+//! Every accepted socket gets `TCP_NODELAY`, the framing guard ([`framing`]) and a watcher
+//! ([`conn`]) that closes it when it does nothing: no first request within
+//! `header_read_timeout` of accept, or no request in flight for `idle_timeout`. A write blocked
+//! past `write_timeout` (a client that stopped reading) fails its connection. Open connections
+//! are capped (`max_connections`): at the cap the loop stops accepting until one closes, so a
+//! flood of idle sockets queues in the kernel's backlog instead of exhausting file descriptors.
+//! On shutdown the listener closes at once; connections in flight, streams included, get the
+//! grace period to finish, then the rest are dropped.
 
+pub mod conn;
 pub mod framing;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,10 +22,55 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{Http2Config, ServerConfig};
+use crate::telemetry::names;
 
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// One write to a client may stay blocked this long before the connection is failed.
+    pub write_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Open connections at most (resolved: never 0).
+    pub max_connections: usize,
+    pub http2: Http2Config,
+}
+
+impl ServeOptions {
+    /// The listener's settings from the config; an unset `max_connections` becomes half the
+    /// process's open-file limit.
+    pub fn from_config(s: &ServerConfig) -> ServeOptions {
+        ServeOptions {
+            header_read_timeout: s.header_read_timeout.0,
+            idle_timeout: s.idle_timeout.0,
+            write_timeout: s.write_timeout.0,
+            shutdown_grace: s.shutdown_grace.0,
+            max_connections: s
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(open_file_limit())),
+            http2: s.http2.clone(),
+        }
+    }
+}
+
+/// Half the open-file limit (the rest is for upstream connections, the store, logs), at least 1.
+fn default_max_connections(nofile: Option<u64>) -> usize {
+    let half = nofile.unwrap_or(1024) / 2;
+    usize::try_from(half).unwrap_or(usize::MAX).max(1)
+}
+
+/// The soft `RLIMIT_NOFILE`; `None` when unlimited or unknown.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then drain for the grace period.
@@ -34,10 +86,38 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.http2.max_concurrent_streams)
+        .keep_alive_interval(opts.http2.keep_alive_interval.0)
+        .keep_alive_timeout(opts.http2.keep_alive_timeout.0)
+        .max_header_list_size(opts.http2.max_header_list_size);
+    let nofile = open_file_limit();
+    tracing::info!(
+        max_connections = opts.max_connections,
+        open_file_limit = nofile.unwrap_or(0),
+        "connection cap"
+    );
+    if nofile.is_some_and(|n| opts.max_connections as u64 >= n) {
+        tracing::warn!(
+            max_connections = opts.max_connections,
+            open_file_limit = nofile.unwrap_or(0),
+            "server.max_connections is not below the open-file limit: accept may fail with EMFILE"
+        );
+    }
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting until a connection closes: new sockets wait in the backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -51,12 +131,29 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let io = TokioIo::new(framing::Guarded::new(stream));
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        let conn = graceful.watch(conn.into_owned());
+        let activity = conn::Activity::new();
+        let service =
+            TowerToHyperService::new(conn::Tracked::new(router.clone(), activity.clone()));
+        let io = TokioIo::new(framing::Guarded::new(stream).with_write_timeout(opts.write_timeout));
+        let served = builder.serve_connection_with_upgrades(io, service);
+        let served = graceful.watch(served.into_owned());
+        let (header_read_timeout, idle_timeout, write_timeout) = (
+            opts.header_read_timeout,
+            opts.idle_timeout,
+            opts.write_timeout,
+        );
+        metrics::gauge!(names::CONNECTIONS_OPEN).increment(1.0);
         tokio::spawn(async move {
-            let _ = conn.await;
+            conn::watch(
+                served,
+                activity,
+                header_read_timeout,
+                idle_timeout,
+                write_timeout,
+            )
+            .await;
+            metrics::gauge!(names::CONNECTIONS_OPEN).decrement(1.0);
+            drop(permit);
         });
     }
     drop(listener);
@@ -99,5 +196,18 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_cap_is_half_the_open_file_limit() {
+        assert_eq!(default_max_connections(Some(20_000)), 10_000);
+        assert_eq!(default_max_connections(Some(256)), 128);
+        assert_eq!(default_max_connections(Some(1)), 1);
+        assert_eq!(default_max_connections(None), 512);
     }
 }

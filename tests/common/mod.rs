@@ -41,10 +41,7 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => panic!("test config is invalid: {e}"),
         };
-        let opts = ServeOptions {
-            header_read_timeout: snapshot.config.server.header_read_timeout.0,
-            shutdown_grace: snapshot.config.server.shutdown_grace.0,
-        };
+        let opts = ServeOptions::from_config(&snapshot.config.server);
         let (store, writer) = match &snapshot.config.store {
             None => (None, None),
             Some(cfg) => match tollgate::store::open(cfg, &env).await {
