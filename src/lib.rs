@@ -22,13 +22,24 @@
 //! Shared state lives in [`state::AppState`]: an `ArcSwap`'d [`state::Snapshot`] of the config and
 //! everything derived from it, so a request sees one consistent set.
 //!
-//! Modules: [`cli`] (commands), [`server`] (listener, framing guard, shutdown), [`app`] (the route
-//! table and middleware order), [`proxy`] (the request path, attempts, relay, ledger), [`auth`],
-//! [`policy`], [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`]
-//! (strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
-//! [`providers`] (`openai`, `mock`), [`store`] (SQLite/PostgreSQL, key cache, usage writer),
-//! [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`secret`], and
-//! [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
+//! Modules stand in layers (`layers.txt`, checked by `tests/layers.rs`); a module uses its own
+//! layer or lower ones, and no two modules use each other:
+//!
+//! ```text
+//! ground    secret  server  telemetry  config  error  openai (wire types)
+//! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth
+//! assembly  state (the snapshot built from config and the domain)
+//! edges     proxy  admin  app  reload  cli  testkit
+//! ```
+//!
+//! [`cli`] (commands; [`cli::main`] is the program), [`server`] (listener, connection limits,
+//! framing guard, shutdown), [`app`] (the route table and middleware order), [`proxy`] (the
+//! request path, attempts, relay, ledger), [`auth`] (keys, the store key cache), [`policy`],
+//! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
+//! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
+//! [`providers`] (`openai`, `mock`), [`store`] (SQLite/PostgreSQL persistence, usage writer),
+//! [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
+//! [`secret`], and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
 pub mod app;
