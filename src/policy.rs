@@ -1,13 +1,15 @@
 //! Request shaping: what a team may ask for, checked and adjusted on the parsed body.
 //!
 //! Owns validation of the fields Tollgate reads (`model`, `stream`, `max_tokens`, `temperature`,
-//! `n`, `messages`, …) and the team's defaults and caps. Fields it does not know are left
+//! `n`, `messages`, …), the team's defaults and caps, the model check, the usage chunk asked of
+//! streams, and the client's hint headers (`x-tollgate-priority`, `x-tollgate-max-attempts`). Fields it does not know are left
 //! untouched in the JSON value and reach the upstream as the client sent them. Odd values get a
 //! 400 naming the parameter, never a 5xx.
 
+use http::HeaderMap;
 use serde_json::{Map, Value};
 
-use crate::config::TeamConfig;
+use crate::config::{Priority, TeamConfig};
 use crate::error::ApiError;
 pub use crate::openai::Endpoint;
 
@@ -24,6 +26,42 @@ pub struct Shaped {
     /// Completions generated per request: `n`, or `best_of` on completions when larger (the
     /// upstream generates, and bills, `best_of` completions).
     pub completions: u64,
+    /// Queue priority: `x-tollgate-priority`, capped by the team's `max_priority`.
+    pub priority: Priority,
+    /// `x-tollgate-max-attempts`: lowers (never raises) the model's attempt count.
+    pub max_attempts: Option<u32>,
+}
+
+impl Shaped {
+    /// What the limiter estimates from.
+    pub fn ask(&self) -> crate::limits::Ask<'_> {
+        crate::limits::Ask {
+            model: &self.model,
+            output_cap: self.max_tokens,
+            completions: self.completions,
+        }
+    }
+}
+
+/// The model may be used: it exists (`known`), the team allows it and the key does
+/// (`key_allows`). 404 `model_not_found` before 403 `model_not_allowed`.
+pub fn check_model(
+    model: &str,
+    team: &TeamConfig,
+    known: impl Fn(&str) -> bool,
+    key_allows: impl Fn(&str) -> bool,
+) -> Result<(), ApiError> {
+    if !known(model) {
+        return Err(ApiError::ModelNotFound {
+            model: model.to_owned(),
+        });
+    }
+    if !model_allowed(team, model) || !key_allows(model) {
+        return Err(ApiError::ModelNotAllowed {
+            model: model.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The fields an upstream may read as the output cap. vLLM and OpenAI read
@@ -36,10 +74,11 @@ pub fn model_allowed(team: &TeamConfig, model: &str) -> bool {
     team.models.iter().any(|m| m == "*" || m == model)
 }
 
-/// Validate and adjust `body` in place for `team`.
+/// Validate and adjust `body` in place for `team`, and read the client's hint headers.
 pub fn shape(
     endpoint: Endpoint,
     team: &TeamConfig,
+    headers: &HeaderMap,
     body: &mut Map<String, Value>,
 ) -> Result<Shaped, ApiError> {
     let model = match body.get("model") {
@@ -165,13 +204,65 @@ pub fn shape(
             }
         }
     }
+    if stream && !client_wants_usage {
+        ask_for_usage(body);
+    }
     Ok(Shaped {
         model,
         stream,
         client_wants_usage,
         max_tokens,
         completions: n.max(best_of),
+        priority: priority(headers, team)?,
+        max_attempts: max_attempts(headers)?,
     })
+}
+
+/// Ask a stream for its usage chunk, so usage is always recorded (the relay strips it again for
+/// a client that did not ask). Other stream options the client sent are kept.
+fn ask_for_usage(body: &mut Map<String, Value>) {
+    match body.get_mut("stream_options") {
+        Some(Value::Object(o)) => {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+        _ => {
+            body.insert(
+                "stream_options".into(),
+                serde_json::json!({"include_usage": true}),
+            );
+        }
+    }
+}
+
+/// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.
+fn priority(headers: &HeaderMap, team: &TeamConfig) -> Result<Priority, ApiError> {
+    let asked = match headers.get("x-tollgate-priority") {
+        None => Priority::Normal,
+        Some(v) => v.to_str().ok().and_then(Priority::parse).ok_or_else(|| {
+            ApiError::invalid(
+                "x-tollgate-priority must be high, normal or low",
+                Some("x-tollgate-priority"),
+            )
+        })?,
+    };
+    Ok(match team.max_priority {
+        Some(cap) if asked < cap => cap,
+        _ => asked,
+    })
+}
+
+/// `x-tollgate-max-attempts: N` lowers (never raises) the model's attempt count.
+fn max_attempts(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    let Some(v) = headers.get("x-tollgate-max-attempts") else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+        Some(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(ApiError::invalid(
+            "x-tollgate-max-attempts must be a whole number of at least 1",
+            Some("x-tollgate-max-attempts"),
+        )),
+    }
 }
 
 /// The one output cap of a request: the smallest the client asked for in any capping field, or
@@ -277,7 +368,12 @@ mod tests {
             json!({"model":"m","messages":"hi"}),
             json!({"model":5,"messages":[{}]}),
         ] {
-            let e = shape(Endpoint::Chat, &team, &mut body(bad.clone()));
+            let e = shape(
+                Endpoint::Chat,
+                &team,
+                &HeaderMap::new(),
+                &mut body(bad.clone()),
+            );
             assert_eq!(e.map_err(|e| e.status().as_u16()).err(), Some(400), "{bad}");
         }
     }
@@ -292,13 +388,13 @@ mod tests {
             ..TeamConfig::default()
         };
         let mut b = body(json!({"model":"m","messages":[{}]}));
-        let s = shape(Endpoint::Chat, &team, &mut b)
+        let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b)
             .map(|s| s.max_tokens)
             .ok()
             .flatten();
         assert_eq!((s, b.get("max_tokens")), (Some(100), Some(&json!(100))));
         let mut b = body(json!({"model":"m","messages":[{}],"max_tokens":9000,"tools":[1]}));
-        let s = shape(Endpoint::Chat, &team, &mut b)
+        let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b)
             .map(|s| s.max_tokens)
             .ok()
             .flatten();
@@ -317,13 +413,13 @@ mod tests {
         };
         let mut b = body(json!({"model":"m","messages":[{}],"max_tokens":10,
             "max_completion_tokens":1000000}));
-        let s = shape(Endpoint::Chat, &team, &mut b).ok();
+        let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b).ok();
         assert_eq!(s.and_then(|s| s.max_tokens), Some(10));
         assert_eq!(b["max_tokens"], json!(10));
         assert_eq!(b["max_completion_tokens"], json!(10));
         // No field from the client: the cap itself goes upstream.
         let mut b = body(json!({"model":"m","messages":[{}]}));
-        let s = shape(Endpoint::Chat, &team, &mut b).ok();
+        let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b).ok();
         assert_eq!(s.and_then(|s| s.max_tokens), Some(500));
         assert_eq!(b["max_tokens"], json!(500));
     }
@@ -368,7 +464,7 @@ mod tests {
                 }
                 if let Some(n) = n { b.insert("n".into(), json!(n)); }
                 if let Some(k) = best_of { b.insert("best_of".into(), json!(k)); }
-                let shaped = match shape(endpoint, &team, &mut b) {
+                let shaped = match shape(endpoint, &team, &HeaderMap::new(), &mut b) {
                     Ok(s) => s,
                     Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
                 };

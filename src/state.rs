@@ -114,7 +114,7 @@ impl Snapshot {
                 .iter()
                 .filter_map(|t| upstreams.get(&t.upstream).map(|u| (u.clone(), t.weight)))
                 .collect();
-            routes.insert(name.clone(), Route::new(targets, m.clone()));
+            routes.insert(name.clone(), Route::new(name, targets, m.clone()));
         }
         let forward_headers = config
             .server

@@ -96,7 +96,9 @@ impl Metrics {
 /// Install the JSON log subscriber (`RUST_LOG` filters; default info).
 ///
 /// Lines are written by a background thread through a bounded in-memory queue, so a request
-/// never waits on stderr. The queue is not lossy: when it is full (stderr slower than the
+/// never waits on stderr. The thread drains every queued line into a 64 KiB buffer and writes it
+/// with one system call when the queue is empty (or the buffer full): under load, one write per
+/// batch of lines, not one per line. The queue is not lossy: when it is full (stderr slower than the
 /// traffic for 64k lines) the logging thread applies back-pressure rather than dropping request
 /// lines. Keep the returned guard alive: dropping it flushes what is queued.
 pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
@@ -104,7 +106,10 @@ pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .buffered_lines_limit(64 * 1024)
         .thread_name("tollgate-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -125,9 +130,10 @@ pub struct RequestRecord {
     pub team: Option<Arc<str>>,
     pub key_id: Option<Arc<str>>,
     pub model: Option<String>,
-    /// `model` is one of the config's models: only then is it a metric label (a client's
-    /// made-up model name is `unknown` there, so clients cannot grow the label set).
-    pub model_known: bool,
+    /// The config's name of `model` when it is one of the config's models: only then is it a
+    /// metric label (a client's made-up model name is `unknown` there, so clients cannot grow
+    /// the label set).
+    pub model_label: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub status: u16,
     pub error_kind: Option<&'static str>,
@@ -174,31 +180,57 @@ pub fn account(r: &RequestRecord) {
         attempts = r.attempts,
         attempt_log = %r.attempt_log,
     );
-    let model = match (r.model_known, &r.model) {
-        (true, _) => model,
-        (false, Some(_)) => "unknown",
-        (false, None) => "-",
+    // Labels without allocations: shared names from config, static strings otherwise.
+    let model: metrics::SharedString = match (&r.model_label, &r.model) {
+        (Some(name), _) => name.clone().into(),
+        (None, Some(_)) => "unknown".into(),
+        (None, None) => "-".into(),
     };
-    let status = r.status.to_string();
-    metrics::counter!(names::REQUESTS, "model" => model.to_owned(), "team" => team.to_owned(),
-        "status" => status)
+    let team: metrics::SharedString = match &r.team {
+        Some(t) => t.clone().into(),
+        None => "-".into(),
+    };
+    metrics::counter!(names::REQUESTS, "model" => model.clone(), "team" => team.clone(),
+        "status" => status_label(r.status))
     .increment(1);
-    metrics::histogram!(names::LATENCY, "model" => model.to_owned()).record(r.latency);
+    metrics::histogram!(names::LATENCY, "model" => model.clone()).record(r.latency);
     if let Some(t) = r.ttfb {
-        metrics::histogram!(names::TTFB, "model" => model.to_owned()).record(t);
+        metrics::histogram!(names::TTFB, "model" => model.clone()).record(t);
     }
     metrics::histogram!(names::OVERHEAD).record(r.latency.saturating_sub(r.upstream_time));
     if r.prompt_tokens > 0 || r.completion_tokens > 0 {
-        metrics::counter!(names::TOKENS, "model" => model.to_owned(), "team" => team.to_owned(),
+        metrics::counter!(names::TOKENS, "model" => model.clone(), "team" => team.clone(),
             "direction" => "in")
         .increment(r.prompt_tokens);
-        metrics::counter!(names::TOKENS, "model" => model.to_owned(), "team" => team.to_owned(),
+        metrics::counter!(names::TOKENS, "model" => model, "team" => team,
             "direction" => "out")
         .increment(r.completion_tokens);
     }
     if let Some(kind) = r.error_kind {
         metrics::counter!(names::ERRORS, "kind" => kind).increment(1);
     }
+}
+
+/// An HTTP status as a label: the ones Tollgate answers with are static strings.
+fn status_label(status: u16) -> metrics::SharedString {
+    let s: &'static str = match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return other.to_string().into(),
+    };
+    s.into()
 }
 
 /// Counts a request in flight for as long as it lives (streams included).

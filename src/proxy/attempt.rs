@@ -157,7 +157,7 @@ pub async fn dispatch(
                 Err(e) => e.kind(),
             };
             ledger.attempt(&upstream.name, outcome, t0.elapsed());
-            metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.to_string(),
+            metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.clone(),
                 "outcome" => outcome)
             .increment(1);
             match result {
@@ -368,8 +368,7 @@ async fn attempt(
         Err(_) => probe.then(|| upstream.breaker.record(now, true, None, probe)),
     };
     if let Some(s) = state {
-        metrics::gauge!(names::BREAKER_STATE, "upstream" => upstream.name.to_string())
-            .set(s.gauge());
+        metrics::gauge!(names::BREAKER_STATE, "upstream" => upstream.name.clone()).set(s.gauge());
     }
     result
 }

@@ -63,8 +63,8 @@ impl Ledger {
         self.rec.stream = s.stream;
     }
     /// The shaped model is one of the config's models (a metric label from now on).
-    pub fn model_known(&mut self) {
-        self.rec.model_known = true;
+    pub fn model_known(&mut self, name: &Arc<str>) {
+        self.rec.model_label = Some(name.clone());
     }
     /// The request passed the limiter; its reservation is settled when this ledger drops.
     pub fn admitted(&mut self, a: Admission) {

@@ -19,7 +19,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
-use crate::config::{Priority, TeamConfig};
 use crate::error::ApiError;
 use crate::policy::{self, Endpoint};
 use crate::state::{AppState, Snapshot};
@@ -78,65 +77,31 @@ async fn run(
         .max_body_bytes
         .unwrap_or(usize::MAX)
         .min(snap.config.server.max_body_bytes);
-    let bytes = read_body(body, limit, snap.config.server.body_read_timeout.0).await?;
-    let mut json = parse_json(&bytes)?;
+    let mut json =
+        parse_json(&read_body(body, limit, snap.config.server.body_read_timeout.0).await?)?;
 
     // shape: validate fields, apply the team's defaults and caps, check the model.
-    let shaped = policy::shape(endpoint, team, &mut json)?;
+    let shaped = policy::shape(endpoint, team, &parts.headers, &mut json)?;
     ledger.shaped(&shaped);
-    if !snap.routes.contains_key(&shaped.model) {
-        return Err(ApiError::ModelNotFound {
-            model: shaped.model.clone(),
-        });
+    policy::check_model(
+        &shaped.model,
+        team,
+        |m| snap.routes.contains_key(m),
+        |m| caller.key_allows(m),
+    )?;
+    if let Some(route) = snap.routes.get(&shaped.model) {
+        ledger.model_known(&route.name);
     }
-    ledger.model_known();
-    if !policy::model_allowed(team, &shaped.model) || !caller.key_allows(&shaped.model) {
-        return Err(ApiError::ModelNotAllowed {
-            model: shaped.model.clone(),
-        });
-    }
-    if shaped.stream && !shaped.client_wants_usage {
-        // Ask for the usage chunk so usage is always recorded; the relay strips it again. Other
-        // stream options the client sent are kept.
-        match json.get_mut("stream_options") {
-            Some(Value::Object(o)) => {
-                o.insert("include_usage".into(), Value::Bool(true));
-            }
-            _ => {
-                json.insert(
-                    "stream_options".into(),
-                    serde_json::json!({"include_usage": true}),
-                );
-            }
-        }
-    }
-    let wishes = attempt::Wishes {
-        priority: priority(&parts.headers, team)?,
-        max_attempts: max_attempts(&parts.headers)?,
-    };
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
-    let ask = crate::limits::Ask {
-        model: &shaped.model,
-        output_cap: shaped.max_tokens,
-        completions: shaped.completions,
-    };
-    let estimate = snap.limiter.estimate(endpoint, ask, &json);
+    let estimate = snap.limiter.estimate(endpoint, shaped.ask(), &json);
     ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
     let rate_headers = ledger.rate_headers().copied();
 
     // Only now, authenticated and within its own limits, may the caller take one of the
     // process's shared in-flight slots: a caller cannot hold them while it trickles a body in
     // or past its own concurrency.
-    let in_flight =
-        state
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded {
-                message: "too many requests in flight".into(),
-                retry_after_secs: 1,
-            })?;
+    let in_flight = in_flight_slot(state)?;
 
     // plan + attempt: model -> upstreams in order; retries and fallbacks before the first byte.
     let headers = forward_headers(&snap, &parts.headers, ledger.request_id());
@@ -150,6 +115,10 @@ async fn run(
             tenant: tenant_of(&caller.team),
         },
     };
+    let wishes = attempt::Wishes {
+        priority: shaped.priority,
+        max_attempts: shaped.max_attempts,
+    };
     let answer =
         attempt::dispatch(&snap, &shaped.model, &mut json, &request, wishes, ledger).await?;
 
@@ -162,43 +131,24 @@ async fn run(
     Ok(resp)
 }
 
+/// One of the process's `server.max_in_flight` slots, held until the answer is relayed.
+fn in_flight_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded {
+            message: "too many requests in flight".into(),
+            retry_after_secs: 1,
+        })
+}
+
 /// A stable number for a team (the tenant in shared-state evidence).
 fn tenant_of(team: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     team.hash(&mut h);
     h.finish()
-}
-
-/// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.
-fn priority(headers: &HeaderMap, team: &TeamConfig) -> Result<Priority, ApiError> {
-    let asked = match headers.get("x-tollgate-priority") {
-        None => Priority::Normal,
-        Some(v) => v.to_str().ok().and_then(Priority::parse).ok_or_else(|| {
-            ApiError::invalid(
-                "x-tollgate-priority must be high, normal or low",
-                Some("x-tollgate-priority"),
-            )
-        })?,
-    };
-    Ok(match team.max_priority {
-        Some(cap) if asked < cap => cap,
-        _ => asked,
-    })
-}
-
-/// `x-tollgate-max-attempts: N` lowers (never raises) the model's attempt count.
-fn max_attempts(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
-    let Some(v) = headers.get("x-tollgate-max-attempts") else {
-        return Ok(None);
-    };
-    match v.to_str().ok().and_then(|s| s.trim().parse::<u32>().ok()) {
-        Some(n) if n >= 1 => Ok(Some(n)),
-        _ => Err(ApiError::invalid(
-            "x-tollgate-max-attempts must be a whole number of at least 1",
-            Some("x-tollgate-max-attempts"),
-        )),
-    }
 }
 
 /// Only allowlisted client headers go upstream, plus our request id. Never the client's key,

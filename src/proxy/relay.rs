@@ -304,7 +304,7 @@ impl SseRelay {
                 .source
                 .breaker
                 .record(Instant::now(), false, None, false);
-            metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.to_string())
+            metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.clone())
                 .set(state.gauge());
         }
         let mut out = self.buf.split();

@@ -21,6 +21,8 @@ pub use upstream::Upstream;
 
 /// The upstreams behind one client-facing model, and how to use them.
 pub struct Route {
+    /// The client-facing model name, shared: a metric label without an allocation.
+    pub name: Arc<str>,
     pub targets: Vec<(Arc<Upstream>, u32)>,
     pub config: ModelConfig,
     /// Bounds the extra load retries of this model may add.
@@ -28,9 +30,10 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(targets: Vec<(Arc<Upstream>, u32)>, config: ModelConfig) -> Route {
+    pub fn new(name: &str, targets: Vec<(Arc<Upstream>, u32)>, config: ModelConfig) -> Route {
         let budget = RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
         Route {
+            name: Arc::from(name),
             targets,
             config,
             budget,

@@ -72,7 +72,7 @@ impl Gate {
     /// added, so it never went down and `/metrics` showed the deepest queue ever seen.
     fn publish_depth(&self, g: &Inner) {
         let depth: usize = g.waiting.iter().map(VecDeque::len).sum();
-        metrics::gauge!(crate::telemetry::names::QUEUE_DEPTH, "upstream" => self.name.to_string())
+        metrics::gauge!(crate::telemetry::names::QUEUE_DEPTH, "upstream" => self.name.clone())
             .set(depth as f64);
     }
 
@@ -104,7 +104,7 @@ impl Gate {
         };
         let started = Instant::now();
         let got = tokio::time::timeout(wait, rx).await;
-        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT, "upstream" => self.name.to_string())
+        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT, "upstream" => self.name.clone())
             .record(started.elapsed());
         match got {
             Ok(Ok(slot)) => Ok(slot),
