@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +26,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state);
-    let hide = middleware::from_fn_with_state(state.clone(), hide_admin);
+    let edge = middleware::from_fn_with_state(state.clone(), edge);
     let routes = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -40,19 +39,16 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    // Layers run outside-in in the reverse of the order they are added here:
-    // 1. request id (outermost: every answer, even a CORS or framing error, carries it);
-    // 2. framing checks (conflicting Content-Length / Transfer-Encoding are refused);
-    // 3. CORS (answers preflights before anything else runs);
-    // 4. admin hiding (without an admin key `/admin/*` is an unknown path, any method). It must
-    //    run before routing (a route's layers run after the wrong-method answer is chosen and
-    //    its `Allow` header added), so the route table sits behind it as one service.
-    let mut app = Router::new().fallback_service(routes).layer(hide);
+    // Outside-in: the edge pass (request id, framing, admin hiding; one middleware, see
+    // [`edge`]), then CORS (answers preflights before anything else runs), then the route
+    // table. Admin hiding must run before routing (a route's layers run after the wrong-method
+    // answer is chosen and its `Allow` header added), so the route table sits behind the edge
+    // as one service.
+    let mut app = Router::new().fallback_service(routes);
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn(framing))
-        .layer(middleware::from_fn(request_id))
+    app.layer(edge)
 }
 
 async fn chat(State(s): State<AppState>, req: Request) -> Response {
@@ -130,13 +126,13 @@ pub fn metrics_router(state: AppState) -> Router {
     async fn own(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
         render_metrics(&s, &req)
     }
+    let edge = middleware::from_fn_with_state(state.clone(), edge);
     Router::new()
         .route("/metrics", get(own))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn(framing))
-        .layer(middleware::from_fn(request_id))
+        .layer(edge)
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -153,15 +149,15 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 /// Without an admin key, `/admin/*` is an unknown path whatever the method: answered before
 /// routing, so no 405 (and no `Allow` header) tells that the route exists.
-async fn hide_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    if crate::admin::hidden(&s, req.uri().path()) {
-        return not_found(req).await.into_response();
-    }
-    next.run(req).await
-}
-
-/// Accept a sane client `x-request-id` or make one; put it on the request and the answer.
-async fn request_id(mut req: Request, next: Next) -> Response {
+/// The edge of every request, in one pass (one middleware instead of three):
+/// 1. the request id: a sane client `x-request-id` or a new one, on the request and the answer
+///    (every answer carries it, even a framing or CORS error);
+/// 2. framing: refuse ambiguous framing (request smuggling): both Content-Length and
+///    Transfer-Encoding, several Content-Length values, or a head the framing guard marked (bare
+///    LF line ends, an overlong line, a Content-Length that is not one plain number; see
+///    [`crate::server::framing`]), and close the connection;
+/// 3. admin hiding: without an admin key, `/admin/*` is an unknown path for every method.
+async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -170,21 +166,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         .map(Arc::from)
         .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(X_REQUEST_ID, v);
-    }
-    resp
-}
-
-/// Refuse ambiguous framing (request smuggling): both Content-Length and Transfer-Encoding,
-/// several Content-Length values, or a head the framing guard marked (bare LF line ends, an
-/// overlong line, a Content-Length that is not one plain number; see [`crate::server::framing`]).
-async fn framing(req: Request<Body>, next: Next) -> Response {
-    let h = req.headers();
-    let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
-    let marked = h.contains_key(crate::server::framing::MARK);
-    if marked || lengths > 1 || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING)) {
+    let mut resp = if ambiguous_framing(req.headers()) {
         let mut resp = ApiError::invalid(
             "ambiguous request framing: conflicting Content-Length / Transfer-Encoding, \
              a bare LF line end or an overlong header line",
@@ -194,9 +176,23 @@ async fn framing(req: Request<Body>, next: Next) -> Response {
         // The rest of this connection's bytes cannot be trusted: close it.
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
+        resp
+    } else if crate::admin::hidden(&s, req.uri().path()) {
+        not_found(req).await.into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
-    next.run(req).await
+    resp
+}
+
+fn ambiguous_framing(h: &http::HeaderMap) -> bool {
+    let lengths = h.get_all(http::header::CONTENT_LENGTH).iter().count();
+    h.contains_key(crate::server::framing::MARK)
+        || lengths > 1
+        || (lengths == 1 && h.contains_key(http::header::TRANSFER_ENCODING))
 }
 
 fn cors_layer(state: &AppState) -> Option<CorsLayer> {

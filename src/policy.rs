@@ -24,7 +24,8 @@ pub struct Shaped {
     /// every capping field the request carries (see [`OUTPUT_CAP_FIELDS`]).
     pub max_tokens: Option<u64>,
     /// Completions generated per request: `n`, or `best_of` on completions when larger (the
-    /// upstream generates, and bills, `best_of` completions).
+    /// upstream generates, and bills, `best_of` completions), for each prompt of a batched
+    /// completions request (`prompt: ["a", "b"]` is two prompts).
     pub completions: u64,
     /// Queue priority: `x-tollgate-priority`, capped by the team's `max_priority`.
     pub priority: Priority,
@@ -175,9 +176,12 @@ pub fn shape(
     }
 
     let n = uint_field(body, "n", 1, 128)?.unwrap_or(1);
-    let best_of = match endpoint {
-        Endpoint::Completions => uint_field(body, "best_of", 1, 128)?.unwrap_or(1),
-        _ => 1,
+    let (best_of, prompts) = match endpoint {
+        Endpoint::Completions => (
+            uint_field(body, "best_of", 1, 128)?.unwrap_or(1),
+            prompt_count(body.get("prompt")),
+        ),
+        _ => (1, 1),
     };
     let mut max_tokens = None;
     if endpoint != Endpoint::Embeddings {
@@ -212,10 +216,21 @@ pub fn shape(
         stream,
         client_wants_usage,
         max_tokens,
-        completions: n.max(best_of),
+        completions: n.max(best_of).saturating_mul(prompts),
         priority: priority(headers, team)?,
         max_attempts: max_attempts(headers)?,
     })
+}
+
+/// Prompts in a completions request: a list of strings or of token-id lists is a batch, one
+/// completion set each; a string or one token-id list is one prompt.
+fn prompt_count(prompt: Option<&Value>) -> u64 {
+    match prompt {
+        Some(Value::Array(items)) if items.iter().any(|i| i.is_string() || i.is_array()) => {
+            items.len().max(1) as u64
+        }
+        _ => 1,
+    }
 }
 
 /// Ask a stream for its usage chunk, so usage is always recorded (the relay strips it again for
@@ -422,6 +437,17 @@ mod tests {
         let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b).ok();
         assert_eq!(s.and_then(|s| s.max_tokens), Some(500));
         assert_eq!(b["max_tokens"], json!(500));
+    }
+
+    #[test]
+    fn a_batched_prompt_multiplies_the_completions() {
+        let team = TeamConfig::default();
+        let mut b = body(json!({"model":"m","prompt":["a","b","c"],"n":2}));
+        let s = shape(Endpoint::Completions, &team, &HeaderMap::new(), &mut b).ok();
+        assert_eq!(s.map(|s| s.completions), Some(6));
+        let mut b = body(json!({"model":"m","prompt":[1, 2, 3]}));
+        let s = shape(Endpoint::Completions, &team, &HeaderMap::new(), &mut b).ok();
+        assert_eq!(s.map(|s| s.completions), Some(1));
     }
 
     mod properties {

@@ -159,6 +159,10 @@ async fn n_best_of_and_token_ids_count_and_a_request_that_never_fits_says_do_not
             json!({"model": "mock-gpt", "prompt": (0..1500).collect::<Vec<u32>>(), "max_tokens": 1}),
         ),
         (
+            "/v1/completions",
+            json!({"model": "mock-gpt", "prompt": vec!["hi"; 20], "max_tokens": 100}),
+        ),
+        (
             "/v1/embeddings",
             json!({"model": "mock-gpt", "input": [(0..1500).collect::<Vec<u32>>()]}),
         ),
@@ -253,9 +257,25 @@ async fn budget_on_the_remainder(backend: Backend) {
                 match r.status().as_u16() {
                     200 => costs.push(cost_nanos(&json_of(r).await)),
                     429 => {
+                        let retry = header(&r, "retry-after");
+                        let should_retry = header(&r, "x-should-retry");
                         let v = json_of(r).await;
-                        assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
-                        if spend_nanos(&gw).await >= budget_nanos {
+                        let spent = spend_nanos(&gw).await >= budget_nanos;
+                        match v["error"]["code"].as_str() {
+                            // Spent: final until the period ends.
+                            Some("insufficient_quota") => {
+                                assert!(spent, "refused as spent while money was left: {v}");
+                                assert_eq!(should_retry.as_deref(), Some("false"));
+                                break;
+                            }
+                            // Held by the request in flight: worth retrying in a second.
+                            Some("rate_limit_exceeded") => {
+                                assert_eq!(retry.as_deref(), Some("1"), "{v}");
+                                assert_eq!(should_retry, None, "{v}");
+                            }
+                            _ => panic!("unexpected refusal: {v}"),
+                        }
+                        if spent {
                             break;
                         }
                         tokio::task::yield_now().await;
@@ -338,14 +358,12 @@ keys:
             .unwrap_or_else(|e| panic!("write: {e}"));
         held.push(s);
     }
-    // A round trip on another connection: the heads above have been read by now.
-    let r = gw
-        .client
-        .get(gw.url("/health"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status(), 200);
+    // All five reached the request path (the in-flight gauge counts them from the moment their
+    // heads were read, before their bodies).
+    assert!(
+        in_flight_reaches(&gw, 5).await,
+        "the greedy requests never reached the gateway"
+    );
     for _ in 0..5 {
         let r = gw
             .post_with_key(
@@ -357,6 +375,82 @@ keys:
         assert_eq!(r.status(), 200, "{}", json_of(r).await);
     }
     drop(held);
+}
+
+/// Poll `/metrics` (bounded: 10 s) until `tollgate_in_flight_requests` is at least `n`.
+async fn in_flight_reaches(gw: &Gateway, n: u64) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let text = match gw.client.get(gw.url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_in_flight_requests "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if value >= n as f64 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_caller_past_its_own_concurrency_is_told_so_and_takes_no_shared_slot() {
+    let cfg = format!(
+        r#"
+server: {{ max_in_flight: 3 }}
+upstreams:
+  mock: {{ provider: mock, mock: {{ chunks: 2, latency: 300ms }} }}
+models:
+  mock-gpt: {{ targets: [ {{ upstream: mock }} ] }}
+teams:
+  greedy: {{ models: ["*"], max_concurrent: 1 }}
+  other: {{ models: ["*"] }}
+keys:
+  - {{ name: greedy, team: greedy, sha256: {} }}
+  - {{ name: other, team: other, sha256: {DEMO_KEY_SHA256} }}
+"#,
+        common::sha256_hex("sk-greedy")
+    );
+    let gw = Arc::new(Gateway::start(&cfg).await);
+    let mut greedy = Vec::new();
+    for _ in 0..5 {
+        let gw = gw.clone();
+        greedy.push(tokio::spawn(async move {
+            let r = gw
+                .post_with_key(
+                    "/v1/chat/completions",
+                    "sk-greedy",
+                    chat("mock-gpt", "hi", false),
+                )
+                .await;
+            let status = r.status().as_u16();
+            (status, json_of(r).await)
+        }));
+    }
+    let other = gw
+        .post_with_key(
+            "/v1/chat/completions",
+            DEMO_KEY,
+            chat("mock-gpt", "hi", false),
+        )
+        .await;
+    assert_eq!(other.status(), 200);
+    let mut statuses = Vec::new();
+    for t in greedy {
+        let (status, v) = t.await.unwrap_or_else(|e| panic!("{e}"));
+        if status == 429 {
+            assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    // One runs; the others hear about their own limit (429), never the shared one (503).
+    assert_eq!(statuses, vec![200, 429, 429, 429, 429]);
 }
 
 // ---------------------------------------------------------------------------------------------

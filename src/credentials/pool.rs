@@ -8,7 +8,8 @@
 //! - a 429 always moves *this* request on to another member at once; it cools the member down
 //!   for its `Retry-After` (or `default_cooldown`, at most [`MAX_COOLDOWN`]) only when the answer
 //!   is about the account (the upstream's `x-ratelimit-remaining-*: 0` or `insufficient_quota`)
-//!   or when another tenant's request got a 429 from the same member within [`WITNESS_WINDOW`];
+//!   or when another tenant's request got a 429 from the same member within [`WITNESS_WINDOW`]
+//!   (that weaker evidence cools it for at most [`WITNESS_WINDOW`]);
 //! - a 401 moves this request on; a renewable member renews; a static member is disabled (until
 //!   the file changes or an admin re-enables it) after 401s from [`STRIKES_TO_DISABLE`]
 //!   different requests with no success in between;
@@ -330,7 +331,14 @@ impl Pool {
                     m.set_error("429: this request moved on; no cooldown without evidence".into());
                     return Retry::Rotated;
                 }
-                let d = after.unwrap_or(inner.default_cooldown).min(MAX_COOLDOWN);
+                // Two tenants' 429s are weaker evidence than the account's own word: their
+                // cooldown lasts at most the witness window.
+                let cap = if account {
+                    MAX_COOLDOWN
+                } else {
+                    WITNESS_WINDOW
+                };
+                let d = after.unwrap_or(inner.default_cooldown).min(cap);
                 let until = inner.now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
                 m.cooldown_until.fetch_max(until, Ordering::AcqRel);
                 m.set_error(format!("429: cooling down for {}s", d.as_secs_f64()));
@@ -696,11 +704,11 @@ mod tests {
         assert_eq!(p.report(&la, limited(60, false)), Retry::Rotated);
         assert_eq!(state(0), "valid");
         // Another tenant's 429 within the window corroborates it: cooled, for at most
-        // MAX_COOLDOWN whatever the Retry-After said.
+        // WITNESS_WINDOW whatever the Retry-After said (the account's own word: MAX_COOLDOWN).
         la.from.tenant = 2;
         p.report(&la, limited(86_400, false));
         assert_eq!(state(0), "cooling_down");
-        tokio::time::sleep(MAX_COOLDOWN + Duration::from_secs(1)).await;
+        tokio::time::sleep(WITNESS_WINDOW + Duration::from_secs(1)).await;
         assert_eq!(state(0), "valid");
         // 401s: the same request three times is one strike; a success in between resets.
         let mut lb = lease_of(&p, "b").await;

@@ -20,12 +20,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// their estimate. Completion tokens never exceed the estimate when the request carries an
 /// output cap (the team's `max_tokens`, or the client's own); the prompt is estimated from its
 /// text.
-pub fn admits(budget: u64, spent: u64, reserved: u64, estimate: u64) -> bool {
+pub fn admits(budget: u64, spent: u64, reserved: u64, estimate: u64) -> Verdict {
     if spent >= budget {
-        return false;
+        return Verdict::Spent;
     }
-    spent.saturating_add(reserved).saturating_add(estimate) <= budget || reserved == 0
+    if spent.saturating_add(reserved).saturating_add(estimate) <= budget || reserved == 0 {
+        Verdict::Admit
+    } else {
+        Verdict::Held
+    }
 }
+
+/// What the budget rule says of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// Money is left but requests in flight hold it: worth retrying in a moment.
+    Held,
+    /// The budget is spent until its period ends.
+    Spent,
+}
+
+/// How long a request refused because others hold the remainder is told to wait.
+pub const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 use crate::config::BudgetPeriod;
 
@@ -103,14 +120,14 @@ mod tests {
     #[test]
     fn the_remainder_goes_to_one_request_at_a_time() {
         // Fits beside others.
-        assert!(admits(100, 10, 30, 60));
+        assert_eq!(admits(100, 10, 30, 60), Verdict::Admit);
         // Does not fit, but nobody else holds a reservation: admitted on the remainder.
-        assert!(admits(100, 90, 0, 500));
-        // Does not fit and another request holds a reservation: refused.
-        assert!(!admits(100, 10, 30, 61));
+        assert_eq!(admits(100, 90, 0, 500), Verdict::Admit);
+        // Does not fit and another request holds a reservation: refused for now.
+        assert_eq!(admits(100, 10, 30, 61), Verdict::Held);
         // Nothing left: refused, however small.
-        assert!(!admits(100, 100, 0, 0));
-        assert!(!admits(100, 150, 0, 1));
+        assert_eq!(admits(100, 100, 0, 0), Verdict::Spent);
+        assert_eq!(admits(100, 150, 0, 1), Verdict::Spent);
     }
 
     #[test]

@@ -148,16 +148,6 @@ impl Memory {
         map.entry(id.clone()).or_default().clone()
     }
 
-    /// The entry of `id`, never one a sweep has just removed.
-    fn live_entry(&self, scope: Scope, id: &Arc<str>) -> Shared {
-        loop {
-            let e = self.entry(scope, id);
-            if !lock(&e).evicted {
-                return e;
-            }
-        }
-    }
-
     /// Entries in the maps (keys, teams).
     pub fn len(&self) -> (usize, usize) {
         (self.keys.len(), self.teams.len())
@@ -230,9 +220,11 @@ impl Memory {
                 }
             };
             if let Some(b) = s.budget_nanos {
-                if !super::budget::admits(b, e.spend_in(&s.period_tag), e.reserved, req.cost_nanos)
-                {
-                    deny(LimitKind::Budget, None);
+                use super::budget::{admits, Verdict, HELD_RETRY};
+                match admits(b, e.spend_in(&s.period_tag), e.reserved, req.cost_nanos) {
+                    Verdict::Admit => {}
+                    Verdict::Held => deny(LimitKind::Budget, Some(HELD_RETRY)),
+                    Verdict::Spent => deny(LimitKind::Budget, None),
                 }
             }
             let mut w = (None, None);
@@ -288,8 +280,19 @@ impl Memory {
     pub(crate) fn settle(&self, req: &SettleRequest) {
         let tag_now = budget::unix_now();
         for s in &req.scopes {
-            let entry = self.live_entry(s.scope, &s.id);
+            // Lock once and check under that lock: a sweep that evicted the entry between the
+            // lookup and the lock sends us to look it up again.
+            let entry = self.entry(s.scope, &s.id);
             let mut e = lock(&entry);
+            if e.evicted {
+                drop(e);
+                drop(entry);
+                self.settle(&SettleRequest {
+                    scopes: vec![s.clone()],
+                    ..req.clone()
+                });
+                continue;
+            }
             if s.leased {
                 e.concurrent = e.concurrent.saturating_sub(1);
                 e.reserved = e.reserved.saturating_sub(s.reserved);

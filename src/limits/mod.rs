@@ -572,6 +572,17 @@ fn rejection(
     };
     let retry_secs = retry_after.map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
     let headers = Box::new(headers);
+    if let (LimitKind::Budget, Some(secs)) = (limit, retry_secs) {
+        // Money is left, but requests in flight hold it: a moment's wait, not the period's end.
+        return ApiError::RateLimited {
+            message: format!(
+                "The remaining budget of {who} is held by requests in flight. Please try again \
+                 in {secs}s."
+            ),
+            retry_after_secs: Some(secs),
+            headers,
+        };
+    }
     if limit == LimitKind::Budget {
         let limits = match scope {
             Scope::Key => caller.key_limits,

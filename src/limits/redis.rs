@@ -100,7 +100,12 @@ for i = 1, n do
     local resv = tonumber(redis.call('GET', KEYS[k + 5]) or '0')
     -- budget::admits: money left, and either the estimate fits beside the reservations or no
     -- other request holds any (the only request allowed on the remainder).
-    if spent >= budget or (spent + resv + cost > budget and resv > 0) then deny(i, 'budget', -1) end
+    if spent >= budget then
+      deny(i, 'budget', -1)
+    elseif spent + resv + cost > budget and resv > 0 then
+      -- Held by requests in flight: worth retrying in a moment (budget::HELD_RETRY).
+      deny(i, 'budget', 1000000)
+    end
   end
   local info = {-1, 0, 0, -1, 0, 0}
   if rpm > 0 then

@@ -448,6 +448,8 @@ async fn attempt_inner(
             json,
         };
         let wait = upstream.timeouts.first_byte.0.min(left());
+        // From here the upstream may read (and bill) the prompt.
+        ledger.sent();
         let mut response = tokio::time::timeout(wait, upstream.provider.send(request))
             .await
             .map_err(|_| ApiError::UpstreamTimeout)??;
@@ -505,10 +507,15 @@ async fn attempt_inner(
                     && upstream
                         .breaker
                         .note_429(now, req.witness.tenant, WITNESS_WINDOW);
+                // Two tenants' 429s are weaker evidence than the account's own word: their mark
+                // lasts at most the witness window.
+                let cap = if account {
+                    MAX_COOLDOWN
+                } else {
+                    WITNESS_WINDOW
+                };
                 if account || corroborated {
-                    upstream
-                        .breaker
-                        .rate_limited(now + d.min(MAX_COOLDOWN), false);
+                    upstream.breaker.rate_limited(now + d.min(cap), false);
                 }
             }
         }

@@ -27,6 +27,8 @@ pub struct Ledger {
     finished: bool,
     /// The upstream reported real usage; otherwise the prompt is charged at its estimate.
     usage_reported: bool,
+    /// The request went to an upstream (see [`Ledger::sent`]).
+    sent: bool,
     _in_flight: Option<InFlightGuard>,
     /// The limiter's admission, settled with the real usage when the ledger drops.
     admission: Option<Admission>,
@@ -45,6 +47,7 @@ impl Ledger {
             started: Some(Instant::now()),
             finished: false,
             usage_reported: false,
+            sent: false,
             _in_flight: Some(InFlightGuard::new()),
             admission: None,
             usage,
@@ -79,6 +82,10 @@ impl Ledger {
     }
     pub fn attempted(&mut self) {
         self.rec.attempts += 1;
+    }
+    /// A request went to an upstream: from now on its prompt may be billed.
+    pub fn sent(&mut self) {
+        self.sent = true;
     }
     /// One attempt's outcome, for the request log's attempt list (`name:outcome:ms,…`).
     pub fn attempt(&mut self, upstream: &str, outcome: &str, took: Duration) {
@@ -156,9 +163,10 @@ impl Drop for Ledger {
                 prompt_tokens: self.rec.prompt_tokens,
                 completion_tokens: self.rec.completion_tokens,
             };
-            if !self.usage_reported {
-                // No real usage (the client left, the stream broke, the upstream sent none): the
-                // upstream has at least read the prompt, so charge its estimate.
+            if !self.usage_reported && self.sent {
+                // No real usage (the client left, the stream broke, the upstream sent none) but
+                // the request reached an upstream, which has at least read the prompt: charge
+                // its estimate. A request refused before any upstream saw it costs nothing.
                 usage.prompt_tokens = usage.prompt_tokens.max(a.estimated_prompt_tokens());
             }
             self.rec.cost_usd = a.settle(usage);

@@ -307,11 +307,10 @@ impl SseRelay {
             metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.clone())
                 .set(state.gauge());
         }
-        let mut out = self.buf.split();
-        // Close a half-written event before the error event.
-        if !out.is_empty() {
-            out.extend_from_slice(b"\n\n");
-        }
+        // A half-written event is never passed on: the client gets the whole events it already
+        // has, then the error event.
+        self.buf.clear();
+        let mut out = bytes::BytesMut::with_capacity(256);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&error_json(message, "upstream_error", None, code));
         out.extend_from_slice(b"\n\n");
