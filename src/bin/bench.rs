@@ -112,6 +112,11 @@ struct Args {
     /// run's max-throughput scenario.
     #[arg(long)]
     perf_out: Option<PathBuf>,
+    /// Run the gateway with the config a team runs: SQLite store and usage rows, a priced model,
+    /// team rate, token, concurrency and budget limits (never refusing). Default: the minimal
+    /// config (no store, no limits).
+    #[arg(long)]
+    governed: bool,
     /// Keep the temp directory (configs, gateway and nginx logs).
     #[arg(long)]
     keep_tmp: bool,
@@ -195,7 +200,11 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
         "- command: {}",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
-    println!("- gateway: {}", args.gateway_bin.display());
+    println!(
+        "- gateway: {} ({} config)",
+        args.gateway_bin.display(),
+        if args.governed { "governed" } else { "minimal" }
+    );
     match &nginx_bin {
         Some(b) => println!("- nginx: {} ({})", b.display(), procs::nginx_version(b)),
         None => println!("- nginx: not run (not installed, or --no-nginx)"),
@@ -238,7 +247,7 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
 
     let mut tmp = TempDir::new()?;
     tmp.keep = args.keep_tmp;
-    let config = procs::write_gateway_config(&tmp.path, &mock.base_url())?;
+    let config = procs::write_gateway_config(&tmp.path, &mock.base_url(), args.governed)?;
     let payloads = Payloads::new(args.mem_chunks + 8);
     let clk = procs::clock_ticks();
     let warmup = Duration::from_secs_f64(args.warmup);

@@ -135,8 +135,30 @@ pub struct Gateway {
 }
 
 /// Write the gateway config: one `openai` upstream at the mock, one model, one team, one key.
-pub fn write_gateway_config(dir: &Path, mock_base_url: &str) -> Result<PathBuf> {
+/// `governed`: the config a team runs, with governance on the path: the embedded SQLite store
+/// (a usage row per request through the batched writer), the model priced, and the team limited
+/// by requests and tokens per minute, concurrency and a budget, all high enough never to refuse.
+pub fn write_gateway_config(dir: &Path, mock_base_url: &str, governed: bool) -> Result<PathBuf> {
     let path = dir.join("tollgate.yaml");
+    let (team_limits, extra) = if governed {
+        (
+            ", requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, \
+             max_concurrent: 100000, budget: { amount_usd: 1000000000, period: monthly }",
+            format!(
+                "store:
+  url: \"sqlite://{db}?mode=rwc\"
+  usage: {{ spill_path: {spill} }}
+prices:
+  {MODEL}: {{ input_per_million: 1.0, output_per_million: 2.0 }}
+limits: {{ backend: memory }}
+",
+                db = dir.join("bench.db").display(),
+                spill = dir.join("usage-spill.jsonl").display(),
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
     let yaml = format!(
         "# Written by tollgate-bench.
 server:
@@ -154,13 +176,12 @@ models:
     targets:
       - upstream: mock
 teams:
-  bench:
-    models: [\"*\"]
+  bench: {{ models: [\"*\"]{team_limits} }}
 keys:
   - name: bench
     team: bench
     sha256: {KEY_SHA256}
-"
+{extra}"
     );
     std::fs::write(&path, yaml).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
