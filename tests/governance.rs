@@ -9,16 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{chat, Gateway, DEMO_KEY, DEMO_KEY_SHA256};
+use common::{chat, redis_url, Gateway, DEMO_KEY, DEMO_KEY_SHA256};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tollgate::limits::{BudgetPeriod, Scope};
 use tollgate::testkit::MockUpstream;
-
-fn redis_url() -> String {
-    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -325,13 +321,13 @@ async fn redis_budget_admits_on_the_remainder_one_request_at_a_time() {
 // ---------------------------------------------------------------------------------------------
 // 6. Shared in-flight slots are taken only after authentication and the caller's own limits.
 
-#[tokio::test]
-async fn a_caller_trickling_bodies_holds_no_shared_slot() {
-    let cfg = format!(
+/// Two teams: `greedy` (key `sk-greedy`, one request at a time) and `other` (the demo key).
+fn greedy_config(server: &str, latency_ms: u64) -> String {
+    format!(
         r#"
-server: {{ max_in_flight: 3, body_read_timeout: 30s }}
+server: {{ {server} }}
 upstreams:
-  mock: {{ provider: mock, mock: {{ chunks: 2, latency: 10ms }} }}
+  mock: {{ provider: mock, mock: {{ chunks: 2, latency: {latency_ms}ms }} }}
 models:
   mock-gpt: {{ targets: [ {{ upstream: mock }} ] }}
 teams:
@@ -342,7 +338,12 @@ keys:
   - {{ name: other, team: other, sha256: {DEMO_KEY_SHA256} }}
 "#,
         common::sha256_hex("sk-greedy")
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_caller_trickling_bodies_holds_no_shared_slot() {
+    let cfg = greedy_config("max_in_flight: 3, body_read_timeout: 30s", 10);
     let gw = Gateway::start(&cfg).await;
     // The greedy key opens more requests than there are slots and sends half of each body.
     let mut held = Vec::new();
@@ -400,22 +401,7 @@ async fn in_flight_reaches(gw: &Gateway, n: u64) -> bool {
 
 #[tokio::test]
 async fn a_caller_past_its_own_concurrency_is_told_so_and_takes_no_shared_slot() {
-    let cfg = format!(
-        r#"
-server: {{ max_in_flight: 3 }}
-upstreams:
-  mock: {{ provider: mock, mock: {{ chunks: 2, latency: 300ms }} }}
-models:
-  mock-gpt: {{ targets: [ {{ upstream: mock }} ] }}
-teams:
-  greedy: {{ models: ["*"], max_concurrent: 1 }}
-  other: {{ models: ["*"] }}
-keys:
-  - {{ name: greedy, team: greedy, sha256: {} }}
-  - {{ name: other, team: other, sha256: {DEMO_KEY_SHA256} }}
-"#,
-        common::sha256_hex("sk-greedy")
-    );
+    let cfg = greedy_config("max_in_flight: 3", 300);
     let gw = Arc::new(Gateway::start(&cfg).await);
     let mut greedy = Vec::new();
     for _ in 0..5 {

@@ -10,14 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{chat, sse_events, Gateway, DEMO_KEY_SHA256};
+use common::{chat, redis_url, sse_events, Gateway, DEMO_KEY_SHA256};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate::limits::{BudgetPeriod, Scope};
-
-fn redis_url() -> String {
-    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 fn prefix() -> String {
     format!("tg-test-{:016x}:", rand::random::<u64>())

@@ -14,6 +14,11 @@ use tollgate::config::Config;
 use tollgate::server::{self, ServeOptions};
 use tollgate::state::{AppState, Snapshot};
 
+/// The test Redis: `TOLLGATE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
+pub fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// The quickstart's demo key.
 pub const DEMO_KEY: &str = "sk-tollgate-demo";
 /// sha256("sk-tollgate-demo").
