@@ -9,7 +9,8 @@
 //! breaker and latency EWMA and is listed in the request log.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -656,7 +657,7 @@ async fn read_error_body(body: &mut BodyStream, idle: Duration, deadline: Instan
     let mut buf = Vec::new();
     while buf.len() < MAX {
         let until = deadline.min(Instant::now() + idle);
-        match tokio::time::timeout_at(until.into(), body.next()).await {
+        match tokio::time::timeout_at(until, body.next()).await {
             Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
             _ => break,
         }

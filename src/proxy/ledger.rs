@@ -9,7 +9,8 @@
 //! gateway overloaded) has its log line and metrics only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::ApiError;

@@ -9,7 +9,8 @@
 //! Of the upstream's response headers only an allowlist reaches the client ([`CLIENT_HEADERS`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -95,7 +96,7 @@ fn pump(mut relay: SseRelay, deadline: Instant) -> Body {
                 next = relay.next_out() => next,
             };
             let Some(bytes) = next else { return };
-            match tokio::time::timeout_at(deadline.into(), tx.send(bytes)).await {
+            match tokio::time::timeout_at(deadline, tx.send(bytes)).await {
                 Ok(Ok(())) => {}
                 _ => return,
             }

@@ -8,7 +8,8 @@
 //! upstream, never held across an await.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
 
@@ -324,6 +325,19 @@ mod tests {
         b.record(later, true, Some(Duration::from_millis(3)), true);
         assert_eq!(b.state(), State::Closed);
         assert_eq!(b.admit(later), Admit::Yes);
+    }
+
+    /// The breaker's clock is tokio's: on a paused clock the cooldown passes when the test
+    /// advances time, not before (with `std::time::Instant` it would never pass here).
+    #[tokio::test(start_paused = true)]
+    async fn the_cooldown_runs_on_tokio_time() {
+        let b = Breaker::new(cfg());
+        opened(&b);
+        assert_eq!(b.admit(Instant::now()), Admit::No);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(b.admit(Instant::now()), Admit::No, "4 s of a 5 s cooldown");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(b.admit(Instant::now()), Admit::Probe);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod retry;
 mod upstream;
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use rand::Rng;
 

@@ -3,7 +3,8 @@
 //! second, over a ten-second window).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use rand::Rng;
 
@@ -95,6 +96,19 @@ mod tests {
                 assert!(d <= cap, "attempt {attempt}: {d:?} > {cap:?}");
             }
         }
+    }
+
+    /// The window slides on tokio's clock: spent, it refills only when paused time moves on
+    /// past the window.
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides_on_tokio_time() {
+        let b = RetryBudget::new(0.0, 1.0);
+        let spent = |b: &RetryBudget| (0..100).filter(|_| b.withdraw(Instant::now())).count();
+        assert_eq!(spent(&b), 10);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(spent(&b), 0, "the first retries are still in the window");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(spent(&b), 10);
     }
 
     #[test]
