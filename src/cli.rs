@@ -573,6 +573,13 @@ async fn serve(
         let _ = t.await;
     }
     stop_watch.cancel();
+    // Connections are drained: wait for the limiter's last settlements (spend), then save.
+    state
+        .snapshot
+        .load()
+        .limiter
+        .close(server_cfg.shutdown_grace.0)
+        .await;
     if let Err(e) = state.snapshot.load().limiter.flush() {
         tracing::warn!(error = %e, "limits state not saved");
     }

@@ -318,6 +318,110 @@ async fn redis_budget_admits_on_the_remainder_one_request_at_a_time() {
     budget_on_the_remainder(Backend::Redis).await;
 }
 
+/// A graceful shutdown waits for the limiter's last settlements: the spend of a request that
+/// ended just before SIGTERM reaches Redis even while Redis is slow to answer.
+#[tokio::test]
+async fn shutdown_waits_for_the_last_settlement_so_its_spend_is_not_lost() {
+    let redis_addr: std::net::SocketAddr = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("TOLLGATE_TEST_REDIS_URL must be redis://host:port: {e}"));
+    let relay = common::Relay::start(redis_addr).await;
+    let prefix = format!("tg-gov-{:016x}:", rand::random::<u64>());
+    let limits = |url: &str| {
+        format!(
+            "limits: {{ backend: redis, redis_url: \"{url}\", redis_prefix: \"{prefix}\", \
+             redis_timeout: 10s }}"
+        )
+    };
+    let team = ", budget: { amount_usd: 100, period: monthly }";
+    // Four chunks 200 ms apart: the stream is still running when its first event arrives.
+    let cfg = format!(
+        "server: {{ shutdown_grace: 10s }}\n{}",
+        mock_config(team, &limits(&format!("redis://{}", relay.addr)), 0)
+            .replace("chunks: 2, latency: 0ms", "chunks: 4, chunk_delay: 200ms")
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("tollgate.yaml");
+    let addr_file = dir.path().join("addr");
+    std::fs::write(&config, cfg).unwrap_or_else(|e| panic!("{e}"));
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = common::wait_for_addr_file(&addr_file).await;
+
+    // A stream: once its first event arrived it is admitted; then Redis stops answering, and
+    // the settlement at its end waits.
+    let mut body = chat("mock-gpt", "one two three four", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", addr.trim()))
+        .bearer_auth(DEMO_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut text = Vec::new();
+    use futures_util::StreamExt;
+    if let Some(first) = stream.next().await {
+        text.extend_from_slice(&first.unwrap_or_default());
+    }
+    relay.hold();
+    while let Some(chunk) = stream.next().await {
+        text.extend_from_slice(&chunk.unwrap_or_default());
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let usage = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap_or_else(|| panic!("no usage chunk in {text}"));
+    let cost = cost_nanos(&usage);
+    assert!(cost > 0);
+
+    // SIGTERM while the settlement waits on Redis; Redis comes back a moment later.
+    let pid = gateway.id().unwrap_or_else(|| panic!("no pid"));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(killed.success());
+    let exited_at_once = tokio::time::timeout(Duration::from_secs(1), gateway.wait())
+        .await
+        .is_ok();
+    relay.release();
+    let exit = tokio::time::timeout(Duration::from_secs(15), gateway.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the gateway did not exit"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit.code(), Some(0));
+
+    // The spend, read straight from Redis with another limiter on the same keys.
+    let direct = tollgate::config::Config::parse(&mock_config(team, &limits(&redis_url()), 0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let limiter = tollgate::limits::Limiter::from_config(&direct, &HashMap::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let usd = limiter
+        .spend_usd(Scope::Team, "demo", BudgetPeriod::Monthly)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (usd * 1e9).round() as u64,
+        cost,
+        "the last request's spend was lost (the process exited at once: {exited_at_once})"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Shared in-flight slots are taken only after authentication and the caller's own limits.
 

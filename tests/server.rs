@@ -64,18 +64,6 @@ async fn connect(gw: &Gateway) -> TcpStream {
 
 /// Read until the server closes (or resets) the connection; `None` if it is still open after
 /// `within`.
-/// The address a started binary wrote to its `--addr-file` (polled: at most 10 s).
-async fn wait_for_addr_file(path: &std::path::Path) -> String {
-    for _ in 0..200 {
-        let addr = std::fs::read_to_string(path).unwrap_or_default();
-        if !addr.is_empty() {
-            return addr;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gateway did not start");
-}
-
 async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 16 * 1024];
@@ -368,7 +356,7 @@ async fn health_and_honest_clients_are_served_through_a_thousand_idle_sockets() 
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    let addr = wait_for_addr_file(&addr_file).await;
+    let addr = common::wait_for_addr_file(&addr_file).await;
     let target: std::net::SocketAddr = addr.trim().parse().unwrap_or_else(|e| panic!("{e}"));
     // A thousand pests: silent, half a preface, or a head trickled a byte at a time.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -625,7 +613,7 @@ async fn metrics_can_listen_on_their_own_address() {
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    let addr = wait_for_addr_file(&addr_file).await;
+    let addr = common::wait_for_addr_file(&addr_file).await;
     let client = reqwest::Client::new();
     let main = client
         .get(format!("http://{}/metrics", addr.trim()))

@@ -320,6 +320,9 @@ struct Inner {
     on_error: OnBackendError,
     /// True while the backend is failing: the warning is logged once per outage.
     degraded: AtomicBool,
+    /// Settlements running in the background (Redis): awaited at shutdown, so spend recorded by
+    /// the last requests is not lost when the process exits.
+    settles: tokio_util::task::TaskTracker,
 }
 
 impl Inner {
@@ -400,6 +403,7 @@ impl Limiter {
                 backend,
                 on_error: l.on_backend_error,
                 degraded: AtomicBool::new(false),
+                settles: tokio_util::task::TaskTracker::new(),
             }),
             prices: Prices::new(&cfg.prices),
             default_max_tokens: l.default_max_tokens,
@@ -547,6 +551,22 @@ impl Limiter {
             Backend::Redis(r) => r.spend(scope, id, &tag).await?,
         };
         Ok(nanos as f64 / NANOS_PER_USD)
+    }
+
+    /// On shutdown, after the connections drained: wait (at most `within`) for the settlements
+    /// still running in the background. Returns false when some were still running.
+    pub async fn close(&self, within: Duration) -> bool {
+        self.inner.settles.close();
+        let done = tokio::time::timeout(within, self.inner.settles.wait())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!(
+                pending = self.inner.settles.len(),
+                "limiter settlements still running at shutdown: their spend is lost"
+            );
+        }
+        done
     }
 
     /// Write the memory backend's state file now (on shutdown). A no-op for Redis.
@@ -700,7 +720,8 @@ impl Admission {
             Backend::Memory(m) => m.settle(&req),
             Backend::Redis(_) => match tokio::runtime::Handle::try_current() {
                 Ok(h) => {
-                    h.spawn(async move { inner.settle(req).await });
+                    let settles = inner.settles.clone();
+                    settles.spawn_on(async move { inner.settle(req).await }, &h);
                 }
                 Err(_) => tracing::warn!("limiter settle outside a runtime: dropped"),
             },

@@ -14,6 +14,18 @@ use tollgate::config::Config;
 use tollgate::server::{self, ServeOptions};
 use tollgate::state::{AppState, Snapshot};
 
+/// The address a started binary wrote to its `--addr-file` (polled: at most 10 s).
+pub async fn wait_for_addr_file(path: &std::path::Path) -> String {
+    for _ in 0..200 {
+        let addr = std::fs::read_to_string(path).unwrap_or_default();
+        if !addr.is_empty() {
+            return addr;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway did not start");
+}
+
 /// The test Redis: `TOLLGATE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
 pub fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -130,6 +142,9 @@ impl Gateway {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        // As the binary does: the limiter's last settlements, then the usage rows.
+        let limiter = self.state.snapshot.load().limiter.clone();
+        limiter.close(Duration::from_secs(10)).await;
         if let Some(w) = self.writer.take() {
             w.close().await;
         }
@@ -300,6 +315,8 @@ impl Drop for PgDb {
 pub struct Relay {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    /// While true, bytes from clients are held (not forwarded): the server seems to hang.
+    held: Arc<tokio::sync::watch::Sender<bool>>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: JoinHandle<()>,
 }
@@ -315,17 +332,55 @@ impl Relay {
             Err(e) => panic!("no relay addr: {e}"),
         };
         let up = Arc::new(AtomicBool::new(true));
+        let held = Arc::new(tokio::sync::watch::channel(false).0);
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
+        let (up2, conns2, held2) = (up.clone(), conns.clone(), held.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
+                let mut gate = held2.subscribe();
                 let t = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up_dir = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        let mut pending: Vec<u8> = Vec::new();
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            pending.extend_from_slice(&buf[..n]);
+                            // Held: keep what the client sends until released; a client that
+                            // goes away meanwhile never reaches the server (as with a server
+                            // that hangs, then times the connection out).
+                            let mut gone = false;
+                            while *gate.borrow() {
+                                tokio::select! {
+                                    r = gate.changed() => if r.is_err() { gone = true; break },
+                                    r = cr.read(&mut buf) => match r {
+                                        Ok(0) | Err(_) => { gone = true; break }
+                                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                                    },
+                                }
+                            }
+                            if gone || sw.write_all(&pending).await.is_err() {
+                                break;
+                            }
+                            pending.clear();
+                        }
+                    };
+                    // Both directions in this one task, so aborting it (cut) ends both.
+                    tokio::select! {
+                        () = up_dir => {}
+                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
                     }
                 });
                 if let Ok(mut c) = conns2.lock() {
@@ -337,9 +392,19 @@ impl Relay {
         Relay {
             addr,
             up,
+            held,
             conns,
             task,
         }
+    }
+
+    /// Hold the bytes clients send (the server seems to hang) until [`Relay::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     pub fn cut(&self) {
