@@ -344,16 +344,10 @@ async fn run_op(
     actor: &str,
     op: Op,
 ) -> Result<serde_json::Value, String> {
+    use crate::admin::ops;
     use crate::store::records::{KeyPatch, NewKey, NewTeam, TeamPatch};
     use serde_json::json;
-    let e = |e: crate::store::StoreError| e.to_string();
-    let models_known = |models: &[String]| match models
-        .iter()
-        .find(|m| *m != "*" && !cfg.models.contains_key(*m))
-    {
-        Some(m) => Err(format!("model '{m}' is not defined in the config")),
-        None => Ok(()),
-    };
+    let e = |e: ops::OpError| e.to_string();
     Ok(match op {
         Op::Keys(KeysCommand::Create {
             team,
@@ -362,10 +356,6 @@ async fn run_op(
             expires_in,
             limits,
         }) => {
-            if !cfg.teams.contains_key(&team) && db.get_team(&team).await.map_err(e)?.is_none() {
-                return Err(format!("team '{team}' does not exist"));
-            }
-            models_known(models.as_deref().unwrap_or_default())?;
             let new = NewKey {
                 team,
                 name,
@@ -373,26 +363,22 @@ async fn run_op(
                 expires_in_secs: expires_in.as_deref().map(lifetime_secs).transpose()?,
                 limits: limits.limits()?,
             };
-            let (rec, plaintext) = db.create_key(actor, &new).await.map_err(e)?;
-            let mut v = json!(rec);
-            v["key"] = json!(plaintext);
-            v
+            ops::create_key(cfg, db, actor, &new).await.map_err(e)?
         }
         Op::Keys(KeysCommand::List { team }) => {
-            json!(db.list_keys(team.as_deref()).await.map_err(e)?)
+            json!(db
+                .list_keys(team.as_deref())
+                .await
+                .map_err(|x| x.to_string())?)
         }
         Op::Keys(KeysCommand::Revoke { id }) => {
-            json!(db.revoke_key(actor, &id).await.map_err(e)?)
+            json!(db.revoke_key(actor, &id).await.map_err(|x| x.to_string())?)
         }
         Op::Keys(KeysCommand::Rotate { id, grace }) => {
-            let (new, plaintext, old) = db
-                .rotate_key(actor, &id, lifetime_secs(&grace)?)
+            ops::rotate_key(db, actor, &id, lifetime_secs(&grace)?)
                 .await
-                .map_err(e)?;
-            let mut v = json!(new);
-            v["key"] = json!(plaintext);
-            v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});
-            v
+                .map_err(e)?
+                .0
         }
         Op::Keys(KeysCommand::Set {
             id,
@@ -400,62 +386,43 @@ async fn run_op(
             models,
             limits,
         }) => {
-            models_known(models.as_deref().unwrap_or_default())?;
             let p = KeyPatch {
                 name,
                 models: models.map(Some),
                 expires_at: None,
                 limits: limits.patch()?,
             };
-            json!(db.update_key(actor, &id, &p).await.map_err(e)?)
+            json!(ops::update_key(cfg, db, actor, &id, &p).await.map_err(e)?)
         }
         Op::Teams(TeamsCommand::Create {
             name,
             models,
             limits,
         }) => {
-            if cfg.teams.contains_key(&name) {
-                return Err(format!("team '{name}' is defined in the config file"));
-            }
-            models_known(&models)?;
             let t = NewTeam {
                 name,
                 models,
                 limits: limits.limits()?,
             };
-            json!(db.create_team(actor, &t).await.map_err(e)?)
+            json!(ops::create_team(cfg, db, actor, &t).await.map_err(e)?)
         }
         Op::Teams(TeamsCommand::Set {
             name,
             models,
             limits,
         }) => {
-            if cfg.teams.contains_key(&name) {
-                return Err(format!("team '{name}' is defined in the config file"));
-            }
-            models_known(models.as_deref().unwrap_or_default())?;
             let p = TeamPatch {
                 models,
                 limits: limits.patch()?,
             };
-            json!(db.update_team(actor, &name, &p).await.map_err(e)?)
+            json!(ops::update_team(cfg, db, actor, &name, &p)
+                .await
+                .map_err(e)?)
         }
-        Op::Teams(TeamsCommand::List) => {
-            let mut data: Vec<serde_json::Value> = cfg
-                .teams
-                .iter()
-                .map(|(n, t)| json!({"name": n, "models": t.models, "source": "config"}))
-                .collect();
-            for t in db.list_teams().await.map_err(e)? {
-                let mut v = json!(t);
-                v["source"] = json!("store");
-                data.push(v);
-            }
-            json!(data)
-        }
+        Op::Teams(TeamsCommand::List) => json!(ops::list_teams(cfg, db).await.map_err(e)?),
         Op::Usage(q) => {
             let f = crate::admin::usage_filter(&q).map_err(|e| e.to_string())?;
-            json!(db.query_usage(&f).await.map_err(e)?)
+            json!(db.query_usage(&f).await.map_err(|x| x.to_string())?)
         }
     })
 }

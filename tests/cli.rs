@@ -1,5 +1,6 @@
 //! `tollgate check-config`: the binary validates a config without serving, and every error names
-//! its field (and line where the YAML parser gives one), with a non-zero exit.
+//! its field (and line where the YAML parser gives one), with a non-zero exit; the admin commands
+//! (`keys`, `teams`) run the same operations as the HTTP admin API.
 
 use std::process::Command;
 
@@ -114,4 +115,64 @@ fn dangerous_forwarding_and_a_shared_admin_key_are_refused() {
         assert_eq!(code, 64, "{out}{err}");
         assert!(err.contains(expected), "expected {expected:?} in {err}");
     }
+}
+
+/// `tollgate keys|teams …` against the embedded store: the same admin operations as the HTTP
+/// API, with the same checks (a key's team exists, models are defined, config teams are
+/// read-only), printing JSON; a refusal exits non-zero with the reason.
+#[test]
+fn keys_and_teams_through_the_cli_share_the_admin_apis_checks() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("c.yaml");
+    let yaml = format!(
+        r#"
+upstreams:
+  m: {{ provider: mock }}
+models:
+  mock-gpt: {{ targets: [ {{ upstream: m }} ] }}
+teams:
+  demo: {{ models: ["*"] }}
+store:
+  url: "sqlite://{}?mode=rwc"
+  usage: {{ spill_path: {} }}
+"#,
+        dir.path().join("t.db").display(),
+        dir.path().join("spill.jsonl").display()
+    );
+    std::fs::write(&cfg, yaml).unwrap_or_else(|e| panic!("{e}"));
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("-c")
+            .arg(&cfg)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["teams", "create", "ml", "--models", "mock-gpt"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["keys", "create", "--team", "ml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        v["key"].as_str().is_some_and(|k| k.starts_with("sk-")),
+        "{v}"
+    );
+    // The same refusals as the HTTP API.
+    let (code, _, err) = run(&["keys", "create", "--team", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("team 'nope' does not exist"), "{err}");
+    let (code, _, err) = run(&["teams", "create", "demo", "--models", "mock-gpt"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("defined in the config file"), "{err}");
+    let (code, _, err) = run(&["teams", "create", "x", "--models", "made-up"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("model 'made-up' is not defined"), "{err}");
+    let (code, out, _) = run(&["teams", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"source\":\"config\"") || out.contains("\"source\": \"config\""));
 }

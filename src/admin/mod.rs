@@ -3,10 +3,12 @@
 //! The admin key is separate from client keys (config `admin.key`, an `${ENV}`/`file:`
 //! reference or a SHA-256); without one configured every admin route answers 404, whatever the
 //! method, so an admin surface is never open (or even visible) by accident. Each concern adds its routes to [`router`]; this module owns
-//! the gate, the route table, and the thin handlers over [`crate::store`]'s operations (keys,
-//! teams, usage, audit), which check requests against the config (teams and models exist) and
-//! drop changed keys from this replica's key cache at once. Without a store those routes answer
+//! the gate, the route table, and the thin handlers over the admin operations of [`ops`] (shared
+//! with the CLI: they check requests against the config and ask the store), which add the status
+//! codes and drop changed keys from this replica's key cache at once. Without a store those routes answer
 //! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`.
+
+pub mod ops;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -21,7 +23,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, Dur};
+use crate::config::Dur;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::records::{KeyPatch, NewKey, NewTeam, TeamPatch};
@@ -78,41 +80,10 @@ fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
 }
 
-/// Models named in a change must exist in the config (or be `*`).
-pub fn check_models(cfg: &Config, models: &[String]) -> Result<(), ApiError> {
-    match models
-        .iter()
-        .find(|m| *m != "*" && !cfg.models.contains_key(*m))
-    {
-        Some(m) => Err(ApiError::invalid(
-            format!("model '{m}' is not defined"),
-            Some("models"),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// A key's team must exist, in the config or the store.
-pub async fn check_team(cfg: &Config, h: &Handle, team: &str) -> Result<(), ApiError> {
-    if cfg.teams.contains_key(team) || h.db.get_team(team).await?.is_some() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            format!("team '{team}' does not exist"),
-            Some("team"),
-        ))
-    }
-}
-
 async fn create_key(State(s): State<AppState>, b: Bytes) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let new: NewKey = body(&b)?;
-    let snap = s.snapshot.load_full();
-    check_team(&snap.config, &h, &new.team).await?;
-    check_models(&snap.config, new.models.as_deref().unwrap_or_default())?;
-    let (rec, plaintext) = h.db.create_key(ACTOR, &new).await?;
-    let mut v = json!(rec);
-    v["key"] = json!(plaintext);
+    let v = ops::create_key(&s.snapshot.load().config, &h.db, ACTOR, &new).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -138,10 +109,7 @@ async fn update_key(
 ) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let p: KeyPatch = body(&b)?;
-    if let Some(Some(m)) = &p.models {
-        check_models(&s.snapshot.load().config, m)?;
-    }
-    let rec = h.db.update_key(ACTOR, &id, &p).await?;
+    let rec = ops::update_key(&s.snapshot.load().config, &h.db, ACTOR, &id, &p).await?;
     forget_key(&s, &rec.hash).await;
     Ok(Json(rec).into_response())
 }
@@ -172,28 +140,15 @@ async fn rotate_key(
     let h = store(&s)?;
     let r: Rotate = body(&b)?;
     let grace = r.grace.map_or(3600, |d| d.0.as_secs());
-    let (new, plaintext, old) = h.db.rotate_key(ACTOR, &id, grace).await?;
-    forget_key(&s, &old.hash).await;
-    let mut v = json!(new);
-    v["key"] = json!(plaintext);
-    v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});
+    let (v, old_hash) = ops::rotate_key(&h.db, ACTOR, &id, grace).await?;
+    forget_key(&s, &old_hash).await;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
 async fn create_team(State(s): State<AppState>, b: Bytes) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let t: NewTeam = body(&b)?;
-    let snap = s.snapshot.load_full();
-    if snap.config.teams.contains_key(&t.name) {
-        return Err(ApiError::Conflict {
-            message: format!(
-                "team '{}' is defined in the config file, which is read-only here",
-                t.name
-            ),
-        });
-    }
-    check_models(&snap.config, &t.models)?;
-    let rec = h.db.create_team(ACTOR, &t).await?;
+    let rec = ops::create_team(&s.snapshot.load().config, &h.db, ACTOR, &t).await?;
     Ok((StatusCode::CREATED, Json(rec)).into_response())
 }
 
@@ -204,16 +159,7 @@ async fn update_team(
 ) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let p: TeamPatch = body(&b)?;
-    let snap = s.snapshot.load_full();
-    if snap.config.teams.contains_key(&name) {
-        return Err(ApiError::Conflict {
-            message: format!("team '{name}' is defined in the config file; change it there"),
-        });
-    }
-    if let Some(m) = &p.models {
-        check_models(&snap.config, m)?;
-    }
-    let rec = h.db.update_team(ACTOR, &name, &p).await?;
+    let rec = ops::update_team(&s.snapshot.load().config, &h.db, ACTOR, &name, &p).await?;
     // Cached callers carry their team: drop them all so the change applies at once here.
     if let Some(k) = &s.store_keys {
         k.invalidate_all();
@@ -223,18 +169,7 @@ async fn update_team(
 
 async fn list_teams(State(s): State<AppState>) -> Result<Response, ApiError> {
     let h = store(&s)?;
-    let snap = s.snapshot.load_full();
-    let mut data: Vec<serde_json::Value> = snap
-        .config
-        .teams
-        .iter()
-        .map(|(name, t)| json!({"name": name, "models": t.models, "source": "config"}))
-        .collect();
-    for t in h.db.list_teams().await? {
-        let mut v = json!(t);
-        v["source"] = json!("store");
-        data.push(v);
-    }
+    let data = ops::list_teams(&s.snapshot.load().config, &h.db).await?;
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
