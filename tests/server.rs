@@ -434,18 +434,22 @@ async fn health_and_honest_clients_are_served_through_a_thousand_idle_sockets() 
 
 // --- Slow readers ---
 
-#[tokio::test]
-async fn a_client_that_never_reads_is_cut_off_at_the_write_deadline() {
-    let m = mock().await;
-    // A 16 MiB answer: far more than loopback socket buffers hold.
+/// A 16 MiB chat answer: far more than loopback socket buffers hold.
+fn big_answer() -> String {
     let content = "a".repeat(16 << 20);
-    let body = serde_json::json!({
+    serde_json::json!({
         "id": "x", "object": "chat.completion", "created": 0, "model": "gpt",
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     })
-    .to_string();
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_at_the_write_deadline() {
+    let m = mock().await;
+    let body = big_answer();
     m.push_fault(tollgate::testkit::Fault::Status {
         status: 200,
         body,
@@ -653,14 +657,7 @@ async fn metrics_can_listen_on_their_own_address() {
 #[tokio::test]
 async fn an_http2_client_that_never_reads_is_cut_off_at_the_write_deadline() {
     let m = mock().await;
-    let content = "a".repeat(16 << 20);
-    let body = serde_json::json!({
-        "id": "x", "object": "chat.completion", "created": 0, "model": "gpt",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    })
-    .to_string();
+    let body = big_answer();
     let expected = body.len();
     m.push_fault(tollgate::testkit::Fault::Status {
         status: 200,
