@@ -113,7 +113,7 @@ pub struct LimitArgs {
     /// Spend cap in US dollars per --budget-period.
     #[arg(long)]
     budget_usd: Option<f64>,
-    /// day, month or total.
+    /// daily, monthly or none (the config's words; day, month, total are read too).
     #[arg(long)]
     budget_period: Option<String>,
 }
