@@ -49,10 +49,10 @@ impl Shaped {
 pub fn check_model(
     model: &str,
     team: &TeamConfig,
-    known: impl Fn(&str) -> bool,
+    known: bool,
     key_allows: impl Fn(&str) -> bool,
 ) -> Result<(), ApiError> {
-    if !known(model) {
+    if !known {
         return Err(ApiError::ModelNotFound {
             model: model.to_owned(),
         });

@@ -281,15 +281,7 @@ async fn health_ready_and_metrics() {
             chat("mock-gpt", "x", false),
         )
         .await;
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = gw.metrics_text().await;
     for needle in [
         "tollgate_requests_total{model=\"mock-gpt\",team=\"demo\",status=\"200\"}",
         "tollgate_request_duration_seconds_bucket",

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{chat, redis_url, Gateway, DEMO_KEY, DEMO_KEY_SHA256};
+use common::{chat, cost_nanos, redis_url, Gateway, DEMO_KEY, DEMO_KEY_SHA256};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -193,13 +193,6 @@ async fn n_best_of_and_token_ids_count_and_a_request_that_never_fits_says_do_not
 
 // ---------------------------------------------------------------------------------------------
 // 3. Budgets: no refusal while money is left, and a bounded overrun under parallel clients.
-
-/// Nano-dollars of a mock answer's usage at the built-in price (1.00 / 2.00 per million).
-fn cost_nanos(v: &Value) -> u64 {
-    let p = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-    let c = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-    p * 1000 + c * 2000
-}
 
 async fn spend_nanos(gw: &Gateway) -> u64 {
     let usd = gw
@@ -466,7 +459,7 @@ async fn a_caller_trickling_bodies_holds_no_shared_slot() {
     // All five reached the request path (the in-flight gauge counts them from the moment their
     // heads were read, before their bodies).
     assert!(
-        in_flight_reaches(&gw, 5).await,
+        common::await_metric(&gw, "tollgate_in_flight_requests", |v| v >= 5.0).await,
         "the greedy requests never reached the gateway"
     );
     for _ in 0..5 {
@@ -480,27 +473,6 @@ async fn a_caller_trickling_bodies_holds_no_shared_slot() {
         assert_eq!(r.status(), 200, "{}", json_of(r).await);
     }
     drop(held);
-}
-
-/// Poll `/metrics` (bounded: 10 s) until `tollgate_in_flight_requests` is at least `n`.
-async fn in_flight_reaches(gw: &Gateway, n: u64) -> bool {
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        let text = match gw.client.get(gw.url("/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix("tollgate_in_flight_requests "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if value >= n as f64 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{chat, redis_url, sse_events, Gateway, DEMO_KEY_SHA256};
+use common::{chat, cost_nanos, redis_url, sse_events, Gateway, DEMO_KEY_SHA256};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate::limits::{BudgetPeriod, Scope};
@@ -106,13 +106,6 @@ async fn spend(gw: &Gateway, scope: Scope, id: &str) -> f64 {
         .unwrap_or_else(|e| panic!("spend: {e}"))
 }
 
-/// Nano-dollars the mock model costs for a response's usage (built-in price 1.00 / 2.00).
-fn cost_nanos(v: &Value) -> u64 {
-    let p = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-    let c = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-    p * 1000 + c * 2000
-}
-
 // ---------------------------------------------------------------------------------------------
 // Requests per minute
 
@@ -141,12 +134,7 @@ async fn rpm_exact_then_429(backend: Backend) {
     assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
     assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
     assert!(v["error"].get("param").is_some());
-    let m = gw.client.get(gw.url("/metrics")).send().await;
-    let text = m
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains(r#"tollgate_limit_rejections_total{scope="team",limit="rpm"}"#),
         "{text}"
@@ -488,15 +476,7 @@ async fn redis_down_fail_open_admits_without_headers_and_counts_errors() {
         assert_eq!(r.status(), 200);
         assert!(header(&r, "x-ratelimit-limit-requests").is_none());
     }
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains("tollgate_limiter_backend_errors_total{backend=\"redis\",op=\"admit\"}"),
         "{text}"

@@ -156,14 +156,7 @@ async fn spread(
 }
 
 async fn metrics(gw: &Gateway) -> String {
-    gw.client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default()
+    gw.metrics_text().await
 }
 
 /// Waits (bounded) until `n` requests wait in `upstream`'s queue.

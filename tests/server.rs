@@ -183,26 +183,6 @@ async fn equal_or_odd_content_lengths_are_refused() {
 
 // --- Connections that never speak ---
 
-/// Poll `/metrics` (on a fresh connection each time) until `pred` holds for `metric`'s value.
-async fn await_metric(gw: &Gateway, metric: &str, pred: impl Fn(f64) -> bool) -> bool {
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        let text = match client.get(gw.url("/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let value = text.lines().find_map(|l| {
-            l.strip_prefix(metric)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        });
-        if pred(value.unwrap_or(0.0)) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn sockets_that_never_send_a_request_are_closed() {
     let m = mock().await;
@@ -230,7 +210,7 @@ async fn sockets_that_never_send_a_request_are_closed() {
         );
     }
     assert!(
-        await_metric(
+        common::await_metric(
             &gw,
             "tollgate_connections_closed_total{reason=\"no_request\"}",
             |v| v >= 3.0
@@ -271,7 +251,7 @@ async fn an_idle_http2_connection_is_closed_but_a_long_stream_is_not() {
     );
     // Now idle: closed after idle_timeout, and counted.
     assert!(
-        await_metric(
+        common::await_metric(
             &gw,
             "tollgate_connections_closed_total{reason=\"idle\"}",
             |v| v >= 1.0
@@ -476,7 +456,7 @@ async fn a_client_that_never_reads_is_cut_off_at_the_write_deadline() {
     .unwrap_or_else(|e| panic!("{e}"));
     // The client reads nothing; the server gives up on it and says so.
     assert!(
-        await_metric(
+        common::await_metric(
             &gw,
             "tollgate_connections_closed_total{reason=\"write_timeout\"}",
             |v| v >= 1.0
@@ -486,7 +466,7 @@ async fn a_client_that_never_reads_is_cut_off_at_the_write_deadline() {
     );
     // The connection and the answer it held are gone (only /metrics' own connection is open).
     assert!(
-        await_metric(&gw, "tollgate_connections_open", |v| v <= 1.0).await,
+        common::await_metric(&gw, "tollgate_connections_open", |v| v <= 1.0).await,
         "the connection is still open"
     );
     // What the client can still read is less than the answer, then the end.
@@ -680,7 +660,7 @@ async fn an_http2_client_that_never_reads_is_cut_off_at_the_write_deadline() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     // Read nothing until the server has given up on this client.
     assert!(
-        await_metric(
+        common::await_metric(
             &gw,
             "tollgate_connections_closed_total{reason=\"write_timeout\"}",
             |v| v >= 1.0

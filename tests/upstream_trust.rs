@@ -117,8 +117,9 @@ async fn send(gw: &Gateway, key: &str, text: &str, stream: bool) -> Reply {
     }
 }
 
+/// An OpenAI-shaped error body (the test kit's), as text.
 fn openai_error(message: &str, kind: &str, code: &str) -> String {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
+    tollgate::testkit::openai_error(message, kind, Some(code)).to_string()
 }
 
 fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> Fault {

@@ -191,19 +191,13 @@ impl Memory {
 
     /// Check every limit of every scope and, only if all pass, charge them.
     pub(crate) fn admit(&self, req: &AdmitRequest) -> Decision {
-        let entries: Vec<Shared> = loop {
-            let entries: Vec<Shared> = req
-                .scopes
-                .iter()
-                .map(|s| self.entry(s.scope, &s.id))
-                .collect();
-            if !entries.iter().any(|e| lock(e).evicted) {
-                break entries;
-            }
-        };
-        // Key first, then team: the order every admission uses. A sweep between the check above
-        // and these locks finds the entries busy only if an admission already holds them; an
-        // idle one it may evict, so check again under the locks.
+        let entries: Vec<Shared> = req
+            .scopes
+            .iter()
+            .map(|s| self.entry(s.scope, &s.id))
+            .collect();
+        // Key first, then team: the order every admission uses. A sweep between the lookup and
+        // these locks may have evicted an idle entry: look again.
         let mut guards: Vec<MutexGuard<'_, Entry>> = entries.iter().map(lock).collect();
         if guards.iter().any(|g| g.evicted) {
             drop(guards);
@@ -280,37 +274,34 @@ impl Memory {
     pub(crate) fn settle(&self, req: &SettleRequest) {
         let tag_now = budget::unix_now();
         for s in &req.scopes {
-            // Lock once and check under that lock: a sweep that evicted the entry between the
-            // lookup and the lock sends us to look it up again.
-            let entry = self.entry(s.scope, &s.id);
-            let mut e = lock(&entry);
-            if e.evicted {
-                drop(e);
-                drop(entry);
-                self.settle(&SettleRequest {
-                    scopes: vec![s.clone()],
-                    ..req.clone()
-                });
-                continue;
-            }
-            if s.leased {
-                e.concurrent = e.concurrent.saturating_sub(1);
-                e.reserved = e.reserved.saturating_sub(s.reserved);
-            }
-            if let Some(tpm) = s.tpm {
-                if req.token_delta != 0 {
-                    let now = self.now_us();
-                    e.tpm_tat = gcra::adjust(e.tpm_tat, now, req.token_delta, tpm);
+            // Checked under the entry's own lock: a sweep that evicted it between the lookup
+            // and the lock sends us to look it up again.
+            loop {
+                let entry = self.entry(s.scope, &s.id);
+                let mut e = lock(&entry);
+                if e.evicted {
+                    continue;
                 }
-            }
-            if req.cost_nanos > 0 {
-                let tag = budget::period_tag(s.period, tag_now);
-                if e.spend_tag != tag {
-                    e.spend_tag = tag;
-                    e.spend = 0;
+                if s.leased {
+                    e.concurrent = e.concurrent.saturating_sub(1);
+                    e.reserved = e.reserved.saturating_sub(s.reserved);
                 }
-                e.spend = e.spend.saturating_add(req.cost_nanos);
-                self.dirty.store(true, Ordering::Relaxed);
+                if let Some(tpm) = s.tpm {
+                    if req.token_delta != 0 {
+                        let now = self.now_us();
+                        e.tpm_tat = gcra::adjust(e.tpm_tat, now, req.token_delta, tpm);
+                    }
+                }
+                if req.cost_nanos > 0 {
+                    let tag = budget::period_tag(s.period, tag_now);
+                    if e.spend_tag != tag {
+                        e.spend_tag = tag;
+                        e.spend = 0;
+                    }
+                    e.spend = e.spend.saturating_add(req.cost_nanos);
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                break;
             }
         }
     }

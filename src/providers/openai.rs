@@ -17,7 +17,9 @@ pub struct OpenAi {
     client: reqwest::Client,
     /// The upstream URL of each endpoint, parsed once when the config is loaded: no URL parsing
     /// (or IDNA work) per request.
-    urls: [reqwest::Url; 3],
+    chat: reqwest::Url,
+    completions: reqwest::Url,
+    embeddings: reqwest::Url,
 }
 
 impl OpenAi {
@@ -37,16 +39,19 @@ impl OpenAi {
         };
         Ok(OpenAi {
             client,
-            urls: [
-                url(Endpoint::Chat)?,
-                url(Endpoint::Completions)?,
-                url(Endpoint::Embeddings)?,
-            ],
+            chat: url(Endpoint::Chat)?,
+            completions: url(Endpoint::Completions)?,
+            embeddings: url(Endpoint::Embeddings)?,
         })
     }
 
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
-        let mut url = self.urls[req.endpoint as usize].clone();
+        let mut url = match req.endpoint {
+            Endpoint::Chat => &self.chat,
+            Endpoint::Completions => &self.completions,
+            Endpoint::Embeddings => &self.embeddings,
+        }
+        .clone();
         let mut headers = req.headers.clone();
         headers.insert(
             http::header::CONTENT_TYPE,

@@ -83,13 +83,11 @@ async fn run(
     // shape: validate fields, apply the team's defaults and caps, check the model.
     let shaped = policy::shape(endpoint, team, &parts.headers, &mut json)?;
     ledger.shaped(&shaped);
-    policy::check_model(
-        &shaped.model,
-        team,
-        |m| snap.routes.contains_key(m),
-        |m| caller.key_allows(m),
-    )?;
-    if let Some(route) = snap.routes.get(&shaped.model) {
+    let route = snap.routes.get(&shaped.model);
+    policy::check_model(&shaped.model, team, route.is_some(), |m| {
+        caller.key_allows(m)
+    })?;
+    if let Some(route) = route {
         ledger.model_known(&route.name);
     }
 

@@ -14,6 +14,35 @@ use tollgate::config::Config;
 use tollgate::server::{self, ServeOptions};
 use tollgate::state::{AppState, Snapshot};
 
+/// Poll `/metrics` (bounded: 100 polls 50 ms apart) until `pred` holds for the value of the
+/// first line starting with `metric` (the name, with its labels if any).
+pub async fn await_metric(gw: &Gateway, metric: &str, pred: impl Fn(f64) -> bool) -> bool {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let text = match client.get(gw.url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = text.lines().find_map(|l| {
+            l.strip_prefix(metric)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if pred(value.unwrap_or(0.0)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Nano-dollars a mock answer's `usage` costs at the built-in `mock-gpt` price (1.00 in / 2.00
+/// out per million tokens).
+pub fn cost_nanos(v: &serde_json::Value) -> u64 {
+    let p = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    let c = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    p * 1000 + c * 2000
+}
+
 /// The address a started binary wrote to its `--addr-file` (polled: at most 10 s).
 pub async fn wait_for_addr_file(path: &std::path::Path) -> String {
     for _ in 0..200 {
@@ -111,6 +140,18 @@ impl Gateway {
     }
 
     /// POST JSON with the demo key.
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("/metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
         self.post_with_key(path, DEMO_KEY, body).await
     }
