@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, DEMO_KEY, DEMO_KEY_SHA256};
+use common::{Gateway, Reply, DEMO_KEY, DEMO_KEY_SHA256};
 use serde_json::{json, Value};
 use tollgate::routing::breaker::State as BreakerState;
 use tollgate::testkit::{Fault, MockUpstream};
@@ -86,61 +86,6 @@ fn breaker_state(gw: &Gateway, upstream: &str) -> BreakerState {
     }
 }
 
-/// What a client got back, body read to the end.
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    fn attempts(&self) -> Option<u32> {
-        self.header("x-tollgate-attempts")
-            .and_then(|v| v.parse().ok())
-    }
-    fn upstream(&self) -> Option<&str> {
-        self.header("x-tollgate-upstream")
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-    /// The SSE `data:` payloads in order.
-    fn events(&self) -> Vec<String> {
-        self.body
-            .split("\n\n")
-            .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
-            .map(str::to_owned)
-            .collect()
-    }
-    /// The answer's text: the message of a JSON answer, the concatenated deltas of a stream.
-    fn content(&self) -> String {
-        if let Some(c) = self.json()["choices"][0]["message"]["content"].as_str() {
-            return c.to_owned();
-        }
-        self.events()
-            .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .filter_map(|v| {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect()
-    }
-    /// The OpenAI error object of a JSON error answer, checked for shape.
-    fn error_code(&self) -> String {
-        let v = self.json();
-        let e = &v["error"];
-        assert!(e["message"].is_string(), "not OpenAI-shaped: {}", self.body);
-        assert!(e["type"].is_string(), "not OpenAI-shaped: {}", self.body);
-        assert!(e.get("param").is_some(), "not OpenAI-shaped: {}", self.body);
-        e["code"].as_str().unwrap_or("").to_owned()
-    }
-}
-
 fn chat(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
@@ -169,17 +114,7 @@ async fn send_with(
         .send()
         .await
         .unwrap_or_else(|e| panic!("request failed: {e}"));
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("body failed: {e}"));
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 async fn send(gw: &Gateway, model: &str, text: &str, stream: bool) -> Reply {

@@ -10,8 +10,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use common::{sha256_hex, Gateway};
-use serde_json::{json, Value};
+use common::{sha256_hex, Gateway, Reply};
+use serde_json::json;
 use tollgate::testkit::{Fault, MockUpstream};
 
 const KEY_A: &str = "sk-team-a";
@@ -64,35 +64,6 @@ async fn start(m: &MockUpstream, credential: &str, retry: &str) -> Gateway {
     Gateway::start_with_env(&config(&m.base_url(), credential, retry), env()).await
 }
 
-/// What a client got back, body read to the end.
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-    /// The OpenAI error object, checked for shape.
-    fn error(&self) -> Value {
-        let v = self.json();
-        let e = &v["error"];
-        assert!(e["message"].is_string(), "not OpenAI-shaped: {}", self.body);
-        assert!(e["type"].is_string(), "not OpenAI-shaped: {}", self.body);
-        assert!(e.get("param").is_some(), "not OpenAI-shaped: {}", self.body);
-        assert!(e.get("code").is_some(), "not OpenAI-shaped: {}", self.body);
-        e.clone()
-    }
-    fn retry_after_secs(&self) -> Option<u64> {
-        self.header("retry-after").and_then(|v| v.parse().ok())
-    }
-}
-
 async fn send(gw: &Gateway, key: &str, text: &str, stream: bool) -> Reply {
     let body = json!({"model": "gpt", "stream": stream,
         "messages": [{"role": "user", "content": text}]});
@@ -104,17 +75,7 @@ async fn send(gw: &Gateway, key: &str, text: &str, stream: bool) -> Reply {
         .send()
         .await
         .unwrap_or_else(|e| panic!("request failed: {e}"));
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("body failed: {e}"));
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 /// An OpenAI-shaped error body (the test kit's), as text.

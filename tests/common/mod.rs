@@ -14,6 +14,87 @@ use tollgate::config::Config;
 use tollgate::server::{self, ServeOptions};
 use tollgate::state::{AppState, Snapshot};
 
+/// A whole answer: status, headers and body, with readers for what tests look at.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub async fn read(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("body failed: {e}"));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn attempts(&self) -> Option<u32> {
+        self.header("x-tollgate-attempts")
+            .and_then(|v| v.parse().ok())
+    }
+    pub fn upstream(&self) -> Option<&str> {
+        self.header("x-tollgate-upstream")
+    }
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.header("retry-after").and_then(|v| v.parse().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    /// The SSE `data:` payloads in order.
+    pub fn events(&self) -> Vec<String> {
+        self.body
+            .split("\n\n")
+            .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(str::to_owned)
+            .collect()
+    }
+    /// The answer's text: the message of a JSON answer, the concatenated deltas of a stream.
+    pub fn content(&self) -> String {
+        if let Some(c) = self.json()["choices"][0]["message"]["content"].as_str() {
+            return c.to_owned();
+        }
+        self.events()
+            .iter()
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+    /// The OpenAI error object, checked for shape (all four fields).
+    pub fn error(&self) -> serde_json::Value {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "not OpenAI-shaped: {}", self.body);
+        assert!(e["type"].is_string(), "not OpenAI-shaped: {}", self.body);
+        assert!(e.get("param").is_some(), "not OpenAI-shaped: {}", self.body);
+        assert!(e.get("code").is_some(), "not OpenAI-shaped: {}", self.body);
+        e.clone()
+    }
+    /// The code of a JSON error answer, its message, type and param checked for shape.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "not OpenAI-shaped: {}", self.body);
+        assert!(e["type"].is_string(), "not OpenAI-shaped: {}", self.body);
+        assert!(e.get("param").is_some(), "not OpenAI-shaped: {}", self.body);
+        e["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
 /// Poll `/metrics` (bounded: 100 polls 50 ms apart) until `pred` holds for the value of the
 /// first line starting with `metric` (the name, with its labels if any).
 pub async fn await_metric(gw: &Gateway, metric: &str, pred: impl Fn(f64) -> bool) -> bool {
