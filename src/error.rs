@@ -1,8 +1,9 @@
 //! Every error Tollgate itself answers with, and the one place that turns it into HTTP.
 //!
-//! Each variant knows its status, its OpenAI `type`/`code`, its metric label ([`ApiError::kind`])
-//! and where the fault lies ([`Source`]). Messages never contain secrets or upstream internals;
-//! the body is always `{"error":{"message","type","param","code"}}`.
+//! Each variant knows its status, its OpenAI `type`/`code` and its metric label
+//! ([`ApiError::kind`]); what an upstream failure means for retries, breakers and fallbacks is
+//! read in one place, the providers' `reading` module. Messages never contain secrets or
+//! upstream internals; the body is always `{"error":{"message","type","param","code"}}`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,14 +14,6 @@ use crate::openai::RateHeaders;
 
 /// Read by OpenAI's SDKs before anything else when deciding to retry.
 const X_SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
-
-/// Who caused an error; decides whether a retry on another upstream can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Client,
-    Upstream,
-    Internal,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -187,42 +180,6 @@ impl ApiError {
             Conflict { .. } => "client_conflict",
             StoreUnavailable => "store_unavailable",
             Internal => "internal",
-        }
-    }
-
-    pub fn source(&self) -> Source {
-        use ApiError::*;
-        match self {
-            UpstreamUnreachable
-            | UpstreamUnavailable { .. }
-            | UpstreamTimeout
-            | UpstreamInvalid
-            | UpstreamCredentialRejected { .. }
-            | UpstreamStatus { .. } => Source::Upstream,
-            CredentialUnavailable { .. }
-            | CredentialsRateLimited { .. }
-            | Overloaded { .. }
-            | LimiterUnavailable
-            | StoreUnavailable
-            | Internal => Source::Internal,
-            _ => Source::Client,
-        }
-    }
-
-    /// Whether another attempt (same or another upstream) may succeed: connect errors, timeouts
-    /// before the first byte, 408/409/429 and 5xx. A rejected credential is retryable on
-    /// *another* upstream only (the attempt loop does not send it to the same one again).
-    pub fn retryable(&self) -> bool {
-        match self {
-            ApiError::UpstreamUnreachable
-            | ApiError::UpstreamCredentialRejected { .. }
-            | ApiError::UpstreamUnavailable { .. }
-            | ApiError::UpstreamTimeout
-            | ApiError::UpstreamInvalid => true,
-            ApiError::UpstreamStatus { status, .. } => {
-                matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error()
-            }
-            _ => false,
         }
     }
 

@@ -34,10 +34,10 @@
 //!
 //! [`cli`] (commands; [`cli::main`] is the program), [`server`] (listener, connection limits,
 //! framing guard, shutdown), [`app`] (the route table and middleware order), [`proxy`] (the
-//! request path, attempts, relay, ledger), [`auth`] (keys, the store key cache), [`policy`],
+//! request path, attempts, SSE events, relay, ledger), [`auth`] (keys, the store key cache), [`policy`],
 //! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
-//! [`providers`] (`openai`, `mock`), [`store`] (SQLite/PostgreSQL persistence, usage writer),
+//! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
 //! [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
 //! [`secret`], and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 

@@ -7,6 +7,7 @@
 
 pub mod mock;
 pub mod openai;
+pub mod reading;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;

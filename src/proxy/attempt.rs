@@ -18,15 +18,19 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use super::ledger::Ledger;
-use super::relay;
-use crate::config::{FallbackReason, Priority};
-use crate::credentials::{Lease, Outcome, Retry, Witness, MAX_COOLDOWN, WITNESS_WINDOW};
+use super::sse;
+use crate::config::Priority;
+use crate::credentials::{
+    Credential, Lease, Outcome, Retry, Witness, MAX_COOLDOWN, WITNESS_WINDOW,
+};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
+use crate::providers::reading::{Health, Reading};
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::routing::breaker::Admit;
 use crate::routing::queue::{Refused, Slot};
 use crate::routing::retry::backoff;
+use crate::routing::Route;
 use crate::state::{Snapshot, Upstream};
 use crate::telemetry::names;
 
@@ -77,145 +81,185 @@ pub enum AnswerBody {
     },
 }
 
+/// A failed attempt: the error the client would see, and the one reading of it that the retry
+/// loop, the breaker, the fallback choice and the request log act on.
+pub struct Failure {
+    pub error: ApiError,
+    pub reading: Reading,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Failure {
+        let reading = Reading::failure(&error);
+        Failure { error, reading }
+    }
+}
+
 /// Try the model's upstreams, then its fallbacks, until one answers.
 pub async fn dispatch(
     snap: &Snapshot,
-    model: &str,
+    first: &Route,
     json: &mut Map<String, Value>,
     req: &Request<'_>,
     wishes: Wishes,
     ledger: &mut Ledger,
 ) -> Result<Answer, ApiError> {
-    let started = Instant::now();
-    let first = snap
-        .routes
-        .get(model)
-        .ok_or_else(|| ApiError::ModelNotFound {
-            model: model.to_owned(),
-        })?;
-    let deadline = started + first.config.deadline.0;
+    let deadline = Instant::now() + first.config.deadline.0;
     let mut tried: Vec<&str> = Vec::new();
-    let mut current = model;
+    let mut route = first;
     loop {
-        tried.push(current);
-        let route = snap.routes.get(current).ok_or(ApiError::Internal)?;
-        let max_attempts = route
-            .config
-            .retry
-            .max_attempts
-            .min(wishes.max_attempts.unwrap_or(u32::MAX))
-            .max(1);
-        route.budget.deposit(Instant::now());
-        let plan = route.plan(Instant::now());
-        let mut err = no_upstream(route, current);
-        // Upstreams that refused the gateway's credential in this request: not tried again.
-        let mut refused: Vec<&str> = Vec::new();
-        // Upstreams that answered this request 429 with a Retry-After: not before then.
-        let mut not_before: Vec<(&str, Instant)> = Vec::new();
-        let max_retry_after = route.config.retry.max_retry_after.0;
-        for n in 0..max_attempts {
-            // The next upstream in plan order that can take this request now. An upstream
-            // that is rate limited (its mark, or its Retry-After to this request) or open is
-            // skipped; when every one left is only waiting out a Retry-After, the earliest is
-            // waited for if that fits `retry.max_retry_after` and the deadline. Otherwise we
-            // stop and the last error stands: the upstream's 429 with its Retry-After.
-            let now = Instant::now();
-            let Some((upstream, at)) = next_upstream(&plan, n, now, &refused, &not_before) else {
-                break;
-            };
-            let must_wait = at.saturating_duration_since(now);
-            if must_wait > max_retry_after || at >= deadline {
-                break;
-            }
-            if n > 0 {
-                if !route.budget.withdraw(Instant::now()) {
-                    metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => current.to_owned())
-                        .increment(1);
-                    break;
-                }
-                let wait = backoff(
-                    n - 1,
-                    route.config.retry.base_backoff.0,
-                    route.config.retry.max_backoff.0,
-                )
-                .max(must_wait);
-                if Instant::now() + wait >= deadline {
-                    break;
-                }
-                tokio::time::sleep(wait).await;
-            } else if !must_wait.is_zero() {
-                tokio::time::sleep(must_wait).await;
-            }
-            let t0 = Instant::now();
-            let target = Target {
-                model: current,
-                priority: wishes.priority,
-                deadline,
-            };
-            let result = attempt(upstream, &target, json, req, ledger).await;
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.kind(),
-            };
-            ledger.attempt(&upstream.name, outcome, t0.elapsed());
-            metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.clone(),
-                "outcome" => outcome)
-            .increment(1);
-            match result {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    let retry = e.retryable();
-                    match &e {
-                        ApiError::UpstreamCredentialRejected { .. } => refused.push(&upstream.name),
-                        ApiError::UpstreamStatus {
-                            status,
-                            retry_after: Some(v),
-                            ..
-                        } if status.as_u16() == 429 => {
-                            // Our own clamped whole seconds (set in `attempt_inner`).
-                            if let Some(secs) = v.to_str().ok().and_then(|v| v.parse().ok()) {
-                                not_before.push((
-                                    &upstream.name,
-                                    Instant::now() + Duration::from_secs(secs),
-                                ));
-                            }
-                        }
-                        _ => {}
-                    }
-                    err = e;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-        }
-        // fall back: a per-reason fallback first, then the ordered list (retryable errors only).
-        let reason = reason_of(&err);
-        let by_reason = reason
-            .and_then(|r| route.config.fallback_on.get(&r))
-            .map(String::as_str)
-            .filter(|m| !tried.contains(m));
-        let ordered = || {
-            first
-                .config
-                .fallbacks
-                .iter()
-                .map(String::as_str)
-                .find(|m| !tried.contains(m))
+        tried.push(&route.name);
+        let target = Target {
+            model: &route.name,
+            priority: wishes.priority,
+            deadline,
         };
-        let next = by_reason.or_else(|| if err.retryable() { ordered() } else { None });
-        match next {
-            Some(m) if Instant::now() < deadline => {
-                metrics::counter!(names::FALLBACKS, "from" => current.to_owned(), "to" => m.to_owned())
-                    .increment(1);
-                current = m;
-            }
-            _ => return Err(err),
+        let failure = match try_route(route, &target, wishes, json, req, ledger).await {
+            Ok(answer) => return Ok(answer),
+            Err(f) => f,
+        };
+        let Some(next) = fallback(first, route, &failure.reading, &tried) else {
+            return Err(failure.error);
+        };
+        if Instant::now() >= deadline {
+            return Err(failure.error);
+        }
+        metrics::counter!(names::FALLBACKS, "from" => route.name.clone(), "to" => next.to_owned())
+            .increment(1);
+        route = snap.routes.get(next).ok_or(ApiError::Internal)?;
+    }
+}
+
+/// The model a failure falls back to: its `fallback_on` entry for the reading's reason first,
+/// then (for a retryable failure only) the first model's ordered fallbacks not yet tried.
+fn fallback<'s>(
+    first: &'s Route,
+    current: &'s Route,
+    reading: &Reading,
+    tried: &[&str],
+) -> Option<&'s str> {
+    let by_reason = reading
+        .fallback
+        .and_then(|r| current.config.fallback_on.get(&r))
+        .map(String::as_str)
+        .filter(|m| !tried.contains(m));
+    let ordered = || {
+        first
+            .config
+            .fallbacks
+            .iter()
+            .map(String::as_str)
+            .find(|m| !tried.contains(m))
+    };
+    by_reason.or_else(|| if reading.retryable { ordered() } else { None })
+}
+
+/// Upstreams this request should not try again now: those that refused the gateway's credential
+/// in this request, and those that answered it 429 with a Retry-After (not before then).
+#[derive(Default)]
+struct Avoid<'p> {
+    refused: Vec<&'p str>,
+    not_before: Vec<(&'p str, Instant)>,
+}
+
+impl<'p> Avoid<'p> {
+    fn note(&mut self, upstream: &'p str, reading: &Reading) {
+        if reading.credential == Some(Outcome::Unauthorized) {
+            self.refused.push(upstream);
+        }
+        if let (Health::Busy, Some(d)) = (reading.health, reading.retry_after) {
+            // Whole seconds, rounded up: what the client is told to wait, too.
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            self.not_before
+                .push((upstream, Instant::now() + Duration::from_secs(secs)));
         }
     }
 }
 
-fn no_upstream(route: &crate::routing::Route, model: &str) -> ApiError {
+/// Up to the route's attempt limit over its plan: each retryable failure leads to the next
+/// upstream that can take the request, after a backoff and within the retry budget.
+async fn try_route(
+    route: &Route,
+    target: &Target<'_>,
+    wishes: Wishes,
+    json: &mut Map<String, Value>,
+    req: &Request<'_>,
+    ledger: &mut Ledger,
+) -> Result<Answer, Failure> {
+    let max_attempts = route
+        .config
+        .retry
+        .max_attempts
+        .min(wishes.max_attempts.unwrap_or(u32::MAX))
+        .max(1);
+    route.budget.deposit(Instant::now());
+    let plan = route.plan(Instant::now());
+    let mut failure = Failure::from(no_upstream(route));
+    let mut avoid = Avoid::default();
+    for n in 0..max_attempts {
+        let Some(upstream) = pace(route, &plan, n, &avoid, target.deadline).await else {
+            break;
+        };
+        let t0 = Instant::now();
+        let result = attempt(upstream, target, json, req, ledger).await;
+        let outcome = result.as_ref().map_or_else(|f| f.error.kind(), |_| "ok");
+        ledger.attempt(&upstream.name, outcome, t0.elapsed());
+        metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.clone(),
+            "outcome" => outcome)
+        .increment(1);
+        let f = match result {
+            Ok(answer) => return Ok(answer),
+            Err(f) => f,
+        };
+        avoid.note(&upstream.name, &f.reading);
+        let stop = !f.reading.retryable;
+        failure = f;
+        if stop {
+            break;
+        }
+    }
+    Err(failure)
+}
+
+/// The upstream for attempt `n`, once it may be tried: the next in plan order that can take the
+/// request now, else the one that can take it soonest if that wait fits `retry.max_retry_after`
+/// and the deadline. A retry also waits out its backoff and needs the retry budget. `None`
+/// stops the attempts (the last failure stands: an upstream's 429 with its Retry-After).
+async fn pace<'p>(
+    route: &Route,
+    plan: &'p [Arc<Upstream>],
+    n: u32,
+    avoid: &Avoid<'_>,
+    deadline: Instant,
+) -> Option<&'p Arc<Upstream>> {
+    let now = Instant::now();
+    let (upstream, at) = next_upstream(plan, n, now, avoid)?;
+    let must_wait = at.saturating_duration_since(now);
+    if must_wait > route.config.retry.max_retry_after.0 || at >= deadline {
+        return None;
+    }
+    let wait = if n == 0 {
+        must_wait
+    } else {
+        if !route.budget.withdraw(Instant::now()) {
+            metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => route.name.clone())
+                .increment(1);
+            return None;
+        }
+        let retry = &route.config.retry;
+        backoff(n - 1, retry.base_backoff.0, retry.max_backoff.0).max(must_wait)
+    };
+    if n > 0 && Instant::now() + wait >= deadline {
+        return None;
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    Some(upstream)
+}
+
+fn no_upstream(route: &Route) -> ApiError {
+    let model = &route.name;
     let now = Instant::now();
     // Fix: only live (weight > 0) targets count; a drained target is never tried, so it must
     // not turn "every upstream is rate limited" (429 + Retry-After) into a 503.
@@ -252,17 +296,16 @@ fn next_upstream<'p>(
     plan: &'p [Arc<Upstream>],
     n: u32,
     now: Instant,
-    refused: &[&str],
-    not_before: &[(&str, Instant)],
+    avoid: &Avoid<'_>,
 ) -> Option<(&'p Arc<Upstream>, Instant)> {
     let mut best: Option<(&Arc<Upstream>, Instant)> = None;
     for k in 0..plan.len() {
         let u = &plan[(n as usize + k) % plan.len()];
-        if refused.contains(&&*u.name) {
+        if avoid.refused.contains(&&*u.name) {
             continue;
         }
         let mut at = now;
-        for (name, t) in not_before {
+        for (name, t) in &avoid.not_before {
             if *name == &*u.name {
                 at = at.max(*t);
             }
@@ -283,44 +326,25 @@ fn next_upstream<'p>(
     best
 }
 
-/// Which `fallback_on` entry an error calls for.
-fn reason_of(e: &ApiError) -> Option<FallbackReason> {
-    match e {
-        ApiError::UpstreamStatus { status, body, .. } => {
-            if status.as_u16() == 429 {
-                Some(FallbackReason::RateLimited)
-            } else if status.is_client_error() {
-                let text = String::from_utf8_lossy(body);
-                (text.contains("context_length_exceeded")
-                    || text.contains("maximum context length"))
-                .then_some(FallbackReason::ContextLength)
-            } else {
-                Some(FallbackReason::Unavailable)
-            }
-        }
-        e if e.retryable() => Some(FallbackReason::Unavailable),
-        _ => None,
-    }
-}
-
 /// One attempt on one upstream, with one retry on a 401 when the credential renewed itself and up
-/// to pool-size immediate retries when a pool member was rotated out (429 / 401 / 403).
+/// to pool-size immediate retries when a pool member was rotated out (429 / 401 / 403). Its
+/// reading feeds the upstream's breaker.
 async fn attempt(
     upstream: &Arc<Upstream>,
     target: &Target<'_>,
     json: &mut Map<String, Value>,
     req: &Request<'_>,
     ledger: &mut Ledger,
-) -> Result<Answer, ApiError> {
+) -> Result<Answer, Failure> {
     ledger.upstream(&upstream.name);
     let probe = match upstream.breaker.admit(Instant::now()) {
         Admit::Yes => false,
         Admit::Probe => true,
         Admit::No => {
-            return Err(ApiError::UpstreamUnavailable {
+            return Err(Failure::from(ApiError::UpstreamUnavailable {
                 message: format!("upstream '{}' is not taking requests", upstream.name),
                 retry_after_secs: 1,
-            })
+            }))
         }
     };
     // Fix: if this future is dropped mid-attempt (client gone), the probe slot is given back;
@@ -332,41 +356,26 @@ async fn attempt(
     // An outcome is recorded below, with no await in between.
     abandoned.breaker = None;
     let now = Instant::now();
-    let state = match &result {
+    let (health, ttfb) = match &result {
         Ok(a) => {
             let ttfb = now.duration_since(a.sent_at);
             upstream.observe_ttfb(ttfb);
-            Some(upstream.breaker.record(now, true, Some(ttfb), probe))
+            (Health::Up, Some(ttfb))
         }
-        // A 429 says "later", not "healthy": a probe that gets one neither closes nor reopens.
-        Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 429 => {
+        Err(f) => (f.reading.health, None),
+    };
+    let breaker = &upstream.breaker;
+    let state = match health {
+        Health::Up => Some(breaker.record(now, true, ttfb, probe)),
+        Health::Down => Some(breaker.record(now, false, None, probe)),
+        Health::Busy => {
             if probe {
-                upstream.breaker.abandon_probe();
+                breaker.abandon_probe();
             }
             None
         }
-        // An upstream 408 is its own timeout: a health failure.
-        Err(ApiError::UpstreamStatus { status, .. }) if status.as_u16() == 408 => {
-            Some(upstream.breaker.record(now, false, None, probe))
-        }
-        // Client-side errors, and a refused credential, say nothing about the upstream's health.
-        Err(ApiError::UpstreamCredentialRejected { .. }) => {
-            Some(upstream.breaker.record(now, true, None, probe))
-        }
-        Err(ApiError::UpstreamStatus { status, .. }) if status.is_client_error() => {
-            Some(upstream.breaker.record(now, true, None, probe))
-        }
-        Err(ApiError::UpstreamUnavailable { .. }) | Err(ApiError::CredentialUnavailable { .. }) => {
-            if probe {
-                Some(upstream.breaker.record(now, false, None, probe))
-            } else {
-                None
-            }
-        }
-        Err(e) if e.source() == crate::error::Source::Upstream => {
-            Some(upstream.breaker.record(now, false, None, probe))
-        }
-        Err(_) => probe.then(|| upstream.breaker.record(now, true, None, probe)),
+        Health::Unreached => probe.then(|| breaker.record(now, false, None, probe)),
+        Health::Unrelated => probe.then(|| breaker.record(now, true, None, probe)),
     };
     if let Some(s) = state {
         metrics::gauge!(names::BREAKER_STATE, "upstream" => upstream.name.clone()).set(s.gauge());
@@ -393,53 +402,65 @@ async fn attempt_inner(
     json: &mut Map<String, Value>,
     req: &Request<'_>,
     ledger: &mut Ledger,
-) -> Result<Answer, ApiError> {
-    let Target {
-        model,
-        priority,
-        deadline,
-    } = *target;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let slot = upstream.gate.acquire(priority, left()).await.map_err(|r| {
-        ApiError::UpstreamUnavailable {
+) -> Result<Answer, Failure> {
+    let deadline = target.deadline;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let slot = upstream
+        .gate
+        .acquire(target.priority, left)
+        .await
+        .map_err(|r| ApiError::UpstreamUnavailable {
             message: match r {
                 Refused::QueueFull => format!("upstream '{}' queue is full", upstream.name),
                 Refused::Timeout => format!("no slot at upstream '{}' in time", upstream.name),
             },
             retry_after_secs: 1,
-        }
-    })?;
-    let upstream_model = upstream.model.as_deref().unwrap_or(model);
+        })?;
+    let upstream_model = upstream.model.as_deref().unwrap_or(target.model);
     if json.get("model").and_then(Value::as_str) != Some(upstream_model) {
         json.insert("model".into(), Value::String(upstream_model.to_owned()));
     }
     let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
-    let mut renewed = false;
-    let mut rotations = 0;
-    let max_rotations = upstream
-        .credential
-        .as_ref()
-        .map_or(0, |c| c.max_rotations());
-    // Pool members this attempt already heard from: a rotation prefers the others.
-    let mut tried_members: Vec<crate::credentials::MemberRef> = Vec::new();
-    let (response, sent_at, lease, error_body, account) = loop {
+    let sent = send(upstream, &body, json, req, deadline, ledger).await?;
+    if let Some((raw, reading)) = &sent.error {
+        ledger.upstream_time(sent.at.elapsed());
+        return Err(refusal(upstream, &sent, raw, *reading, req.witness));
+    }
+    let deadline = (sent.at + upstream.timeouts.total.0).min(deadline);
+    let Sent { response, at, .. } = sent;
+    if req.stream && is_sse(&response.headers) {
+        return commit_stream(upstream, response, at, deadline, slot).await;
+    }
+    let answer = read_whole(upstream, response, at, deadline, req.max_response_bytes).await?;
+    ledger.upstream_time(at.elapsed());
+    drop(slot);
+    Ok(answer)
+}
+
+/// An upstream's answer to the request, as the credential last heard it.
+struct Sent {
+    response: UpstreamResponse,
+    at: Instant,
+    lease: Option<Lease>,
+    /// For an error status: its body (bounded) and its reading.
+    error: Option<(Vec<u8>, Reading)>,
+}
+
+/// Send the request with a lease of the upstream's credential and report what the credential
+/// heard; send again once when a 401 renewed the credential, and after each pool rotation.
+async fn send(
+    upstream: &Upstream,
+    body: &Bytes,
+    json: &Map<String, Value>,
+    req: &Request<'_>,
+    deadline: Instant,
+    ledger: &mut Ledger,
+) -> Result<Sent, ApiError> {
+    let mut rounds = Rounds::default();
+    loop {
         ledger.attempted();
-        let lease: Option<Lease> = match &upstream.credential {
-            // A lease waits only when no token is usable; that wait is bounded by the credential's
-            // lease_timeout and by the request's deadline.
-            Some(c) => {
-                let mut lease = tokio::time::timeout(left(), c.lease_avoiding(&tried_members))
-                    .await
-                    .map_err(|_| ApiError::CredentialUnavailable {
-                        message: format!("no upstream credential for '{}' in time", upstream.name),
-                        retry_after_secs: 1,
-                    })??;
-                lease.from = req.witness;
-                Some(lease)
-            }
-            None => None,
-        };
-        let sent_at = Instant::now();
+        let lease = lease(upstream, &rounds.tried_members, req.witness, deadline).await?;
+        let at = Instant::now();
         let request = UpstreamRequest {
             endpoint: req.endpoint,
             body: body.clone(),
@@ -448,207 +469,249 @@ async fn attempt_inner(
             lease: lease.as_ref(),
             json,
         };
-        let wait = upstream.timeouts.first_byte.0.min(left());
+        let wait = upstream
+            .timeouts
+            .first_byte
+            .0
+            .min(deadline.saturating_duration_since(at));
         // From here the upstream may read (and bill) the prompt.
         ledger.sent();
         let mut response = tokio::time::timeout(wait, upstream.provider.send(request))
             .await
             .map_err(|_| ApiError::UpstreamTimeout)??;
-        // One reading of an error answer (bounded), used by the credential, the upstream's
-        // mark and what the client sees.
-        let error_body = if response.status.is_success() {
+        // One reading of the answer (an error body bounded), used by the credential, the
+        // upstream's mark, the retry loop and what the client sees.
+        let error = if response.status.is_success() {
             None
         } else {
-            Some(read_error_body(&mut response.body, upstream.timeouts.idle.0, deadline).await)
+            let raw = read_error_body(&mut response.body, upstream.timeouts.idle.0, deadline).await;
+            let reading = Reading::answer(response.status, &response.headers, &raw);
+            Some((raw, reading))
         };
-        let account = response.status == StatusCode::TOO_MANY_REQUESTS
-            && about_account(&response.headers, error_body.as_deref().unwrap_or_default());
-        if let (Some(cred), Some(lease)) = (&upstream.credential, &lease) {
-            let outcome = match response.status.as_u16() {
-                401 => Outcome::Unauthorized,
-                403 => Outcome::Forbidden,
-                429 => Outcome::RateLimited {
-                    after: super::retry_after(&response.headers),
-                    account,
-                },
-                _ => Outcome::Ok,
-            };
-            tried_members.extend(lease.member);
-            match cred.report(lease, outcome) {
-                Retry::Renewed if !renewed && response.status == StatusCode::UNAUTHORIZED => {
-                    renewed = true;
-                    continue;
-                }
-                Retry::Rotated if rotations < max_rotations => {
-                    rotations += 1;
-                    continue;
-                }
-                _ => {}
+        let heard = error.as_ref().map_or(Reading::OK, |(_, r)| *r).credential;
+        if let (Some(cred), Some(lease), Some(outcome)) = (&upstream.credential, &lease, heard) {
+            if rounds.again(cred, lease, outcome) {
+                continue;
             }
         }
-        break (response, sent_at, lease, error_body, account);
-    };
-    if let Some(raw) = error_body {
-        ledger.upstream_time(sent_at.elapsed());
-        if response.status == StatusCode::UNAUTHORIZED {
-            // After the renewal retry (or every rotation): the upstream refuses the gateway's
-            // own credential. The client's key is fine; the body is not relayed.
-            return Err(ApiError::UpstreamCredentialRejected {
-                upstream: upstream.name.to_string(),
-            });
-        }
-        let retry_after = super::retry_after(&response.headers);
-        if response.status == StatusCode::TOO_MANY_REQUESTS {
-            // The upstream leaves every tenant's plans only on evidence that the 429 is about
-            // the account: its own headers or code, or another tenant's 429 within the window.
-            // Otherwise only this request moves on (or waits out its Retry-After).
-            if let Some(d) = retry_after {
-                let now = Instant::now();
-                let corroborated = !account
-                    && upstream
-                        .breaker
-                        .note_429(now, req.witness.tenant, WITNESS_WINDOW);
-                // Two tenants' 429s are weaker evidence than the account's own word: their mark
-                // lasts at most the witness window.
-                let cap = if account {
-                    MAX_COOLDOWN
-                } else {
-                    WITNESS_WINDOW
-                };
-                if account || corroborated {
-                    upstream.breaker.rate_limited(now + d.min(cap), false);
-                }
-            }
-        }
-        let secret = lease.as_ref().map(|l| l.value.expose());
-        return Err(ApiError::upstream_status(
-            response.status,
-            &raw,
-            retry_after.map(super::retry_after_value),
-            secret,
-        ));
+        return Ok(Sent {
+            response,
+            at,
+            lease,
+            error,
+        });
     }
-    let is_sse = response
-        .headers
+}
+
+/// The credential's side of one attempt: what it heard so far decides whether to send again.
+#[derive(Default)]
+struct Rounds {
+    renewed: bool,
+    rotations: usize,
+    /// Pool members this attempt already heard from: a rotation prefers the others.
+    tried_members: Vec<crate::credentials::MemberRef>,
+}
+
+impl Rounds {
+    /// Report what the lease heard; true when the request should go out again: once after a
+    /// 401 renewed the credential, and after each pool rotation up to the pool's size.
+    fn again(&mut self, cred: &Credential, lease: &Lease, outcome: Outcome) -> bool {
+        self.tried_members.extend(lease.member);
+        match cred.report(lease, outcome) {
+            Retry::Renewed if !self.renewed && outcome == Outcome::Unauthorized => {
+                self.renewed = true;
+                true
+            }
+            Retry::Rotated if self.rotations < cred.max_rotations() => {
+                self.rotations += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A lease of the upstream's credential, if it has one. It waits only when no token is usable;
+/// that wait is bounded by the credential's lease_timeout and by the request's deadline.
+async fn lease(
+    upstream: &Upstream,
+    tried_members: &[crate::credentials::MemberRef],
+    witness: Witness,
+    deadline: Instant,
+) -> Result<Option<Lease>, ApiError> {
+    let Some(c) = &upstream.credential else {
+        return Ok(None);
+    };
+    let mut lease = tokio::time::timeout_at(deadline, c.lease_avoiding(tried_members))
+        .await
+        .map_err(|_| ApiError::CredentialUnavailable {
+            message: format!("no upstream credential for '{}' in time", upstream.name),
+            retry_after_secs: 1,
+        })??;
+    lease.from = witness;
+    Ok(Some(lease))
+}
+
+/// An error answer as the client will see it (sanitized, without the gateway's secret). A 401
+/// after the renewal retry (or every rotation) means the upstream refuses the gateway's own
+/// credential: the client's key is fine and the body is not relayed. A 429 marks the upstream
+/// rate limited for every tenant only on evidence that it is about the account.
+fn refusal(
+    upstream: &Upstream,
+    sent: &Sent,
+    raw: &[u8],
+    reading: Reading,
+    witness: Witness,
+) -> Failure {
+    let status = sent.response.status;
+    if status == StatusCode::UNAUTHORIZED {
+        let error = ApiError::UpstreamCredentialRejected {
+            upstream: upstream.name.to_string(),
+        };
+        return Failure { error, reading };
+    }
+    if let Some(Outcome::RateLimited {
+        after: Some(d),
+        account,
+    }) = reading.credential
+    {
+        mark_rate_limited(upstream, d, account, witness.tenant);
+    }
+    let secret = sent.lease.as_ref().map(|l| l.value.expose());
+    let error = ApiError::upstream_status(
+        status,
+        raw,
+        reading.retry_after.map(super::retry_after_value),
+        secret,
+    );
+    Failure { error, reading }
+}
+
+/// The upstream leaves every tenant's plans only on evidence that the 429 is about the account:
+/// its own headers or code, or another tenant's 429 within the window. Otherwise only this
+/// request moves on (or waits out its Retry-After).
+fn mark_rate_limited(upstream: &Upstream, after: Duration, account: bool, tenant: u64) {
+    let now = Instant::now();
+    let corroborated = !account && upstream.breaker.note_429(now, tenant, WITNESS_WINDOW);
+    // Two tenants' 429s are weaker evidence than the account's own word: their mark lasts at
+    // most the witness window.
+    let cap = if account {
+        MAX_COOLDOWN
+    } else {
+        WITNESS_WINDOW
+    };
+    if account || corroborated {
+        upstream.breaker.rate_limited(now + after.min(cap), false);
+    }
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Commit a stream only once its first whole event is here and is well formed. Fix: this used
+/// to commit on the first chunk if it merely started like SSE, so a malformed first event
+/// (`data: {"choices":[{"delta":{"content":` cut short) reached the client as a 200 with garbage
+/// although nothing had been sent yet and a retry was still allowed.
+async fn commit_stream(
+    upstream: &Arc<Upstream>,
+    response: UpstreamResponse,
+    sent_at: Instant,
+    deadline: Instant,
+    slot: Slot,
+) -> Result<Answer, Failure> {
     let UpstreamResponse {
         status,
         headers,
         body: mut stream,
     } = response;
-    if req.stream && is_sse {
-        // Commit only once the first whole event is here and is well formed. Fix: this used
-        // to commit on the first chunk if it merely started like SSE, so a malformed first
-        // event (`data: {"choices":[{"delta":{"content":` cut short) reached the client as a
-        // 200 with garbage although nothing had been sent yet and a retry was still allowed.
-        let until = Instant::now() + upstream.timeouts.first_byte.0.min(left());
-        let mut first = BytesMut::new();
-        loop {
-            let wait = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(wait, stream.next()).await {
-                Err(_) => return Err(ApiError::UpstreamTimeout),
-                Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable),
-                // Ended before one whole event: nothing usable was sent.
-                Ok(None) if first.is_empty() => return Err(ApiError::UpstreamUnreachable),
-                Ok(None) => return Err(ApiError::UpstreamInvalid),
-                Ok(Some(Ok(chunk))) => first.extend_from_slice(&chunk),
-            }
-            if !relay::looks_like_sse(&first) || first.len() > MAX_FIRST_EVENT {
-                return Err(ApiError::UpstreamInvalid);
-            }
-            if let Some(ok) = first_event_ok(&first) {
-                if !ok {
-                    return Err(ApiError::UpstreamInvalid);
-                }
-                break;
-            }
+    let until = deadline.min(Instant::now() + upstream.timeouts.first_byte.0);
+    let mut first = BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(until, stream.next()).await {
+            Err(_) => return Err(ApiError::UpstreamTimeout.into()),
+            Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable.into()),
+            // Ended before one whole event: nothing usable was sent.
+            Ok(None) if first.is_empty() => return Err(ApiError::UpstreamUnreachable.into()),
+            Ok(None) => return Err(ApiError::UpstreamInvalid.into()),
+            Ok(Some(Ok(chunk))) => first.extend_from_slice(&chunk),
         }
-        let first = first.freeze();
-        return Ok(Answer {
-            upstream: upstream.clone(),
-            status,
-            headers,
-            body: AnswerBody::Stream {
-                first,
-                rest: stream,
-                slot,
-            },
-            sent_at,
-            deadline: (sent_at + upstream.timeouts.total.0).min(deadline),
-        });
+        if !sse::looks_like_sse(&first) || first.len() > MAX_FIRST_EVENT {
+            return Err(ApiError::UpstreamInvalid.into());
+        }
+        match sse::first_event_ok(&first) {
+            None => continue,
+            Some(false) => return Err(ApiError::UpstreamInvalid.into()),
+            Some(true) => break,
+        }
     }
-    // Non-stream: read it whole, so a reset or a cut body can still be retried.
-    let total_deadline = (sent_at + upstream.timeouts.total.0).min(deadline);
+    Ok(Answer {
+        upstream: upstream.clone(),
+        status,
+        headers,
+        body: AnswerBody::Stream {
+            first: first.freeze(),
+            rest: stream,
+            slot,
+        },
+        sent_at,
+        deadline,
+    })
+}
+
+/// Read a non-stream answer whole, so a reset or a cut body can still be retried. Fix: every
+/// relayed endpoint (chat, completions, embeddings) answers JSON, so the body must parse whatever
+/// its content type says; checking only `*json*` content types let a 200 `text/event-stream` of
+/// garbage through to a non-stream client instead of retrying. One parse validates the body and
+/// reads its usage.
+async fn read_whole(
+    upstream: &Arc<Upstream>,
+    response: UpstreamResponse,
+    sent_at: Instant,
+    deadline: Instant,
+    max_bytes: usize,
+) -> Result<Answer, ApiError> {
+    let UpstreamResponse {
+        status,
+        headers,
+        body: mut stream,
+    } = response;
     let hint = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
-    let mut buf = BytesMut::with_capacity(hint.min(req.max_response_bytes));
+    let mut buf = BytesMut::with_capacity(hint.min(max_bytes));
     loop {
-        let wait = upstream
-            .timeouts
-            .idle
-            .0
-            .min(total_deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, stream.next()).await {
+        let until = deadline.min(Instant::now() + upstream.timeouts.idle.0);
+        match tokio::time::timeout_at(until, stream.next()).await {
             Err(_) => return Err(ApiError::UpstreamTimeout),
             Ok(Some(Err(_))) => return Err(ApiError::UpstreamUnreachable),
             Ok(None) => break,
-            Ok(Some(Ok(chunk))) => {
-                if buf.len() + chunk.len() > req.max_response_bytes {
-                    return Err(ApiError::UpstreamInvalid);
-                }
-                buf.extend_from_slice(&chunk);
+            Ok(Some(Ok(chunk))) if buf.len() + chunk.len() > max_bytes => {
+                return Err(ApiError::UpstreamInvalid)
             }
+            Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
         }
     }
-    ledger.upstream_time(sent_at.elapsed());
-    // Fix: every relayed endpoint (chat, completions, embeddings) answers JSON, so the body
-    // must parse whatever its content type says. Checking only `*json*` content types let a
-    // 200 `text/event-stream` of garbage through to a non-stream client instead of retrying.
-    // One parse validates the body and reads its usage.
     let Ok(usage) = crate::providers::read_usage(&buf) else {
         return Err(ApiError::UpstreamInvalid);
     };
-    drop(slot);
     Ok(Answer {
         upstream: upstream.clone(),
         status,
         headers,
         body: AnswerBody::Full(buf.freeze(), usage),
         sent_at,
-        deadline: total_deadline,
+        deadline,
     })
 }
 
 /// Largest first stream event waited for before the stream is committed.
 const MAX_FIRST_EVENT: usize = 1024 * 1024;
-
-/// Whether the first SSE event in `buf` is well formed: `None` while it is incomplete, else
-/// whether its `data` (if any) is JSON or `[DONE]`. Comment-only events (keep-alives) pass.
-fn first_event_ok(buf: &[u8]) -> Option<bool> {
-    // The event ends at a blank line, found by the relay's own splitter.
-    let event = relay::Events::new(buf).next()?;
-    let mut data: Vec<u8> = Vec::new();
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(d) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-        }
-    }
-    let data = data.trim_ascii();
-    Some(
-        data.is_empty()
-            || data == b"[DONE]"
-            || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok(),
-    )
-}
 
 /// Read an upstream error body, bounded in size (64 KiB; the rest is never read) and time
 /// (each chunk within `idle`, the whole within the request's deadline).
@@ -664,54 +727,4 @@ async fn read_error_body(body: &mut BodyStream, idle: Duration, deadline: Instan
     }
     buf.truncate(MAX);
     buf
-}
-
-/// Whether a 429 says the upstream *account* is out, rather than something about this one
-/// request: the upstream's own `x-ratelimit-remaining-requests: 0` or
-/// `x-ratelimit-remaining-tokens: 0`, or an `insufficient_quota` code or type.
-fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
-    let zero = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() == "0")
-    };
-    if zero("x-ratelimit-remaining-requests") || zero("x-ratelimit-remaining-tokens") {
-        return true;
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Error,
-    }
-    #[derive(serde::Deserialize)]
-    struct Error {
-        #[serde(default)]
-        code: Option<Value>,
-        #[serde(default, rename = "type")]
-        kind: Option<Value>,
-    }
-    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
-        [b.error.code, b.error.kind]
-            .iter()
-            .any(|v| v.as_ref().and_then(Value::as_str) == Some("insufficient_quota"))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::first_event_ok;
-
-    #[test]
-    fn first_event_must_be_whole_and_well_formed() {
-        assert_eq!(first_event_ok(b"data: {\"a\":1}"), None);
-        assert_eq!(first_event_ok(b"data: {\"a\":1}\n\ndata: {x"), Some(true));
-        assert_eq!(first_event_ok(b"data: {\"a\":1}\r\n\r\n"), Some(true));
-        assert_eq!(first_event_ok(b"data: [DONE]\n\n"), Some(true));
-        assert_eq!(first_event_ok(b": keep-alive\n\n"), Some(true));
-        assert_eq!(
-            first_event_ok(b"data: {\"choices\":[{\"delta\":{\"content\":\n\n"),
-            Some(false)
-        );
-        assert_eq!(first_event_ok(b"data: {not json}\n\n"), Some(false));
-    }
 }

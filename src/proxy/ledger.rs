@@ -20,17 +20,18 @@ use crate::providers::Usage;
 use crate::store::{now_ms, UsageRow, UsageSink};
 use crate::telemetry::{self, InFlightGuard, RequestRecord};
 
-#[derive(Default)]
+/// Owned by the request's handler, lent to each step, and moved into the relay once an answer
+/// is relayed: one ledger per request, accounted once.
 pub struct Ledger {
     rec: RequestRecord,
-    started: Option<Instant>,
+    started: Instant,
     /// The answer reached its end (or failed with a known error); otherwise the client left.
     finished: bool,
     /// The upstream reported real usage; otherwise the prompt is charged at its estimate.
     usage_reported: bool,
     /// The request went to an upstream (see [`Ledger::sent`]).
     sent: bool,
-    _in_flight: Option<InFlightGuard>,
+    _in_flight: InFlightGuard,
     /// The limiter's admission, settled with the real usage when the ledger drops.
     admission: Option<Admission>,
     /// Where the usage row goes; `None` without a store.
@@ -45,11 +46,11 @@ impl Ledger {
                 endpoint,
                 ..RequestRecord::default()
             },
-            started: Some(Instant::now()),
+            started: Instant::now(),
             finished: false,
             usage_reported: false,
             sent: false,
-            _in_flight: Some(InFlightGuard::new()),
+            _in_flight: InFlightGuard::new(),
             admission: None,
             usage,
         }
@@ -111,7 +112,7 @@ impl Ledger {
     }
     pub fn first_byte(&mut self) {
         if self.rec.ttfb.is_none() {
-            self.rec.ttfb = self.started.map(|s| s.elapsed());
+            self.rec.ttfb = Some(self.started.elapsed());
         }
     }
     /// Content chunks relayed so far: what a client that leaves mid-stream (or a stream that
@@ -150,7 +151,6 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        let Some(started) = self.started else { return };
         if !self.finished {
             self.rec.client_disconnected = true;
             if self.rec.status == 0 {
@@ -158,7 +158,7 @@ impl Drop for Ledger {
                 self.rec.status = 499;
             }
         }
-        self.rec.latency = started.elapsed();
+        self.rec.latency = self.started.elapsed();
         if let Some(a) = self.admission.take() {
             let mut usage = Usage {
                 prompt_tokens: self.rec.prompt_tokens,

@@ -8,6 +8,7 @@
 mod attempt;
 pub mod ledger;
 pub mod relay;
+mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,9 @@ use ledger::Ledger;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// Handle one relayed OpenAI request: the whole path, in order.
+/// Handle one relayed OpenAI request: the whole path, in order. The request's ledger (its
+/// context) is owned here: each step before the relay borrows it, then it moves into the relay,
+/// which accounts the request when the body ends, or into the error answer.
 pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> Response {
     let request_id = req
         .extensions()
@@ -38,30 +41,18 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
     let usage = state.store.as_ref().map(|s| s.usage.clone());
     let mut ledger = Ledger::start(request_id, endpoint.label(), usage);
     match run(&state, endpoint, req, &mut ledger).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            ledger.fail(&e);
-            let attempts = ledger.attempts();
-            let mut resp = e.into_response();
-            // Errors after admission carry the limiter's headers too.
-            if let Some(rate) = ledger.rate_headers() {
-                rate.apply(resp.headers_mut());
-            }
-            if attempts > 0 {
-                resp.headers_mut()
-                    .insert(relay::X_ATTEMPTS, HeaderValue::from(attempts));
-            }
-            resp
-        }
+        Ok(ready) => ready.relay(ledger),
+        Err(e) => refuse(e, ledger),
     }
 }
 
+/// Every step up to the relay: what comes back is an upstream answer ready to relay.
 async fn run(
     state: &AppState,
     endpoint: Endpoint,
     req: Request<Body>,
     ledger: &mut Ledger,
-) -> Result<Response, ApiError> {
+) -> Result<Ready, ApiError> {
     let snap = state.snapshot.load_full();
     let (parts, body) = req.into_parts();
 
@@ -87,14 +78,14 @@ async fn run(
     policy::check_model(&shaped.model, team, route.is_some(), |m| {
         caller.key_allows(m)
     })?;
-    if let Some(route) = route {
-        ledger.model_known(&route.name);
-    }
+    let route = route.ok_or_else(|| ApiError::ModelNotFound {
+        model: shaped.model.clone(),
+    })?;
+    ledger.model_known(&route.name);
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
     let estimate = snap.limiter.estimate(endpoint, shaped.ask(), &json);
     ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
-    let rate_headers = ledger.rate_headers().copied();
 
     // Only now, authenticated and within its own limits, may the caller take one of the
     // process's shared in-flight slots: a caller cannot hold them while it trickles a body in
@@ -117,16 +108,48 @@ async fn run(
         priority: shaped.priority,
         max_attempts: shaped.max_attempts,
     };
-    let answer =
-        attempt::dispatch(&snap, &shaped.model, &mut json, &request, wishes, ledger).await?;
+    let answer = attempt::dispatch(&snap, route, &mut json, &request, wishes, ledger).await?;
+    Ok(Ready {
+        answer,
+        strip_usage: shaped.stream && !shaped.client_wants_usage,
+        in_flight,
+    })
+}
 
-    // relay: bytes to the client as they come; account when the body ends.
-    let strip_usage = shaped.stream && !shaped.client_wants_usage;
-    let mut resp = relay::respond(answer, strip_usage, in_flight, std::mem::take(ledger));
-    if let Some(rate) = rate_headers {
+/// An answer that passed every step, with what its relay holds.
+struct Ready {
+    answer: attempt::Answer,
+    /// The client did not ask for the usage chunk of its stream.
+    strip_usage: bool,
+    in_flight: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Ready {
+    /// relay: bytes to the client as they come; the ledger accounts when the body ends.
+    fn relay(self, ledger: Ledger) -> Response {
+        let rate = ledger.rate_headers().copied();
+        let mut resp = relay::respond(self.answer, self.strip_usage, self.in_flight, ledger);
+        if let Some(rate) = rate {
+            rate.apply(resp.headers_mut());
+        }
+        resp
+    }
+}
+
+/// The error answer; the ledger accounts the failure as it drops here.
+fn refuse(e: ApiError, mut ledger: Ledger) -> Response {
+    ledger.fail(&e);
+    let mut resp = e.into_response();
+    // Errors after admission carry the limiter's headers too.
+    if let Some(rate) = ledger.rate_headers() {
         rate.apply(resp.headers_mut());
     }
-    Ok(resp)
+    let attempts = ledger.attempts();
+    if attempts > 0 {
+        resp.headers_mut()
+            .insert(relay::X_ATTEMPTS, HeaderValue::from(attempts));
+    }
+    resp
 }
 
 /// One of the process's `server.max_in_flight` slots, held until the answer is relayed.
@@ -162,33 +185,6 @@ fn forward_headers(snap: &Snapshot, client: &HeaderMap, request_id: &str) -> Hea
         out.insert(HeaderName::from_static("x-request-id"), v);
     }
     out
-}
-
-/// The longest `Retry-After` Tollgate takes from an upstream: longer values (or dates further
-/// ahead) are read as this. A value is only ever added to an `Instant` after this clamp, so
-/// `Retry-After: 18446744073709551615` cannot overflow a deadline.
-pub(crate) const MAX_UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// An upstream's `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), clamped to
-/// [`MAX_UPSTREAM_RETRY_AFTER`]; a date in the past is zero. Anything else is ignored.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    parse_retry_after(v, std::time::SystemTime::now())
-}
-
-fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        // All digits: too many of them for a u64 is simply "very long".
-        v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs)
-    } else {
-        let at = httpdate::parse_http_date(v).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(MAX_UPSTREAM_RETRY_AFTER))
 }
 
 /// A `Retry-After` value for the client: whole seconds, rounded up.
@@ -229,30 +225,11 @@ fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{SystemTime, UNIX_EPOCH};
 
     #[test]
-    fn retry_after_is_seconds_or_a_date_and_always_clamped() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let p = |v: &str| parse_retry_after(v, now);
-        assert_eq!(p("7"), Some(Duration::from_secs(7)));
-        assert_eq!(p("0"), Some(Duration::ZERO));
-        assert_eq!(p("18446744073709551615"), Some(MAX_UPSTREAM_RETRY_AFTER));
-        assert_eq!(
-            p("99999999999999999999999999"),
-            Some(MAX_UPSTREAM_RETRY_AFTER)
-        );
-        let in_30s = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(p(&in_30s), Some(Duration::from_secs(30)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(p(&past), Some(Duration::ZERO));
-        let far =
-            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_000));
-        assert_eq!(p(&far), Some(MAX_UPSTREAM_RETRY_AFTER));
-        for bad in ["", "-1", "1.5", "soon", "+3"] {
-            assert_eq!(p(bad), None, "{bad}");
-        }
+    fn retry_after_for_the_client_is_whole_seconds_rounded_up() {
         assert_eq!(retry_after_value(Duration::from_millis(1500)), "2");
+        assert_eq!(retry_after_value(Duration::from_secs(3)), "3");
         assert_eq!(retry_after_value(Duration::ZERO), "0");
     }
 }

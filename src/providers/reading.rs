@@ -1,0 +1,355 @@
+//! One reading of what an upstream did with a request: every step that reacts to an upstream
+//! (the retry loop, the breaker, the credential, the fallback choice, the relay when a stream
+//! breaks) takes its cue from the one [`Reading`] made here, never from the status again.
+//!
+//! It owns the meaning of upstream statuses and failures (which are worth another attempt, which
+//! count against an upstream's health, what a credential heard, which `fallback_on` reason
+//! applies, how long a `Retry-After` asks to wait, whether a 429 is about the account) and the
+//! meaning of a stream that breaks after it started. It owns no state and does no I/O: the
+//! callers act on what it says.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::config::FallbackReason;
+use crate::credentials::Outcome;
+use crate::error::ApiError;
+
+/// What one attempt tells about the upstream's health (its breaker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answered as a working server does (a success, or a client error about the request).
+    Up,
+    /// It failed: a 5xx, its own 408, no answer in time, a reset, an invalid answer.
+    Down,
+    /// A 429: "later", not "unhealthy". A half-open probe that gets one neither closes nor
+    /// reopens the breaker; the probe is given back.
+    Busy,
+    /// The request never reached it (no slot in its queue, no credential): nothing is recorded,
+    /// but a probe that could not even be sent counts as failed.
+    Unreached,
+    /// Nothing about the upstream (a fault of Tollgate's own, the request's deadline): nothing
+    /// is recorded, and a probe is released as passed.
+    Unrelated,
+}
+
+/// Everything the request path needs to know about one upstream failure (or success).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// Another attempt (on the same or another upstream, after a backoff) may succeed.
+    pub retryable: bool,
+    pub health: Health,
+    /// What the credential's lease heard; `None` when no answer came back to report.
+    pub credential: Option<Outcome>,
+    /// The `fallback_on` reason this calls for, if any.
+    pub fallback: Option<FallbackReason>,
+    /// The upstream's `Retry-After`, clamped to [`MAX_UPSTREAM_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+}
+
+impl Reading {
+    /// A successful answer.
+    pub const OK: Reading = Reading {
+        retryable: false,
+        health: Health::Up,
+        credential: Some(Outcome::Ok),
+        fallback: None,
+        retry_after: None,
+    };
+
+    /// An answer with a status other than success: its headers and its (bounded) body.
+    pub fn answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Reading {
+        if status.is_success() {
+            return Reading::OK;
+        }
+        let retry_after = retry_after(headers);
+        let credential = Some(match status.as_u16() {
+            401 => Outcome::Unauthorized,
+            403 => Outcome::Forbidden,
+            429 => Outcome::RateLimited {
+                after: retry_after,
+                account: about_account(headers, body),
+            },
+            _ => Outcome::Ok,
+        });
+        Reading {
+            credential,
+            retry_after,
+            ..Reading::status(status, body)
+        }
+    }
+
+    /// A failed attempt, from the error it ended with.
+    pub fn failure(e: &ApiError) -> Reading {
+        let (retryable, health) = match e {
+            ApiError::UpstreamStatus { status, body, .. } => return Reading::status(*status, body),
+            ApiError::UpstreamCredentialRejected { .. } => {
+                return Reading::status(UNAUTHORIZED, b"")
+            }
+            ApiError::UpstreamUnreachable
+            | ApiError::UpstreamTimeout
+            | ApiError::UpstreamInvalid => (true, Health::Down),
+            ApiError::UpstreamUnavailable { .. } => (true, Health::Unreached),
+            ApiError::CredentialUnavailable { .. } => (false, Health::Unreached),
+            _ => (false, Health::Unrelated),
+        };
+        Reading {
+            retryable,
+            health,
+            credential: None,
+            fallback: retryable.then_some(FallbackReason::Unavailable),
+            retry_after: None,
+        }
+    }
+
+    /// What a status alone says (and, for a 4xx, whether its body says the prompt is too long).
+    fn status(status: StatusCode, body: &[u8]) -> Reading {
+        let code = status.as_u16();
+        let (retryable, health, fallback) = match code {
+            429 => (true, Health::Busy, Some(FallbackReason::RateLimited)),
+            // Its own timeout: a health failure; a conflict: the request may pass next time.
+            // Neither names a `fallback_on` reason (the ordered fallbacks still apply).
+            408 => (true, Health::Down, None),
+            409 => (true, Health::Up, None),
+            // The gateway's own credential refused (after its renewal or rotations): another
+            // upstream may take the request.
+            401 => (true, Health::Up, Some(FallbackReason::Unavailable)),
+            400..=499 => (
+                false,
+                Health::Up,
+                context_too_long(body).then_some(FallbackReason::ContextLength),
+            ),
+            500..=599 => (true, Health::Down, Some(FallbackReason::Unavailable)),
+            // Anything else is not an answer a client could use, nor one worth repeating.
+            _ => (false, Health::Down, Some(FallbackReason::Unavailable)),
+        };
+        Reading {
+            retryable,
+            health,
+            credential: None,
+            fallback,
+            retry_after: None,
+        }
+    }
+}
+
+const UNAUTHORIZED: StatusCode = StatusCode::UNAUTHORIZED;
+
+/// How a stream that had started ended early, as the relay saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Break {
+    /// The upstream sent nothing for its idle timeout.
+    Stalled,
+    /// The upstream connection was lost.
+    Reset,
+    /// The stream ended in the middle of an event.
+    Cut,
+    /// One event grew past the relay's limit.
+    Overlong,
+    /// The request's own deadline passed: not the upstream's fault.
+    Deadline,
+}
+
+impl Break {
+    /// The error code and message of the closing error event, and what it says of the
+    /// upstream's health.
+    pub fn read(self) -> (&'static str, &'static str, Health) {
+        match self {
+            Break::Stalled => (
+                "upstream_timeout",
+                "the upstream stopped sending in the middle of the stream",
+                Health::Down,
+            ),
+            Break::Reset => (
+                "upstream_stream_broken",
+                "the upstream connection was lost in the middle of the stream",
+                Health::Down,
+            ),
+            Break::Cut => (
+                "upstream_invalid",
+                "the upstream stream ended in the middle of an event",
+                Health::Down,
+            ),
+            Break::Overlong => (
+                "upstream_invalid",
+                "the upstream sent an over-long stream event",
+                Health::Down,
+            ),
+            Break::Deadline => (
+                "deadline_exceeded",
+                "the request reached its deadline in the middle of the stream",
+                Health::Unrelated,
+            ),
+        }
+    }
+}
+
+/// Whether a client-error body says the prompt is longer than the model takes.
+fn context_too_long(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("context_length_exceeded") || text.contains("maximum context length")
+}
+
+/// Whether a 429 says the upstream *account* is out, rather than something about this one
+/// request: the upstream's own `x-ratelimit-remaining-requests: 0` or
+/// `x-ratelimit-remaining-tokens: 0`, or an `insufficient_quota` code or type.
+fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
+    let zero = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+    };
+    if zero("x-ratelimit-remaining-requests") || zero("x-ratelimit-remaining-tokens") {
+        return true;
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Error,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        #[serde(default)]
+        code: Option<Value>,
+        #[serde(default, rename = "type")]
+        kind: Option<Value>,
+    }
+    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
+        [b.error.code, b.error.kind]
+            .iter()
+            .any(|v| v.as_ref().and_then(Value::as_str) == Some("insufficient_quota"))
+    })
+}
+
+/// The longest `Retry-After` Tollgate takes from an upstream: longer values (or dates further
+/// ahead) are read as this. A value is only ever added to an `Instant` after this clamp, so
+/// `Retry-After: 18446744073709551615` cannot overflow a deadline.
+pub const MAX_UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// An upstream's `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), clamped to
+/// [`MAX_UPSTREAM_RETRY_AFTER`]; a date in the past is zero. Anything else is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    parse_retry_after(v, SystemTime::now())
+}
+
+fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
+    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits: too many of them for a u64 is simply "very long".
+        v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs)
+    } else {
+        let at = httpdate::parse_http_date(v).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_UPSTREAM_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_and_always_clamped() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let p = |v: &str| parse_retry_after(v, now);
+        assert_eq!(p("7"), Some(Duration::from_secs(7)));
+        assert_eq!(p("0"), Some(Duration::ZERO));
+        assert_eq!(p("18446744073709551615"), Some(MAX_UPSTREAM_RETRY_AFTER));
+        assert_eq!(
+            p("99999999999999999999999999"),
+            Some(MAX_UPSTREAM_RETRY_AFTER)
+        );
+        let in_30s = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(p(&in_30s), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(p(&past), Some(Duration::ZERO));
+        let far = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(253_402_300_000));
+        assert_eq!(p(&far), Some(MAX_UPSTREAM_RETRY_AFTER));
+        for bad in ["", "-1", "1.5", "soon", "+3"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_status_one_reading() {
+        let none = HeaderMap::new();
+        let r =
+            |s: u16, body: &[u8]| Reading::answer(StatusCode::from_u16(s).unwrap(), &none, body);
+        // Worth another attempt: timeouts, conflicts, rate limits, server errors, a refused
+        // credential (on another upstream); not the client's own mistakes.
+        for s in [408, 409, 429, 500, 502, 503, 504, 401] {
+            assert!(r(s, b"").retryable, "{s}");
+        }
+        for s in [400, 403, 404, 413, 422] {
+            assert!(!r(s, b"").retryable, "{s}");
+        }
+        assert_eq!(r(500, b"").health, Health::Down);
+        assert_eq!(r(408, b"").health, Health::Down);
+        assert_eq!(r(429, b"").health, Health::Busy);
+        assert_eq!(r(400, b"").health, Health::Up);
+        assert_eq!(r(401, b"").credential, Some(Outcome::Unauthorized));
+        assert_eq!(r(403, b"").credential, Some(Outcome::Forbidden));
+        assert_eq!(r(500, b"").credential, Some(Outcome::Ok));
+        assert_eq!(r(429, b"").fallback, Some(FallbackReason::RateLimited));
+        assert_eq!(r(503, b"").fallback, Some(FallbackReason::Unavailable));
+        assert_eq!(r(400, b"").fallback, None);
+        let long = br#"{"error":{"code":"context_length_exceeded"}}"#;
+        assert_eq!(r(400, long).fallback, Some(FallbackReason::ContextLength));
+        assert_eq!(Reading::answer(StatusCode::OK, &none, b""), Reading::OK);
+    }
+
+    #[test]
+    fn a_429_is_about_the_account_only_on_its_own_word() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "3".parse().unwrap());
+        let about = |h: &HeaderMap, body: &[u8]| match Reading::answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            h,
+            body,
+        )
+        .credential
+        {
+            Some(Outcome::RateLimited { after, account }) => (after, account),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(about(&h, b""), (Some(Duration::from_secs(3)), false));
+        let quota = br#"{"error":{"type":"insufficient_quota"}}"#;
+        assert_eq!(about(&h, quota), (Some(Duration::from_secs(3)), true));
+        h.insert("x-ratelimit-remaining-tokens", "0".parse().unwrap());
+        assert!(about(&h, b"").1);
+    }
+
+    #[test]
+    fn failures_without_an_answer() {
+        let r = |e: ApiError| Reading::failure(&e);
+        assert_eq!(r(ApiError::UpstreamTimeout).health, Health::Down);
+        assert!(r(ApiError::UpstreamUnreachable).retryable);
+        let no_slot = r(ApiError::UpstreamUnavailable {
+            message: String::new(),
+            retry_after_secs: 1,
+        });
+        assert_eq!(
+            (no_slot.retryable, no_slot.health),
+            (true, Health::Unreached)
+        );
+        let no_cred = r(ApiError::CredentialUnavailable {
+            message: String::new(),
+            retry_after_secs: 1,
+        });
+        assert_eq!((no_cred.retryable, no_cred.fallback), (false, None));
+        assert_eq!(r(ApiError::Internal).health, Health::Unrelated);
+        let rejected = r(ApiError::UpstreamCredentialRejected {
+            upstream: "a".into(),
+        });
+        assert_eq!((rejected.retryable, rejected.health), (true, Health::Up));
+        assert_eq!(Break::Deadline.read().2, Health::Unrelated);
+        assert_eq!(Break::Reset.read().2, Health::Down);
+    }
+}
