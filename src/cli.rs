@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -375,7 +376,7 @@ async fn run_op(
             json!(db.revoke_key(actor, &id).await.map_err(|x| x.to_string())?)
         }
         Op::Keys(KeysCommand::Rotate { id, grace }) => {
-            ops::rotate_key(db, actor, &id, lifetime_secs(&grace)?)
+            ops::rotate_key(db, actor, &id, Duration::from_secs(lifetime_secs(&grace)?))
                 .await
                 .map_err(e)?
                 .0

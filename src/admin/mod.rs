@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Dur;
 use crate::error::ApiError;
@@ -139,7 +140,7 @@ async fn rotate_key(
 ) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let r: Rotate = body(&b)?;
-    let grace = r.grace.map_or(3600, |d| d.0.as_secs());
+    let grace = r.grace.map_or(Duration::from_secs(3600), |d| d.0);
     let (v, old_hash) = ops::rotate_key(&h.db, ACTOR, &id, grace).await?;
     forget_key(&s, &old_hash).await;
     Ok((StatusCode::CREATED, Json(v)).into_response())

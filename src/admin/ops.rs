@@ -87,15 +87,15 @@ pub async fn update_key(
     Ok(db.update_key(actor, id, patch).await?)
 }
 
-/// Replace a key; the old one keeps working for `grace_secs`. Returns the answer (with the new
+/// Replace a key; the old one keeps working for `grace`. Returns the answer (with the new
 /// key, once) and the old key's hash (for the caller's key cache).
 pub async fn rotate_key(
     db: &Store,
     actor: &str,
     id: &str,
-    grace_secs: u64,
+    grace: std::time::Duration,
 ) -> Result<(Value, String), OpError> {
-    let (new, plaintext, old) = db.rotate_key(actor, id, grace_secs).await?;
+    let (new, plaintext, old) = db.rotate_key(actor, id, grace).await?;
     let mut v = json!(new);
     v["key"] = json!(plaintext);
     v["replaces"] = json!({"id": old.id, "expires_at": old.expires_at});

@@ -485,12 +485,12 @@ impl Store {
     }
 
     /// Replace a key with a new one (same team, name, models, limits). The old key keeps working
-    /// for `grace_secs` (its expiry is brought forward to then, never pushed back).
+    /// for `grace`, to the millisecond (its expiry is brought forward to then, never pushed back).
     pub async fn rotate_key(
         &self,
         actor: &str,
         id: &str,
-        grace_secs: u64,
+        grace: std::time::Duration,
     ) -> Result<(KeyRecord, String, KeyRecord), StoreError> {
         let mut old = self.get_key(id).await?;
         let now = now_ms();
@@ -511,7 +511,7 @@ impl Store {
             last_used_at: None,
             ..old.clone()
         };
-        let until = now.saturating_add(i64::try_from(grace_secs).unwrap_or(i64::MAX / 2000) * 1000);
+        let until = now.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
         old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
         old.rotated_to = Some(new.id.clone());
         on_pool!(self, p => {
