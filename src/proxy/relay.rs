@@ -188,9 +188,13 @@ impl SseRelay {
                 }
                 continue;
             }
-            let wait = self
-                .idle
-                .min(self.deadline.saturating_duration_since(Instant::now()));
+            // The deadline holds even while the upstream always has bytes ready (a timeout
+            // only fires on a wait): a stream is cut at its deadline however fast it flows.
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Some(self.end(Break::Deadline));
+            }
+            let wait = self.idle.min(self.deadline - now);
             match tokio::time::timeout(wait, self.upstream.next()).await {
                 // Our own deadline, not the upstream's fault.
                 Err(_) if Instant::now() >= self.deadline => {
