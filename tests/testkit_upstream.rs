@@ -626,6 +626,41 @@ async fn random_failure_rate() {
 }
 
 #[tokio::test]
+async fn random_failures_are_drawn_from_the_mix_given() {
+    let up = MockUpstream::start().await.unwrap();
+    up.set_random_failure_rate(1.0);
+    let teapot = |status: u16| Fault::Status {
+        status,
+        body: "{}".into(),
+        retry_after: None,
+    };
+    up.set_random_fault_mix(vec![teapot(418), teapot(409)]);
+    let body = chat_body("x y", false);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(
+            post(&up, "/v1/chat/completions", &body)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    // 40 draws from two: both come up (a miss has probability 2^-39).
+    assert_eq!(seen, [409, 418].into());
+    // A queued fault still comes first.
+    up.push_fault(teapot(451));
+    let status = post(&up, "/v1/chat/completions", &body).await.status();
+    assert_eq!(status, 451);
+    // An empty mix is the default one again.
+    up.set_random_fault_mix(Vec::new());
+    let status = post(&up, "/v1/chat/completions", &body)
+        .await
+        .status()
+        .as_u16();
+    assert!([200, 429, 500, 502, 503].contains(&status), "{status}");
+}
+
+#[tokio::test]
 async fn shutdown_ends_hanging_requests_and_stops_listening() {
     let up = MockUpstream::start().await.unwrap();
     up.push_fault(Fault::Hang);

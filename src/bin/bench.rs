@@ -8,13 +8,23 @@
 //! streams for time to first byte, and, for the proxies, resident memory idle and while holding
 //! many streams open. Every scenario runs `--runs` times; the table shows medians.
 //! Method and results: docs/BENCHMARKS.md. Usually run through scripts/bench.sh.
+//!
+//! `--soak` runs the soak under faults instead ([`soak`]): the gateway kept busy while upstream
+//! calls fail and its credential's tokens expire, with its answers, billing, gauges and memory
+//! checked afterwards; it exits 2 when a check fails.
 
+#[path = "bench/answer.rs"]
+mod answer;
+#[path = "bench/billing.rs"]
+mod billing;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/procs.rs"]
 mod procs;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/soak.rs"]
+mod soak;
 #[path = "bench/stats.rs"]
 mod stats;
 
@@ -120,6 +130,12 @@ struct Args {
     /// Keep the temp directory (configs, gateway and nginx logs).
     #[arg(long)]
     keep_tmp: bool,
+    /// Run the soak under faults instead of the benchmark (docs/BENCHMARKS.md, "Soak under
+    /// faults"); the `--soak-*` options shape it.
+    #[arg(long)]
+    soak: bool,
+    #[command(flatten)]
+    soak_args: soak::SoakArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,6 +148,16 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.soak {
+        return match soak::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(2),
+            Err(e) => {
+                eprintln!("tollgate-bench --soak: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,7 +4,8 @@
 //! the client, aborted by the server, in flight).
 //!
 //! Fault and knob precedence for each request: the queued fault (FIFO) if any,
-//! else a random fault (per `set_random_failure_rate`), else the default fault.
+//! else a random fault (per `set_random_failure_rate`, drawn from the default mix or the one
+//! given to `set_random_fault_mix`), else the default fault.
 //! The fault is taken when the request arrives, whatever its route or
 //! credential; then per-token statuses, then the auth check, then routing.
 //! A content fault (`set_content_fault`: the request body contains a marker)
@@ -100,6 +101,8 @@ struct Knobs {
     token_status: HashMap<String, (u16, Option<u64>)>,
     content_faults: Vec<(String, Fault)>,
     response_headers: Vec<(String, String)>,
+    /// Faults a random failure is drawn from (uniformly); empty: the default mix.
+    random_mix: Vec<Fault>,
 }
 
 struct Shared {
@@ -209,7 +212,8 @@ impl MockUpstream {
     }
 
     /// With probability `p` per request (when the queue is empty), apply one of
-    /// Status 500/502/503, ResetMidBody, Status 429 (`Retry-After: 1`).
+    /// Status 500/502/503, ResetMidBody, Status 429 (`Retry-After: 1`), or one of the faults
+    /// given to [`MockUpstream::set_random_fault_mix`].
     pub fn set_random_failure_rate(&self, p: f64) {
         let p = if p.is_finite() {
             p.clamp(0.0, 1.0)
@@ -219,6 +223,12 @@ impl MockUpstream {
         self.shared
             .failure_rate
             .store(p.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The faults a random failure (see [`MockUpstream::set_random_failure_rate`]) is drawn
+    /// from, each equally likely; an empty list restores the default mix.
+    pub fn set_random_fault_mix(&self, mix: Vec<Fault>) {
+        lock(&self.shared.knobs).random_mix = mix;
     }
 
     /// When set and the check returns false, requests get 401 `invalid_api_key`.
@@ -371,8 +381,11 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
         let token_status = request_tokens(&parts.headers, query.as_deref())
             .into_iter()
             .find_map(|t| k.token_status.get(&t).copied());
+        let queued = by_content
+            .or_else(|| k.faults.pop_front())
+            .or_else(|| random_fault(&s, &k.random_mix));
         (
-            by_content.or_else(|| k.faults.pop_front()),
+            queued,
             k.default_fault.clone(),
             k.first_byte_delay,
             k.chunk_delay,
@@ -381,7 +394,7 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
             token_status,
         )
     };
-    let fault = queued.or_else(|| random_fault(&s)).or(default);
+    let fault = queued.or(default);
 
     let mut delay = first_byte;
     if let Some(Fault::DelayFirstByte(d)) = &fault {
@@ -462,7 +475,8 @@ fn request_tokens(headers: &HeaderMap, query: Option<&str>) -> Vec<String> {
     out
 }
 
-fn random_fault(s: &Shared) -> Option<Fault> {
+/// With the configured probability, a fault drawn from `mix` (the default mix if empty).
+fn random_fault(s: &Shared, mix: &[Fault]) -> Option<Fault> {
     let p = f64::from_bits(s.failure_rate.load(Ordering::Relaxed));
     if p <= 0.0 {
         return None;
@@ -470,6 +484,9 @@ fn random_fault(s: &Shared) -> Option<Fault> {
     let mut rng = rand::rng();
     if rng.random::<f64>() >= p {
         return None;
+    }
+    if !mix.is_empty() {
+        return mix.get(rng.random_range(0..mix.len())).cloned();
     }
     let status = |status: u16, retry_after: Option<u64>| Fault::Status {
         status,
