@@ -28,7 +28,6 @@ use crate::routing::breaker::Admit;
 use crate::routing::queue::{Refused, Slot};
 use crate::routing::retry::backoff;
 use crate::state::{Snapshot, Upstream};
-use crate::telemetry::names;
 
 /// What stays the same over every attempt of one request.
 pub struct Request<'a> {
@@ -129,8 +128,7 @@ pub async fn dispatch(
             }
             if n > 0 {
                 if !route.budget.withdraw(Instant::now()) {
-                    metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => current.to_owned())
-                        .increment(1);
+                    route.meters.retry_budget_exhausted();
                     break;
                 }
                 let wait = backoff(
@@ -158,9 +156,7 @@ pub async fn dispatch(
                 Err(e) => e.kind(),
             };
             ledger.attempt(&upstream.name, outcome, t0.elapsed());
-            metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.clone(),
-                "outcome" => outcome)
-            .increment(1);
+            upstream.meters.attempt(outcome);
             match result {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
@@ -206,8 +202,7 @@ pub async fn dispatch(
         let next = by_reason.or_else(|| if err.retryable() { ordered() } else { None });
         match next {
             Some(m) if Instant::now() < deadline => {
-                metrics::counter!(names::FALLBACKS, "from" => current.to_owned(), "to" => m.to_owned())
-                    .increment(1);
+                route.meters.fallback(m);
                 current = m;
             }
             _ => return Err(err),
@@ -369,7 +364,7 @@ async fn attempt(
         Err(_) => probe.then(|| upstream.breaker.record(now, true, None, probe)),
     };
     if let Some(s) = state {
-        metrics::gauge!(names::BREAKER_STATE, "upstream" => upstream.name.clone()).set(s.gauge());
+        upstream.meters.breaker_state(s.gauge());
     }
     result
 }

@@ -63,6 +63,7 @@ async fn run(
     ledger: &mut Ledger,
 ) -> Result<Response, ApiError> {
     let snap = state.snapshot.load_full();
+    ledger.meters(&snap.meters);
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
@@ -88,7 +89,7 @@ async fn run(
         caller.key_allows(m)
     })?;
     if let Some(route) = route {
-        ledger.model_known(&route.name);
+        ledger.model_known(&route.meters);
     }
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
