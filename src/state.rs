@@ -19,7 +19,7 @@ use crate::providers::{mock::Mock, openai::OpenAi, Provider};
 use crate::routing::Route;
 pub use crate::routing::Upstream;
 use crate::secret::EnvSource;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Meters, Metrics};
 
 /// Config plus everything derived from it.
 pub struct Snapshot {
@@ -37,6 +37,8 @@ pub struct Snapshot {
     /// Rate limits, concurrency and budgets (`limits:`). Its backend (with the memory
     /// backend's counters) is carried over by a reload that leaves `limits:` unchanged.
     pub limiter: Arc<Limiter>,
+    /// Metric handles of this config's models and teams (upstreams and routes hold their own).
+    pub meters: Arc<Meters>,
 }
 
 impl Snapshot {
@@ -107,14 +109,20 @@ impl Snapshot {
                 Arc::new(Upstream::new(name, provider, credential, u)),
             );
         }
+        let meters = Arc::new(Meters::new(
+            config.models.len(),
+            config.teams.keys().map(String::as_str),
+        ));
         let mut routes = HashMap::new();
-        for (name, m) in &config.models {
+        for (index, (name, m)) in config.models.iter().enumerate() {
             let targets = m
                 .targets
                 .iter()
                 .filter_map(|t| upstreams.get(&t.upstream).map(|u| (u.clone(), t.weight)))
                 .collect();
-            routes.insert(name.clone(), Route::new(name, targets, m.clone()));
+            let name: Arc<str> = Arc::from(name.as_str());
+            let route = Route::new(name.clone(), targets, m.clone(), meters.model(index, &name));
+            routes.insert(name.to_string(), route);
         }
         let forward_headers = config
             .server
@@ -132,6 +140,7 @@ impl Snapshot {
             routes,
             forward_headers,
             limiter,
+            meters,
         })
     }
 }

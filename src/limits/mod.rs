@@ -710,12 +710,6 @@ impl Admission {
             token_delta: actual as i64 - self.estimated_tokens as i64,
             cost_nanos: cost,
         };
-        if cost > 0 {
-            if let Some(team) = req.scopes.iter().find(|s| s.scope == Scope::Team) {
-                metrics::gauge!(names::SPEND_USD, "team" => team.id.to_string())
-                    .increment(cost as f64 / NANOS_PER_USD);
-            }
-        }
         match &inner.backend {
             Backend::Memory(m) => m.settle(&req),
             Backend::Redis(_) => match tokio::runtime::Handle::try_current() {

@@ -32,7 +32,6 @@ use crate::routing::queue::{Refused, Slot};
 use crate::routing::retry::backoff;
 use crate::routing::Route;
 use crate::state::{Snapshot, Upstream};
-use crate::telemetry::names;
 
 /// What stays the same over every attempt of one request.
 pub struct Request<'a> {
@@ -124,8 +123,7 @@ pub async fn dispatch(
         if Instant::now() >= deadline {
             return Err(failure.error);
         }
-        metrics::counter!(names::FALLBACKS, "from" => route.name.clone(), "to" => next.to_owned())
-            .increment(1);
+        route.meters.fallback(next);
         route = snap.routes.get(next).ok_or(ApiError::Internal)?;
     }
 }
@@ -204,9 +202,7 @@ async fn try_route(
         let result = attempt(upstream, target, json, req, ledger).await;
         let outcome = result.as_ref().map_or_else(|f| f.error.kind(), |_| "ok");
         ledger.attempt(&upstream.name, outcome, t0.elapsed());
-        metrics::counter!(names::ATTEMPTS, "upstream" => upstream.name.clone(),
-            "outcome" => outcome)
-        .increment(1);
+        upstream.meters.attempt(outcome);
         let f = match result {
             Ok(answer) => return Ok(answer),
             Err(f) => f,
@@ -242,8 +238,7 @@ async fn pace<'p>(
         must_wait
     } else {
         if !route.budget.withdraw(Instant::now()) {
-            metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "model" => route.name.clone())
-                .increment(1);
+            route.meters.retry_budget_exhausted();
             return None;
         }
         let retry = &route.config.retry;
@@ -378,7 +373,7 @@ async fn attempt(
         Health::Unrelated => probe.then(|| breaker.record(now, true, None, probe)),
     };
     if let Some(s) = state {
-        metrics::gauge!(names::BREAKER_STATE, "upstream" => upstream.name.clone()).set(s.gauge());
+        upstream.meters.breaker_state(s.gauge());
     }
     result
 }

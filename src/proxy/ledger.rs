@@ -18,7 +18,8 @@ use crate::limits::{Admission, RateHeaders};
 use crate::policy::Shaped;
 use crate::providers::Usage;
 use crate::store::{now_ms, UsageRow, UsageSink};
-use crate::telemetry::{self, InFlightGuard, RequestRecord};
+use crate::telemetry::meters::ModelMeters;
+use crate::telemetry::{self, InFlightGuard, Meters, RequestRecord};
 
 /// Owned by the request's handler, lent to each step, and moved into the relay once an answer
 /// is relayed: one ledger per request, accounted once.
@@ -59,17 +60,22 @@ impl Ledger {
     pub fn request_id(&self) -> &str {
         &self.rec.request_id
     }
+    /// The metric handles of the snapshot serving this request.
+    pub fn meters(&mut self, m: &Arc<Meters>) {
+        self.rec.meters = Some(m.clone());
+    }
     pub fn caller(&mut self, c: &Caller) {
         self.rec.team = Some(c.team.clone());
         self.rec.key_id = Some(c.key_id.clone());
+        self.rec.team_meters = self.rec.meters.as_ref().map(|m| m.team(&c.team));
     }
     pub fn shaped(&mut self, s: &Shaped) {
         self.rec.model = Some(s.model.clone());
         self.rec.stream = s.stream;
     }
     /// The shaped model is one of the config's models (a metric label from now on).
-    pub fn model_known(&mut self, name: &Arc<str>) {
-        self.rec.model_label = Some(name.clone());
+    pub fn model_known(&mut self, meters: &Arc<ModelMeters>) {
+        self.rec.model_meters = Some(meters.clone());
     }
     /// The request passed the limiter; its reservation is settled when this ledger drops.
     pub fn admitted(&mut self, a: Admission) {

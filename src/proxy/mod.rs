@@ -54,6 +54,7 @@ async fn run(
     ledger: &mut Ledger,
 ) -> Result<Ready, ApiError> {
     let snap = state.snapshot.load_full();
+    ledger.meters(&snap.meters);
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
@@ -81,7 +82,7 @@ async fn run(
     let route = route.ok_or_else(|| ApiError::ModelNotFound {
         model: shaped.model.clone(),
     })?;
-    ledger.model_known(&route.name);
+    ledger.model_known(&route.meters);
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.
     let estimate = snap.limiter.estimate(endpoint, shaped.ask(), &json);

@@ -27,7 +27,6 @@ use crate::providers::reading::{Break, Health};
 use crate::providers::{BodyStream, Usage};
 use crate::routing::queue::Slot;
 use crate::state::Upstream;
-use crate::telemetry::names;
 
 /// Longest partial SSE event held while waiting for its end.
 const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -278,8 +277,7 @@ impl SseRelay {
                 .source
                 .breaker
                 .record(Instant::now(), false, None, false);
-            metrics::gauge!(names::BREAKER_STATE, "upstream" => self.source.name.clone())
-                .set(state.gauge());
+            self.source.meters.breaker_state(state.gauge());
         }
         // A half-written event is never passed on: the client gets the whole events it already
         // has, then the error event.

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use rand::Rng;
 
 use crate::config::{ModelConfig, Strategy};
+use crate::telemetry::meters::ModelMeters;
 use retry::RetryBudget;
 pub use upstream::Upstream;
 
@@ -27,16 +28,24 @@ pub struct Route {
     pub config: ModelConfig,
     /// Bounds the extra load retries of this model may add.
     pub budget: RetryBudget,
+    /// This model's metric series (made with the snapshot).
+    pub meters: Arc<ModelMeters>,
 }
 
 impl Route {
-    pub fn new(name: &str, targets: Vec<(Arc<Upstream>, u32)>, config: ModelConfig) -> Route {
+    pub fn new(
+        name: Arc<str>,
+        targets: Vec<(Arc<Upstream>, u32)>,
+        config: ModelConfig,
+        meters: Arc<ModelMeters>,
+    ) -> Route {
         let budget = RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
         Route {
-            name: Arc::from(name),
+            name,
             targets,
             config,
             budget,
+            meters,
         }
     }
 

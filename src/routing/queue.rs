@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio::sync::oneshot;
 
 pub use crate::config::Priority;
+use crate::telemetry::meters::QueueMeters;
 
 struct Inner {
     in_flight: usize,
@@ -19,7 +20,8 @@ struct Inner {
 }
 
 pub struct Gate {
-    name: Arc<str>,
+    /// The queue's depth and wait series, labelled with the upstream's name.
+    meters: QueueMeters,
     max: usize,
     max_queue: usize,
     inner: Mutex<Inner>,
@@ -41,7 +43,7 @@ pub enum Refused {
 impl Gate {
     pub fn new(name: Arc<str>, max: usize, max_queue: usize) -> Arc<Gate> {
         Arc::new(Gate {
-            name,
+            meters: QueueMeters::new(&name),
             max: max.max(1),
             max_queue,
             inner: Mutex::new(Inner {
@@ -73,8 +75,7 @@ impl Gate {
     /// added, so it never went down and `/metrics` showed the deepest queue ever seen.
     fn publish_depth(&self, g: &Inner) {
         let depth: usize = g.waiting.iter().map(VecDeque::len).sum();
-        metrics::gauge!(crate::telemetry::names::QUEUE_DEPTH, "upstream" => self.name.clone())
-            .set(depth as f64);
+        self.meters.depth.get().set(depth as f64);
     }
 
     /// Take a slot, waiting up to `wait` in the queue.
@@ -105,8 +106,7 @@ impl Gate {
         };
         let started = Instant::now();
         let got = tokio::time::timeout(wait, rx).await;
-        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT, "upstream" => self.name.clone())
-            .record(started.elapsed());
+        self.meters.wait.get().record(started.elapsed());
         match got {
             Ok(Ok(slot)) => Ok(slot),
             _ => {

@@ -11,6 +11,7 @@ use super::queue::Gate;
 use crate::config::{Timeouts, UpstreamConfig};
 use crate::credentials::Credential;
 use crate::providers::Provider;
+use crate::telemetry::meters::UpstreamMeters;
 
 /// One upstream deployment at run time.
 pub struct Upstream {
@@ -23,6 +24,8 @@ pub struct Upstream {
     /// Bounds requests in flight to this upstream, with a priority queue behind it.
     pub gate: Arc<Gate>,
     pub breaker: Breaker,
+    /// This upstream's attempt and breaker series.
+    pub meters: UpstreamMeters,
     /// EWMA of time to first byte in microseconds (0 = no sample yet), for the latency strategy.
     ewma_ttfb_us: AtomicU64,
     /// The config this was built from; an unchanged upstream keeps its state across reloads.
@@ -38,6 +41,7 @@ impl Upstream {
         cfg: &UpstreamConfig,
     ) -> Upstream {
         let name: Arc<str> = Arc::from(name);
+        let meters = UpstreamMeters::new(&name);
         Upstream {
             gate: Gate::new(name.clone(), cfg.max_concurrent, cfg.max_queue),
             name,
@@ -46,6 +50,7 @@ impl Upstream {
             model: cfg.model.clone(),
             timeouts: cfg.timeouts.clone(),
             breaker: Breaker::new(cfg.breaker.clone()),
+            meters,
             ewma_ttfb_us: AtomicU64::new(0),
             config: cfg.clone(),
         }

@@ -31,9 +31,9 @@ use http_body::Frame;
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::telemetry::names;
+use crate::telemetry::meters;
 
-/// Why the server closed a connection (the `reason` label of [`names::CONNECTIONS_CLOSED`]).
+/// Why the server closed a connection (the `reason` label of [`crate::telemetry::names::CONNECTIONS_CLOSED`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// No request within `header_read_timeout` of accept.
@@ -54,7 +54,9 @@ impl CloseReason {
     }
 
     pub fn count(self) {
-        metrics::counter!(names::CONNECTIONS_CLOSED, "reason" => self.label()).increment(1);
+        meters::process()
+            .connections_closed
+            .increment(self.label(), 1);
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Http2Config, ServerConfig};
-use crate::telemetry::names;
+use crate::telemetry::meters;
 
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
@@ -142,7 +142,7 @@ pub async fn serve(
             opts.idle_timeout,
             opts.write_timeout,
         );
-        metrics::gauge!(names::CONNECTIONS_OPEN).increment(1.0);
+        meters::process().connections_open.get().increment(1.0);
         tokio::spawn(async move {
             conn::watch(
                 served,
@@ -152,7 +152,7 @@ pub async fn serve(
                 write_timeout,
             )
             .await;
-            metrics::gauge!(names::CONNECTIONS_OPEN).decrement(1.0);
+            meters::process().connections_open.get().decrement(1.0);
             drop(permit);
         });
     }

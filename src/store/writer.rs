@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::usage::{UsageRow, MAX_BATCH};
 use super::Store;
 use crate::config::{OnFull, UsageWriterConfig};
-use crate::telemetry::names;
+use crate::telemetry::meters;
 
 /// Counts of what happened to usage rows, also exported as metrics.
 #[derive(Debug, Default)]
@@ -60,7 +60,7 @@ impl WriterStats {
             _ => &self.lost,
         };
         c.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(names::USAGE_ROWS, "outcome" => outcome).increment(n);
+        meters::process().usage_rows.increment(outcome, n);
     }
     pub fn get(&self, c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
@@ -339,7 +339,10 @@ impl Task {
                     _ => break,
                 }
             }
-            metrics::gauge!(names::USAGE_QUEUE).set(self.rx.len() as f64);
+            meters::process()
+                .usage_queue
+                .get()
+                .set(self.rx.len() as f64);
             let rows = std::mem::replace(&mut buf, Vec::with_capacity(self.batch));
             if self.write(rows).await {
                 self.replay_pending().await;
@@ -356,7 +359,7 @@ impl Task {
             self.write(rows).await;
         }
         self.touch(&[]).await;
-        metrics::gauge!(names::USAGE_QUEUE).set(0.0);
+        meters::process().usage_queue.get().set(0.0);
         tracing::info!(
             written = self.stats.get(&self.stats.written),
             spilled = self.stats.get(&self.stats.spilled),
@@ -398,7 +401,7 @@ impl Task {
             };
             failures += 1;
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(names::USAGE_WRITE_ERRORS).increment(1);
+            meters::process().usage_write_errors.get().increment(1);
             if failures == 1 || failures % 20 == 0 {
                 tracing::warn!(rows = rows.len(), failures, error = %err,
                     "usage writer: batch not written; retrying (rows kept)");
