@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tollgate::config::{RangeDefault, TeamConfig};
 use tollgate::limits::estimate_prompt_tokens;
+use tollgate::openai::Body;
 use tollgate::policy::{self, Endpoint};
 
 /// A chat request as a coding assistant sends it: system prompt, history, one tool.
@@ -55,7 +56,7 @@ fn realistic_body() -> Bytes {
 
 /// One request's body work; returns something that depends on all of it.
 fn once(raw: &Bytes, team: &TeamConfig, headers: &HeaderMap) -> usize {
-    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(raw) else {
+    let Ok(mut body) = Body::parse(raw.clone()) else {
         return 0;
     };
     let Ok(shaped) = policy::shape(Endpoint::Chat, team, headers, &mut body) else {
@@ -63,13 +64,14 @@ fn once(raw: &Bytes, team: &TeamConfig, headers: &HeaderMap) -> usize {
     };
     let estimate = estimate_prompt_tokens(&body);
     set_model(&mut body, "upstream-model");
-    let sent = serde_json::to_vec(&body).map(|v| v.len()).unwrap_or(0);
+    let sent = body.to_bytes().len();
     sent + estimate as usize + shaped.model.len()
 }
 
-fn set_model(body: &mut Map<String, Value>, model: &str) {
-    if body.get("model").and_then(Value::as_str) != Some(model) {
-        body.insert("model".into(), Value::String(model.to_owned()));
+/// As an attempt does: the upstream's own model name, when it has one.
+fn set_model(body: &mut Body, model: &str) {
+    if body.get::<&str>("model").and_then(Result::ok) != Some(model) {
+        body.insert("model", Value::from(model));
     }
 }
 

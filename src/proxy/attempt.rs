@@ -15,13 +15,14 @@ use tokio::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::ledger::Ledger;
 use super::relay;
 use crate::config::{FallbackReason, Priority};
 use crate::credentials::{Lease, Outcome, Retry, Witness, MAX_COOLDOWN, WITNESS_WINDOW};
 use crate::error::ApiError;
+use crate::openai::Body as JsonBody;
 use crate::policy::Endpoint;
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::routing::breaker::Admit;
@@ -81,7 +82,7 @@ pub enum AnswerBody {
 pub async fn dispatch(
     snap: &Snapshot,
     model: &str,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     wishes: Wishes,
     ledger: &mut Ledger,
@@ -308,7 +309,7 @@ fn reason_of(e: &ApiError) -> Option<FallbackReason> {
 async fn attempt(
     upstream: &Arc<Upstream>,
     target: &Target<'_>,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     ledger: &mut Ledger,
 ) -> Result<Answer, ApiError> {
@@ -390,7 +391,7 @@ impl Drop for ProbeGuard<'_> {
 async fn attempt_inner(
     upstream: &Arc<Upstream>,
     target: &Target<'_>,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     ledger: &mut Ledger,
 ) -> Result<Answer, ApiError> {
@@ -410,10 +411,10 @@ async fn attempt_inner(
         }
     })?;
     let upstream_model = upstream.model.as_deref().unwrap_or(model);
-    if json.get("model").and_then(Value::as_str) != Some(upstream_model) {
-        json.insert("model".into(), Value::String(upstream_model.to_owned()));
+    if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {
+        json.insert("model", Value::from(upstream_model));
     }
-    let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
+    let body = json.to_bytes();
     let mut renewed = false;
     let mut rotations = 0;
     let max_rotations = upstream
