@@ -1,5 +1,5 @@
 //! What the request body costs on the request path: parse, shape, estimate and serialise one
-//! realistic chat body (a system prompt, a few turns, one tool; about 4 KiB), as `proxy` does
+//! realistic chat body (a system prompt, a few turns, one tool; 2.7 KiB), as `proxy` does
 //! for every request before the upstream is called.
 //!
 //! ```text
