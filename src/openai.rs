@@ -1,9 +1,14 @@
-//! The OpenAI wire vocabulary every layer shares: the endpoints Tollgate relays, token usage as
-//! OpenAI reports it, the `x-ratelimit-*` headers, and the error body
+//! The OpenAI wire vocabulary every layer shares: the endpoints Tollgate relays, the request body
+//! as it is parsed once and edited in place ([`Body`], in `body.rs`), token usage as OpenAI
+//! reports it, the `x-ratelimit-*` headers, and the error body
 //! `{"error":{"message","type","param","code"}}`.
 //!
 //! Ground layer: plain types and their wire spelling, no policy. It must not use any other module
 //! of the crate; everything above (policy, limits, providers, error, proxy) speaks through it.
+
+mod body;
+
+pub use body::{Body, BodyError, Items, JsonFields, Kind};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};

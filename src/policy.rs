@@ -3,15 +3,20 @@
 //! Owns validation of the fields Tollgate reads (`model`, `stream`, `max_tokens`, `temperature`,
 //! `n`, `messages`, …), the team's defaults and caps, the model check, the usage chunk asked of
 //! streams, and the client's hint headers (`x-tollgate-priority`, `x-tollgate-max-attempts`). Fields it does not know are left
-//! untouched in the JSON value and reach the upstream as the client sent them. Odd values get a
-//! 400 naming the parameter, never a 5xx.
+//! untouched in the parsed [`Body`] and reach the upstream as the bytes the client sent. Odd
+//! values get a 400 naming the parameter, never a 5xx.
+//!
+//! It reads a field's kind (noted when the body was parsed) before its value, and parses only the
+//! small fields it needs as values (`model`, numbers, flags, `stream_options`): `messages` and
+//! `prompt` are checked from their element counts, never walked again.
 
 use http::HeaderMap;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use crate::config::{Priority, TeamConfig};
 use crate::error::ApiError;
 pub use crate::openai::Endpoint;
+use crate::openai::{Body, Kind};
 
 /// What shaping learned about the request.
 #[derive(Debug, Clone)]
@@ -80,21 +85,12 @@ pub fn shape(
     endpoint: Endpoint,
     team: &TeamConfig,
     headers: &HeaderMap,
-    body: &mut Map<String, Value>,
+    body: &mut Body,
 ) -> Result<Shaped, ApiError> {
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() && m.len() <= 256 => m.clone(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "'model' must be a non-empty string",
-                Some("model"),
-            ))
-        }
-        None => return Err(ApiError::invalid("'model' is required", Some("model"))),
-    };
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+    let model = model(body)?;
+    let stream = match body.kind("stream") {
+        None | Some(Kind::Null) => false,
+        Some(Kind::Bool) => body.get::<bool>("stream").and_then(Result::ok) == Some(true),
         Some(_) => {
             return Err(ApiError::invalid(
                 "'stream' must be a boolean",
@@ -108,31 +104,81 @@ pub fn shape(
             Some("stream"),
         ));
     }
-    let client_wants_usage = match body.get("stream_options") {
+    let stream_options = stream_options(body)?;
+    let client_wants_usage = match stream_options.as_ref().and_then(|o| o.get("include_usage")) {
         None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => match o.get("include_usage") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "'stream_options.include_usage' must be a boolean",
-                    Some("stream_options.include_usage"),
-                ))
-            }
-        },
+        Some(Value::Bool(b)) => *b,
         Some(_) => {
             return Err(ApiError::invalid(
-                "'stream_options' must be an object",
-                Some("stream_options"),
+                "'stream_options.include_usage' must be a boolean",
+                Some("stream_options.include_usage"),
             ))
         }
     };
+    required_input(endpoint, team, body)?;
 
+    let n = uint_field(body, "n", 1, 128)?.unwrap_or(1);
+    let (best_of, prompts) = match endpoint {
+        Endpoint::Completions => (
+            uint_field(body, "best_of", 1, 128)?.unwrap_or(1),
+            prompt_count(body.kind("prompt")),
+        ),
+        _ => (1, 1),
+    };
+    let mut max_tokens = None;
+    if endpoint != Endpoint::Embeddings {
+        max_tokens = cap_output(team, body)?;
+        temperature(team, body)?;
+    }
+    if stream && !client_wants_usage {
+        ask_for_usage(body, stream_options);
+    }
+    Ok(Shaped {
+        model,
+        stream,
+        client_wants_usage,
+        max_tokens,
+        completions: n.max(best_of).saturating_mul(prompts),
+        priority: priority(headers, team)?,
+        max_attempts: max_attempts(headers)?,
+    })
+}
+
+/// `model`: a non-empty string of at most 256 bytes.
+fn model(body: &Body) -> Result<String, ApiError> {
+    let invalid = || ApiError::invalid("'model' must be a non-empty string", Some("model"));
+    match body.kind("model") {
+        Some(Kind::String) => match body.get::<String>("model") {
+            Some(Ok(m)) if !m.is_empty() && m.len() <= 256 => Ok(m),
+            _ => Err(invalid()),
+        },
+        Some(_) => Err(invalid()),
+        None => Err(ApiError::invalid("'model' is required", Some("model"))),
+    }
+}
+
+/// `stream_options`: absent, null or an object (returned, for [`ask_for_usage`]).
+fn stream_options(body: &Body) -> Result<Option<Map<String, Value>>, ApiError> {
+    let invalid =
+        || ApiError::invalid("'stream_options' must be an object", Some("stream_options"));
+    match body.kind("stream_options") {
+        None | Some(Kind::Null) => Ok(None),
+        Some(Kind::Object) => match body.get::<Map<String, Value>>("stream_options") {
+            Some(Ok(o)) => Ok(Some(o)),
+            _ => Err(invalid()),
+        },
+        Some(_) => Err(invalid()),
+    }
+}
+
+/// What each endpoint must carry: `messages` (a non-empty list of objects, within the team's
+/// `max_messages`), `prompt`, `input`.
+fn required_input(endpoint: Endpoint, team: &TeamConfig, body: &Body) -> Result<(), ApiError> {
     match endpoint {
         Endpoint::Chat => {
-            let messages = match body.get("messages") {
-                Some(Value::Array(a)) if !a.is_empty() => a,
-                Some(Value::Array(_)) => {
+            let messages = match body.kind("messages") {
+                Some(Kind::Array(a)) if a.len > 0 => a,
+                Some(Kind::Array(_)) => {
                     return Err(ApiError::invalid(
                         "'messages' must not be empty",
                         Some("messages"),
@@ -151,14 +197,14 @@ pub fn shape(
                     ))
                 }
             };
-            if messages.iter().any(|m| !m.is_object()) {
+            if messages.objects < messages.len {
                 return Err(ApiError::invalid(
                     "each message must be an object",
                     Some("messages"),
                 ));
             }
             if let Some(max) = team.max_messages {
-                if messages.len() > max {
+                if messages.len > max {
                     return Err(ApiError::invalid(
                         format!("at most {max} messages are allowed"),
                         Some("messages"),
@@ -174,79 +220,52 @@ pub fn shape(
         }
         _ => {}
     }
+    Ok(())
+}
 
-    let n = uint_field(body, "n", 1, 128)?.unwrap_or(1);
-    let (best_of, prompts) = match endpoint {
-        Endpoint::Completions => (
-            uint_field(body, "best_of", 1, 128)?.unwrap_or(1),
-            prompt_count(body.get("prompt")),
-        ),
-        _ => (1, 1),
+/// `temperature` and `top_p` within range; the team's temperature default added, its range
+/// enforced.
+fn temperature(team: &TeamConfig, body: &mut Body) -> Result<(), ApiError> {
+    let temperature = float_field(body, "temperature", 0.0, 2.0)?;
+    float_field(body, "top_p", 0.0, 1.0)?;
+    let Some(tp) = &team.temperature else {
+        return Ok(());
     };
-    let mut max_tokens = None;
-    if endpoint != Endpoint::Embeddings {
-        max_tokens = cap_output(team, body)?;
-        let temperature = float_field(body, "temperature", 0.0, 2.0)?;
-        float_field(body, "top_p", 0.0, 1.0)?;
-        if let Some(tp) = &team.temperature {
-            match temperature {
-                None => {
-                    if let Some(d) = tp.default {
-                        body.insert("temperature".into(), Value::from(d));
-                    }
-                }
-                Some(t) => {
-                    let lo = tp.min.unwrap_or(0.0);
-                    let hi = tp.max.unwrap_or(2.0);
-                    if t < lo || t > hi {
-                        return Err(ApiError::invalid(
-                            format!("'temperature' must be between {lo} and {hi} for this team"),
-                            Some("temperature"),
-                        ));
-                    }
-                }
+    match temperature {
+        None => {
+            if let Some(d) = tp.default {
+                body.insert("temperature", Value::from(d));
+            }
+        }
+        Some(t) => {
+            let lo = tp.min.unwrap_or(0.0);
+            let hi = tp.max.unwrap_or(2.0);
+            if t < lo || t > hi {
+                return Err(ApiError::invalid(
+                    format!("'temperature' must be between {lo} and {hi} for this team"),
+                    Some("temperature"),
+                ));
             }
         }
     }
-    if stream && !client_wants_usage {
-        ask_for_usage(body);
-    }
-    Ok(Shaped {
-        model,
-        stream,
-        client_wants_usage,
-        max_tokens,
-        completions: n.max(best_of).saturating_mul(prompts),
-        priority: priority(headers, team)?,
-        max_attempts: max_attempts(headers)?,
-    })
+    Ok(())
 }
 
 /// Prompts in a completions request: a list of strings or of token-id lists is a batch, one
 /// completion set each; a string or one token-id list is one prompt.
-fn prompt_count(prompt: Option<&Value>) -> u64 {
+fn prompt_count(prompt: Option<Kind>) -> u64 {
     match prompt {
-        Some(Value::Array(items)) if items.iter().any(|i| i.is_string() || i.is_array()) => {
-            items.len().max(1) as u64
-        }
+        Some(Kind::Array(items)) if items.texts_or_lists > 0 => items.len.max(1) as u64,
         _ => 1,
     }
 }
 
 /// Ask a stream for its usage chunk, so usage is always recorded (the relay strips it again for
 /// a client that did not ask). Other stream options the client sent are kept.
-fn ask_for_usage(body: &mut Map<String, Value>) {
-    match body.get_mut("stream_options") {
-        Some(Value::Object(o)) => {
-            o.insert("include_usage".into(), Value::Bool(true));
-        }
-        _ => {
-            body.insert(
-                "stream_options".into(),
-                serde_json::json!({"include_usage": true}),
-            );
-        }
-    }
+fn ask_for_usage(body: &mut Body, stream_options: Option<Map<String, Value>>) {
+    let mut options = stream_options.unwrap_or_default();
+    options.insert("include_usage".into(), Value::Bool(true));
+    body.insert("stream_options", Value::Object(options));
 }
 
 /// `x-tollgate-priority: high|normal|low`, capped by the team's `max_priority`.
@@ -285,7 +304,7 @@ fn max_attempts(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
 /// rewritten to it (so an upstream reading either field sees the same number), and when the
 /// client sent none but the team has a default or a cap, `max_tokens` is added. `None`: no cap
 /// from anyone (the limiter estimates with `limits.default_max_tokens`).
-fn cap_output(team: &TeamConfig, body: &mut Map<String, Value>) -> Result<Option<u64>, ApiError> {
+fn cap_output(team: &TeamConfig, body: &mut Body) -> Result<Option<u64>, ApiError> {
     let mut asked: Option<u64> = None;
     let mut present = 0;
     for field in OUTPUT_CAP_FIELDS {
@@ -305,54 +324,53 @@ fn cap_output(team: &TeamConfig, body: &mut Map<String, Value>) -> Result<Option
         return Ok(None);
     };
     for field in OUTPUT_CAP_FIELDS {
-        if let Some(v) = body.get_mut(field).filter(|v| !v.is_null()) {
-            *v = Value::from(effective);
+        if body.kind(field).is_some_and(|k| k != Kind::Null) {
+            body.insert(field, Value::from(effective));
         }
     }
     if present == 0 {
-        body.insert("max_tokens".into(), Value::from(effective));
+        body.insert("max_tokens", Value::from(effective));
     }
     Ok(Some(effective))
 }
 
-fn uint_field(
-    body: &Map<String, Value>,
-    field: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<u64>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
+/// A numeric field: `Ok(None)` when absent or null, `Err(())` when it is not a number.
+fn number(body: &Body, field: &str) -> Result<Option<Number>, ()> {
+    match body.kind(field) {
+        None | Some(Kind::Null) => Ok(None),
+        Some(Kind::Number) => body.get::<Number>(field).transpose().map_err(|_| ()),
+        Some(_) => Err(()),
+    }
+}
+
+fn uint_field(body: &Body, field: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+    match number(body, field) {
+        Ok(None) => Ok(None),
+        Ok(Some(n)) => match n.as_u64() {
             Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
             _ => Err(ApiError::invalid(
                 format!("'{field}' must be an integer between {min} and {max}"),
                 Some(field),
             )),
         },
-        Some(_) => Err(ApiError::invalid(
+        Err(()) => Err(ApiError::invalid(
             format!("'{field}' must be an integer"),
             Some(field),
         )),
     }
 }
 
-fn float_field(
-    body: &Map<String, Value>,
-    field: &str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f64>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
+fn float_field(body: &Body, field: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+    match number(body, field) {
+        Ok(None) => Ok(None),
+        Ok(Some(n)) => match n.as_f64() {
             Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
             _ => Err(ApiError::invalid(
                 format!("'{field}' must be a number between {min} and {max}"),
                 Some(field),
             )),
         },
-        Some(_) => Err(ApiError::invalid(
+        Err(()) => Err(ApiError::invalid(
             format!("'{field}' must be a number"),
             Some(field),
         )),
@@ -365,11 +383,16 @@ mod tests {
     use crate::config::RangeDefault;
     use serde_json::json;
 
-    fn body(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
+    fn body(v: Value) -> Body {
+        match Body::parse(bytes::Bytes::from(v.to_string())) {
+            Ok(b) => b,
+            Err(e) => panic!("{v}: {e:?}"),
         }
+    }
+
+    /// The body as the upstream receives it.
+    fn sent(b: &Body) -> Value {
+        serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null)
     }
 
     #[test]
@@ -407,14 +430,20 @@ mod tests {
             .map(|s| s.max_tokens)
             .ok()
             .flatten();
-        assert_eq!((s, b.get("max_tokens")), (Some(100), Some(&json!(100))));
+        assert_eq!(
+            (s, sent(&b).get("max_tokens")),
+            (Some(100), Some(&json!(100)))
+        );
         let mut b = body(json!({"model":"m","messages":[{}],"max_tokens":9000,"tools":[1]}));
         let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b)
             .map(|s| s.max_tokens)
             .ok()
             .flatten();
-        assert_eq!((s, b.get("max_tokens")), (Some(500), Some(&json!(500))));
-        assert_eq!(b.get("tools"), Some(&json!([1])));
+        assert_eq!(
+            (s, sent(&b).get("max_tokens")),
+            (Some(500), Some(&json!(500)))
+        );
+        assert_eq!(sent(&b).get("tools"), Some(&json!([1])));
     }
 
     #[test]
@@ -430,13 +459,13 @@ mod tests {
             "max_completion_tokens":1000000}));
         let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b).ok();
         assert_eq!(s.and_then(|s| s.max_tokens), Some(10));
-        assert_eq!(b["max_tokens"], json!(10));
-        assert_eq!(b["max_completion_tokens"], json!(10));
+        assert_eq!(sent(&b)["max_tokens"], json!(10));
+        assert_eq!(sent(&b)["max_completion_tokens"], json!(10));
         // No field from the client: the cap itself goes upstream.
         let mut b = body(json!({"model":"m","messages":[{}]}));
         let s = shape(Endpoint::Chat, &team, &HeaderMap::new(), &mut b).ok();
         assert_eq!(s.and_then(|s| s.max_tokens), Some(500));
-        assert_eq!(b["max_tokens"], json!(500));
+        assert_eq!(sent(&b)["max_tokens"], json!(500));
     }
 
     #[test]
@@ -485,15 +514,16 @@ mod tests {
                 let mut b = body(json!({"model": "m", "messages": [{}], "prompt": [1, 2]}));
                 for (f, v) in [("max_tokens", &mt), ("max_completion_tokens", &mct)] {
                     if let Some(v) = v {
-                        b.insert(f.into(), v.clone());
+                        b.insert(f, v.clone());
                     }
                 }
-                if let Some(n) = n { b.insert("n".into(), json!(n)); }
-                if let Some(k) = best_of { b.insert("best_of".into(), json!(k)); }
+                if let Some(n) = n { b.insert("n", json!(n)); }
+                if let Some(k) = best_of { b.insert("best_of", json!(k)); }
                 let shaped = match shape(endpoint, &team, &HeaderMap::new(), &mut b) {
                     Ok(s) => s,
                     Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
                 };
+                let b = sent(&b);
                 let sent: Vec<u64> = OUTPUT_CAP_FIELDS
                     .iter()
                     .filter_map(|f| b.get(*f).and_then(Value::as_u64))

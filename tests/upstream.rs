@@ -469,6 +469,37 @@ async fn the_binary_never_logs_keys() {
     );
 }
 
+/// Fields Tollgate does not edit reach the upstream as the client wrote them (a seed beyond
+/// f64, a decimal's own digits, key order), the edited ones once each: a duplicated `max_tokens`
+/// is sent once, as the value the cap was applied to.
+#[tokio::test]
+async fn untouched_fields_reach_the_upstream_byte_for_byte() {
+    let m = mock().await;
+    let gw = start(&m).await;
+    let sent = r#"{"seed":12345678901234567890123,"model":"gpt","temperature":0.10,
+        "messages":[{"role":"user","content":"hi"}],"logit_bias":{"50256":-100.0},
+        "max_tokens":7,"max_tokens":3}"#;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .header("content-type", "application/json")
+        .body(sent)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 200);
+    let raw = m.received()[0].raw.clone();
+    let raw = String::from_utf8_lossy(&raw);
+    for verbatim in [
+        r#"{"seed":12345678901234567890123,"model":"served-model","temperature":0.10,"#,
+        r#""messages":[{"role":"user","content":"hi"}],"logit_bias":{"50256":-100.0},"#,
+    ] {
+        assert!(raw.contains(verbatim), "{verbatim} not in {raw}");
+    }
+    assert_eq!(raw.matches("max_tokens").count(), 1, "{raw}");
+    assert_eq!(m.received()[0].body["max_tokens"], json!(3));
+}
+
 #[tokio::test]
 async fn other_stream_options_are_kept_when_usage_is_asked_for() {
     let m = mock().await;

@@ -35,13 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 pub use crate::config::{BudgetConfig as Budget, BudgetPeriod};
 use crate::config::{Config, LimiterBackend, OnBackendError};
 use crate::error::ApiError;
 pub use crate::openai::{go_duration, RateHeaders, RateInfo};
-use crate::openai::{Endpoint, Usage};
+use crate::openai::{Body, Endpoint, JsonFields, Usage};
 use crate::telemetry::names;
 use prices::{Price, Prices, NANOS_PER_USD};
 
@@ -191,43 +191,10 @@ impl Estimate {
 /// `prompt`/`input` (token-id arrays), 4 per chat message for its framing. Counts every string in
 /// `messages`, `prompt`, `input`, and every string and object key in `tools`, `functions` and
 /// `response_format` (the model reads those schemas as prompt).
-pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    #[derive(Default)]
-    struct Count {
-        ascii: u64,
-        other: u64,
-        ids: u64,
-    }
-    impl Count {
-        fn text(&mut self, s: &str) {
-            if s.is_ascii() {
-                self.ascii += s.len() as u64;
-            } else {
-                for c in s.chars() {
-                    if c.is_ascii() {
-                        self.ascii += 1
-                    } else {
-                        self.other += 1
-                    }
-                }
-            }
-        }
-        /// `ids`: numbers are token ids; `keys`: object keys are read by the model.
-        fn walk(&mut self, v: &Value, ids: bool, keys: bool) {
-            match v {
-                Value::String(s) => self.text(s),
-                Value::Number(_) if ids => self.ids += 1,
-                Value::Array(a) => a.iter().for_each(|v| self.walk(v, ids, keys)),
-                Value::Object(o) => o.iter().for_each(|(k, v)| {
-                    if keys {
-                        self.text(k);
-                    }
-                    self.walk(v, ids, keys)
-                }),
-                _ => {}
-            }
-        }
-    }
+///
+/// Reads the fields through a serde visitor: over a parsed [`Body`] it walks the client's JSON
+/// text once and builds nothing.
+pub fn estimate_prompt_tokens(body: &impl JsonFields) -> u64 {
     let mut c = Count::default();
     let mut framing = 0;
     for (f, ids, keys) in [
@@ -238,14 +205,138 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
         ("functions", false, true),
         ("response_format", false, true),
     ] {
-        if let Some(v) = body.get(f) {
-            c.walk(v, ids, keys);
-            if let (Value::Array(a), "messages") = (v, f) {
-                framing += 4 * a.len() as u64;
+        let walk = Walk {
+            count: &mut c,
+            ids,
+            keys,
+        };
+        // A body that parsed cannot fail here; a partial count would still be a lower bound.
+        if let Some(Ok(elements)) = body.field(f, walk) {
+            if f == "messages" {
+                framing += 4 * elements as u64;
             }
         }
     }
     c.ascii.div_ceil(4) + c.other + c.ids + framing
+}
+
+/// Characters and token ids seen so far by the estimate.
+#[derive(Default)]
+struct Count {
+    ascii: u64,
+    other: u64,
+    ids: u64,
+}
+
+impl Count {
+    fn text(&mut self, s: &str) {
+        if s.is_ascii() {
+            self.ascii += s.len() as u64;
+        } else {
+            for c in s.chars() {
+                if c.is_ascii() {
+                    self.ascii += 1
+                } else {
+                    self.other += 1
+                }
+            }
+        }
+    }
+}
+
+/// The estimate's visitor over one value. `ids`: numbers are token ids; `keys`: object keys are
+/// read by the model. Yields the element count when the value is an array (messages' framing).
+struct Walk<'c> {
+    count: &'c mut Count,
+    ids: bool,
+    keys: bool,
+}
+
+impl Walk<'_> {
+    fn again(&mut self) -> Walk<'_> {
+        Walk {
+            count: self.count,
+            ids: self.ids,
+            keys: self.keys,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<usize, E> {
+        self.count.text(s);
+        Ok(0)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        self.count.ids += u64::from(self.ids);
+        Ok(0)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        self.count.ids += u64::from(self.ids);
+        Ok(0)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        self.count.ids += u64::from(self.ids);
+        Ok(0)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while seq.next_element_seed(self.again())?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<usize, A::Error> {
+        loop {
+            let more = if self.keys {
+                map.next_key_seed(KeyText(&mut *self.count))?.is_some()
+            } else {
+                map.next_key::<IgnoredAny>()?.is_some()
+            };
+            if !more {
+                return Ok(0);
+            }
+            map.next_value_seed(self.again())?;
+        }
+    }
+}
+
+/// An object key the model reads, counted as text.
+struct KeyText<'c>(&'c mut Count);
+
+impl<'de> DeserializeSeed<'de> for KeyText<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyText<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.0.text(s);
+        Ok(())
+    }
 }
 
 /// What the backend checks for one scope.
@@ -426,12 +517,7 @@ impl Limiter {
 
     /// Estimate a shaped request: prompt tokens from its text, completion tokens from
     /// `max_tokens` (or the default), cost from the price table.
-    pub fn estimate(
-        &self,
-        endpoint: Endpoint,
-        ask: Ask<'_>,
-        body: &Map<String, Value>,
-    ) -> Estimate {
+    pub fn estimate(&self, endpoint: Endpoint, ask: Ask<'_>, body: &Body) -> Estimate {
         let completion_tokens = match endpoint {
             Endpoint::Embeddings => 0,
             _ => ask
@@ -733,6 +819,7 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn prompt_estimate_counts_ascii_by_four_and_cjk_by_one() {
@@ -750,5 +837,88 @@ mod tests {
         let Value::Object(m) = body else { panic!() };
         // 5 ids; keys and values of tools: type+function+function+name+abcd = 28 ascii -> 7.
         assert_eq!(estimate_prompt_tokens(&m), 12);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The estimate as it was computed before bodies stayed raw: a walk over a parsed
+        /// `Value`. The oracle the visitor is held to.
+        fn value_walk(body: &serde_json::Map<String, Value>) -> u64 {
+            fn walk(c: &mut Count, v: &Value, ids: bool, keys: bool) {
+                match v {
+                    Value::String(s) => c.text(s),
+                    Value::Number(_) if ids => c.ids += 1,
+                    Value::Array(a) => a.iter().for_each(|v| walk(c, v, ids, keys)),
+                    Value::Object(o) => o.iter().for_each(|(k, v)| {
+                        if keys {
+                            c.text(k);
+                        }
+                        walk(c, v, ids, keys)
+                    }),
+                    _ => {}
+                }
+            }
+            let mut c = Count::default();
+            let mut framing = 0;
+            for (f, ids, keys) in [
+                ("messages", false, false),
+                ("prompt", true, false),
+                ("input", true, false),
+                ("tools", false, true),
+                ("functions", false, true),
+                ("response_format", false, true),
+            ] {
+                if let Some(v) = body.get(f) {
+                    walk(&mut c, v, ids, keys);
+                    if let (Value::Array(a), "messages") = (v, f) {
+                        framing += 4 * a.len() as u64;
+                    }
+                }
+            }
+            c.ascii.div_ceil(4) + c.other + c.ids + framing
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "[a-z \"\\\\\u{7f}-\u{3000}\u{1F600}]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-zé\"]{0,6}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// The estimate over the client's JSON text counts what the old walk over a parsed
+            /// `Value` counted, whatever the fields hold.
+            #[test]
+            fn the_raw_estimate_equals_the_value_estimate(
+                fields in proptest::collection::vec(
+                    (prop_oneof![Just("messages"), Just("prompt"), Just("input"), Just("tools"),
+                        Just("functions"), Just("response_format"), Just("other")], json()),
+                    0..6),
+            ) {
+                let map: serde_json::Map<String, Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                let text = Value::Object(map.clone()).to_string();
+                let body = Body::parse(bytes::Bytes::from(text));
+                prop_assert!(body.is_ok());
+                let want = value_walk(&map);
+                prop_assert_eq!(estimate_prompt_tokens(&map), want);
+                if let Ok(body) = body {
+                    prop_assert_eq!(estimate_prompt_tokens(&body), want);
+                }
+            }
+        }
     }
 }

@@ -16,6 +16,17 @@ use super::{UpstreamRequest, UpstreamResponse};
 use crate::config::MockConfig;
 use crate::openai::Endpoint;
 
+/// The request fields the mock's answer depends on.
+const READ: [&str; 7] = [
+    "model",
+    "messages",
+    "prompt",
+    "input",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream_options",
+];
+
 pub struct Mock {
     cfg: MockConfig,
 }
@@ -96,7 +107,8 @@ impl Mock {
         if !self.cfg.latency.0.is_zero() {
             tokio::time::sleep(self.cfg.latency.0).await;
         }
-        let body = req.json;
+        // The mock is the upstream here: it reads the fields it answers from as values.
+        let body = &req.json.pick(&READ);
         let model = body.get("model").and_then(Value::as_str).unwrap_or("mock");
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)

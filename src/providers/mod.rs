@@ -44,7 +44,7 @@ pub struct UpstreamRequest<'a> {
     pub headers: &'a HeaderMap,
     pub lease: Option<&'a Lease>,
     /// The parsed body, for providers that answer in process.
-    pub json: &'a serde_json::Map<String, serde_json::Value>,
+    pub json: &'a crate::openai::Body,
 }
 
 pub enum Provider {

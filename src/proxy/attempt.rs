@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::ledger::Ledger;
 use super::sse;
@@ -24,6 +24,7 @@ use crate::credentials::{
     Credential, Lease, Outcome, Retry, Witness, MAX_COOLDOWN, WITNESS_WINDOW,
 };
 use crate::error::ApiError;
+use crate::openai::Body as JsonBody;
 use crate::policy::Endpoint;
 use crate::providers::reading::{Health, Reading};
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
@@ -98,7 +99,7 @@ impl From<ApiError> for Failure {
 pub async fn dispatch(
     snap: &Snapshot,
     first: &Route,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     wishes: Wishes,
     ledger: &mut Ledger,
@@ -180,7 +181,7 @@ async fn try_route(
     route: &Route,
     target: &Target<'_>,
     wishes: Wishes,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     ledger: &mut Ledger,
 ) -> Result<Answer, Failure> {
@@ -327,7 +328,7 @@ fn next_upstream<'p>(
 async fn attempt(
     upstream: &Arc<Upstream>,
     target: &Target<'_>,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     ledger: &mut Ledger,
 ) -> Result<Answer, Failure> {
@@ -394,7 +395,7 @@ impl Drop for ProbeGuard<'_> {
 async fn attempt_inner(
     upstream: &Arc<Upstream>,
     target: &Target<'_>,
-    json: &mut Map<String, Value>,
+    json: &mut JsonBody,
     req: &Request<'_>,
     ledger: &mut Ledger,
 ) -> Result<Answer, Failure> {
@@ -412,10 +413,10 @@ async fn attempt_inner(
             retry_after_secs: 1,
         })?;
     let upstream_model = upstream.model.as_deref().unwrap_or(target.model);
-    if json.get("model").and_then(Value::as_str) != Some(upstream_model) {
-        json.insert("model".into(), Value::String(upstream_model.to_owned()));
+    if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {
+        json.insert("model", Value::from(upstream_model));
     }
-    let body = Bytes::from(serde_json::to_vec(json).map_err(|_| ApiError::Internal)?);
+    let body = json.to_bytes();
     let sent = send(upstream, &body, json, req, deadline, ledger).await?;
     if let Some((raw, reading)) = &sent.error {
         ledger.upstream_time(sent.at.elapsed());
@@ -446,7 +447,7 @@ struct Sent {
 async fn send(
     upstream: &Upstream,
     body: &Bytes,
-    json: &Map<String, Value>,
+    json: &JsonBody,
     req: &Request<'_>,
     deadline: Instant,
     ledger: &mut Ledger,

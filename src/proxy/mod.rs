@@ -13,16 +13,15 @@ mod sse;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::ApiError;
+use crate::openai::{Body as JsonBody, BodyError};
+use crate::policy::{self, Endpoint};
+use crate::state::{AppState, Snapshot};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
-use serde_json::{Map, Value};
-
-use crate::error::ApiError;
-use crate::policy::{self, Endpoint};
-use crate::state::{AppState, Snapshot};
 use ledger::Ledger;
 
 /// The request id, set by the `app` middleware before any handler runs.
@@ -70,7 +69,7 @@ async fn run(
         .unwrap_or(usize::MAX)
         .min(snap.config.server.max_body_bytes);
     let mut json =
-        parse_json(&read_body(body, limit, snap.config.server.body_read_timeout.0).await?)?;
+        parse_json(read_body(body, limit, snap.config.server.body_read_timeout.0).await?)?;
 
     // shape: validate fields, apply the team's defaults and caps, check the model.
     let shaped = policy::shape(endpoint, team, &parts.headers, &mut json)?;
@@ -209,14 +208,15 @@ async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes
     }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::invalid(
+/// The body parsed once ([`JsonBody`]): shaping edits it in place, each attempt writes it out.
+fn parse_json(bytes: Bytes) -> Result<JsonBody, ApiError> {
+    match JsonBody::parse(bytes) {
+        Ok(b) => Ok(b),
+        Err(BodyError::NotObject) => Err(ApiError::invalid(
             "the request body must be a JSON object",
             None,
         )),
-        Err(e) => Err(ApiError::invalid(
+        Err(BodyError::Invalid(e)) => Err(ApiError::invalid(
             format!("the request body is not valid JSON: {e}"),
             None,
         )),

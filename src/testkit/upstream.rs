@@ -87,6 +87,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The body parsed as JSON; `Null` if empty or not JSON.
     pub body: Value,
+    /// The body's bytes as they arrived.
+    pub raw: Bytes,
     pub at: Instant,
 }
 
@@ -365,6 +367,7 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
             query: query.clone(),
             headers: parts.headers.clone(),
             body: body.clone(),
+            raw: bytes.clone(),
             at: Instant::now(),
         });
     }
