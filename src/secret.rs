@@ -10,12 +10,13 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+/// Shared, so that handing a credential to a request (a lease) copies no bytes.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(std::sync::Arc<str>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(std::sync::Arc::from(value.into()))
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -96,14 +97,14 @@ impl SecretRef {
     pub fn resolve(&self, env: &dyn EnvSource) -> Result<Secret, String> {
         if let Some(name) = self.env_name() {
             return match env.var(name) {
-                Some(v) if !v.is_empty() => Ok(Secret(v)),
+                Some(v) if !v.is_empty() => Ok(Secret::new(v)),
                 Some(_) => Err(format!("environment variable {name} is empty")),
                 None => Err(format!("environment variable {name} is not set")),
             };
         }
         if let Some(path) = self.0.strip_prefix("file:") {
             return match std::fs::read_to_string(path) {
-                Ok(v) if !v.trim().is_empty() => Ok(Secret(v.trim().to_owned())),
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
                 Ok(_) => Err(format!("secret file {path} is empty")),
                 Err(e) => Err(format!("cannot read secret file {path}: {e}")),
             };
@@ -111,7 +112,7 @@ impl SecretRef {
         if self.0.is_empty() {
             return Err("secret is empty".into());
         }
-        Ok(Secret(self.0.clone()))
+        Ok(Secret::new(self.0.as_str()))
     }
 }
 

@@ -98,10 +98,10 @@ impl Snapshot {
                 continue;
             }
             let provider = match u.provider {
-                ProviderKind::Openai => Provider::OpenAi(OpenAi::new(
+                ProviderKind::Openai => Provider::OpenAi(Box::new(OpenAi::new(
                     u.base_url.as_deref().unwrap_or_default(),
                     &u.timeouts,
-                )?),
+                )?)),
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
             };
             upstreams.insert(

@@ -152,6 +152,40 @@ async fn static_key_in_a_named_header_or_query_parameter() {
     }
 }
 
+/// A credential carried in the query is form-encoded once, with the token, and appended to the
+/// pre-parsed endpoint URI: characters that mean something in a query arrive intact, and the
+/// path is the configured one. Every request of the pooled client carries it.
+#[tokio::test]
+async fn a_query_credential_is_encoded_and_appended_to_the_endpoint() {
+    let m = mock().await;
+    let cfg = config(&m.base_url(), "", "").replace(
+        "up-key: { kind: static, secret: \"${UP_KEY}\" }",
+        "up-key: { kind: static, secret: \"${UP_KEY}\", placement: { query: access_token } }",
+    );
+    let secret = "s3cr t+/=&x?é";
+    let env = HashMap::from([("UP_KEY".to_string(), secret.to_string())]);
+    let gw = Gateway::start_with_env(&cfg, env).await;
+    for _ in 0..3 {
+        let resp = gw
+            .post("/v1/chat/completions", chat("gpt", "x", true))
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.text().await.unwrap_or_default().contains("[DONE]"));
+    }
+    let seen = m.received();
+    assert_eq!(seen.len(), 3);
+    for r in &seen {
+        assert_eq!(r.path, "/v1/chat/completions");
+        let q = r.query.as_deref().unwrap_or_default();
+        assert_eq!(q, "access_token=s3cr+t%2B%2F%3D%26x%3F%C3%A9");
+        assert_eq!(
+            tollgate::testkit::form_get(q, "access_token").as_deref(),
+            Some(secret)
+        );
+        assert!(r.headers.get("authorization").is_none());
+    }
+}
+
 #[tokio::test]
 async fn upstream_errors_pass_through_with_their_status() {
     let m = mock().await;

@@ -144,6 +144,8 @@ enum Scenario {
     Max,
     Stream,
     Memory,
+    /// Streams that wait: the upstream sent headers and one event, then nothing.
+    Waiting,
 }
 
 fn main() -> ExitCode {
@@ -644,6 +646,9 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
         }
         mock.set_chunks(None);
         mock.set_chunk_delay(Duration::ZERO);
+        if has(Scenario::Waiting) {
+            waiting_streams(args, mock, &targets, &payloads, &mut res).await?;
+        }
         if let Some(g) = &gateway {
             if let Some(kib) = procs::status_kib(g.proc.pid(), "VmHWM") {
                 res.record(
@@ -761,6 +766,13 @@ fn verdicts(args: &Args, res: &Results) {
             t / d
         );
     }
+    line(
+        "resident memory per waiting stream",
+        res.median("RSS per waiting stream", "tollgate"),
+        20.0,
+        "KiB",
+        res.median("RSS per waiting stream", "nginx"),
+    );
     let mem = format!("RSS with {} open streams", args.mem_streams);
     if let Some(m) = res.median(&mem, "tollgate") {
         println!(
@@ -768,6 +780,75 @@ fn verdicts(args: &Args, res: &Results) {
             args.mem_streams
         );
     }
+}
+
+/// The waiting scenario: `--mem-streams` streams held open against an upstream that sent its
+/// headers and first event and then waits (the mock's `StallAfterChunks(1)`). Records the RSS
+/// just before they open, its peak while they are open, and the difference per stream (KiB).
+/// Run it alone (`--scenarios waiting`): memory freed by earlier scenarios would be reused and
+/// flatter the figure.
+async fn waiting_streams(
+    args: &Args,
+    mock: &MockUpstream,
+    targets: &[Target],
+    payloads: &Payloads,
+    res: &mut Results,
+) -> Result<()> {
+    mock.set_default_fault(Some(tollgate::testkit::Fault::StallAfterChunks(1)));
+    let n = args.mem_streams;
+    for t in targets {
+        let Some(pid) = t.pid else { continue };
+        let url = load::chat_url(&t.base)?;
+        let Some(before) = procs::tree_rss_kib(pid) else {
+            continue;
+        };
+        let h = load::hold_streams(
+            &url,
+            &payloads.stream,
+            n,
+            128,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+            || procs::tree_rss_kib(pid),
+        )
+        .await?;
+        let per = h
+            .peak
+            .filter(|_| h.opened > 0)
+            .map(|p| p.saturating_sub(before) as f64 / h.opened as f64);
+        println!(
+            "  {:<8} waiting {} streams opened, {} still open after sampling; RSS {:.1} -> peak {} MiB = {} KiB per stream; {} errors",
+            t.name,
+            h.opened,
+            h.open_at_end,
+            mib(before),
+            h.peak.map(|k| format!("{:.1}", mib(k))).unwrap_or_else(|| "-".into()),
+            per.map(|k| format!("{k:.1}")).unwrap_or_else(|| "-".into()),
+            h.errors.count
+        );
+        if let Some(e) = &h.errors.first {
+            println!("           first error: {e}");
+        }
+        let lo = Better::Lower;
+        res.record("RSS before waiting streams", "MiB", lo, t.name, mib(before));
+        if let Some(k) = h.peak {
+            let name = format!("RSS with {n} waiting streams");
+            res.record(&name, "MiB", lo, t.name, mib(k));
+        }
+        if let Some(k) = per {
+            res.record("RSS per waiting stream", "KiB", lo, t.name, k);
+        }
+        let held = h.open_at_end as f64;
+        res.record(
+            "waiting streams held open",
+            "count",
+            Better::Higher,
+            t.name,
+            held,
+        );
+    }
+    mock.set_default_fault(None);
+    Ok(())
 }
 
 fn mib(kib: u64) -> f64 {

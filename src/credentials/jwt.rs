@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::time::Instant;
 
-use super::{Lease, Outcome, Retry, View};
+use super::{Lease, Outcome, Placed, Retry, View};
 use crate::config::{JwtConfig, Placement};
 use crate::error::ApiError;
 use crate::secret::{EnvSource, Secret};
@@ -27,6 +27,8 @@ use crate::telemetry::names;
 
 struct Signed {
     value: Secret,
+    /// The value as the request carries it, built once when signed.
+    placed: Placed,
     generation: u64,
     renew_at: Instant,
     expires_at: Instant,
@@ -133,9 +135,10 @@ impl Jwt {
             }
         };
         self.served.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease::new(
+        Ok(Lease::prepared(
             self.placement.clone(),
             signed.value.clone(),
+            signed.placed.clone(),
             signed.generation,
         ))
     }
@@ -148,8 +151,10 @@ impl Jwt {
             }
         })?;
         let generation = self.next_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let value = Secret::new(token);
         let signed = Arc::new(Signed {
-            value: Secret::new(token),
+            placed: Placed::new(&self.placement, &value),
+            value,
             generation,
             renew_at: now + self.ttl.saturating_sub(self.margin),
             expires_at: now + self.ttl,
@@ -244,6 +249,33 @@ mod tests {
         assert_eq!(j.lease().map(|l| l.generation).ok(), Some(1));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(j.lease().map(|l| l.generation).ok(), Some(2));
+    }
+
+    /// The `Authorization` value is built when the token is signed: every lease of one token
+    /// shares its bytes (no formatting per request), and a new token brings a new value.
+    #[tokio::test(start_paused = true)]
+    async fn leases_share_the_header_built_at_signing() {
+        let j = jwt(120);
+        let header = |l: &Lease| match &l.placed {
+            Placed::Header(n, v) => {
+                assert_eq!(n, http::header::AUTHORIZATION);
+                assert!(v.is_sensitive());
+                assert_eq!(
+                    v.as_bytes(),
+                    format!("Bearer {}", l.value.expose()).as_bytes()
+                );
+                v.as_bytes().as_ptr()
+            }
+            other => panic!("{other:?}"),
+        };
+        let (Ok(a), Ok(b)) = (j.lease(), j.lease()) else {
+            panic!()
+        };
+        assert_eq!(header(&a), header(&b));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let Ok(c) = j.lease() else { panic!() };
+        assert_eq!(c.generation, 2);
+        assert_ne!(header(&a), header(&c));
     }
 
     #[tokio::test(start_paused = true)]

@@ -99,11 +99,82 @@ impl Drop for InFlight {
     }
 }
 
+/// A credential value in the form a request carries it, built once when the value is obtained
+/// (config load, token fetch, signing), so a request only clones it: no `Bearer …` formatting,
+/// header-name parsing or URL encoding per request.
+#[derive(Clone)]
+pub enum Placed {
+    /// A header (bearer or named), its value marked sensitive so it is never printed.
+    Header(http::HeaderName, http::HeaderValue),
+    /// `name=value`, form-encoded, for the request URL's query.
+    Query(bytes::Bytes),
+    /// The value cannot go on a request (not a valid header value or name): nothing is attached.
+    Nothing,
+}
+
+impl Placed {
+    pub fn new(placement: &Placement, value: &Secret) -> Placed {
+        let header = |v: &str| {
+            let mut v = http::HeaderValue::from_str(v).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        };
+        let placed = match placement {
+            Placement::Bearer => header(&format!("Bearer {}", value.expose()))
+                .map(|v| Placed::Header(http::header::AUTHORIZATION, v)),
+            Placement::Header(name) => http::HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .zip(header(value.expose()))
+                .map(|(n, v)| Placed::Header(n, v)),
+            Placement::Query(name) => {
+                let mut pair = form_encode(name);
+                pair.push('=');
+                pair.push_str(&form_encode(value.expose()));
+                Some(Placed::Query(bytes::Bytes::from(pair)))
+            }
+        };
+        placed.unwrap_or(Placed::Nothing)
+    }
+}
+
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placed::Header(..) => "Header(***)",
+            Placed::Query(_) => "Query(***)",
+            Placed::Nothing => "Nothing",
+        })
+    }
+}
+
+/// `application/x-www-form-urlencoded` bytes of `s`, as a URL query pair is written: ASCII
+/// letters, digits and `*-._` as they are, a space as `+`, every other byte `%XX`.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+        }
+    }
+    out
+}
+
 /// What to attach to one upstream request.
 #[derive(Clone)]
 pub struct Lease {
     pub placement: Arc<Placement>,
     pub value: Secret,
+    /// The value where the upstream expects it, built with the value (see [`Placed`]).
+    pub placed: Placed,
     /// Which generation of the credential produced this value; a 401 only invalidates the
     /// generation that got it.
     pub generation: u64,
@@ -127,42 +198,27 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// A lease whose placed form is built now: for values made once (static keys, tests).
     pub fn new(placement: Arc<Placement>, value: Secret, generation: u64) -> Lease {
+        let placed = Placed::new(&placement, &value);
+        Lease::prepared(placement, value, placed, generation)
+    }
+
+    /// A lease from a value and the placed form built with it (a cached token).
+    pub fn prepared(
+        placement: Arc<Placement>,
+        value: Secret,
+        placed: Placed,
+        generation: u64,
+    ) -> Lease {
         Lease {
             placement,
             value,
+            placed,
             generation,
             member: None,
             from: Witness::default(),
             in_flight: None,
-        }
-    }
-
-    /// Put the secret where the upstream expects it: a bearer or named header (marked
-    /// sensitive, so it is never printed) or a query parameter of `url`.
-    pub fn place(&self, headers: &mut http::HeaderMap, url: &mut reqwest::Url) {
-        let header = |v: &str| {
-            let mut v = http::HeaderValue::from_str(v).ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        };
-        match self.placement.as_ref() {
-            Placement::Bearer => {
-                if let Some(v) = header(&format!("Bearer {}", self.value.expose())) {
-                    headers.insert(http::header::AUTHORIZATION, v);
-                }
-            }
-            Placement::Header(name) => {
-                if let (Ok(n), Some(v)) = (
-                    http::HeaderName::from_bytes(name.as_bytes()),
-                    header(self.value.expose()),
-                ) {
-                    headers.insert(n, v);
-                }
-            }
-            Placement::Query(name) => {
-                url.query_pairs_mut().append_pair(name, self.value.expose());
-            }
         }
     }
 }
@@ -375,5 +431,43 @@ impl Credential {
             Kind::Pool(p) => p.enable(index),
             _ => Err(format!("credential '{}' is not a pool", self.name)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(p: Placement, v: &str) -> Placed {
+        Placed::new(&p, &Secret::new(v))
+    }
+
+    #[test]
+    fn a_value_is_placed_once_in_the_form_the_request_carries() {
+        match placed(Placement::Bearer, "tok") {
+            Placed::Header(n, v) => {
+                assert_eq!(
+                    (n.as_str(), v.as_bytes()),
+                    ("authorization", &b"Bearer tok"[..])
+                );
+                assert!(v.is_sensitive());
+            }
+            other => panic!("{other:?}"),
+        }
+        match placed(Placement::Header("Api-Key".into()), "tok") {
+            Placed::Header(n, v) => {
+                assert_eq!((n.as_str(), v.as_bytes()), ("api-key", &b"tok"[..]));
+                assert!(v.is_sensitive());
+            }
+            other => panic!("{other:?}"),
+        }
+        match placed(Placement::Query("access token".into()), "a b+c/é~") {
+            Placed::Query(q) => assert_eq!(&q[..], b"access+token=a+b%2Bc%2F%C3%A9%7E"),
+            other => panic!("{other:?}"),
+        }
+        // A value no header can carry is not attached (as before), and never printed.
+        let bad = placed(Placement::Bearer, "line\nbreak");
+        assert!(matches!(bad, Placed::Nothing));
+        assert!(!format!("{:?}", placed(Placement::Bearer, "tok")).contains("tok"));
     }
 }

@@ -27,7 +27,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::{backoff, Lease, Outcome, Retry, TaskGuard, View};
+use super::{backoff, Lease, Outcome, Placed, Retry, TaskGuard, View};
 use crate::config::{ClientAuth, OAuth2Config, Placement, TokenMethod};
 use crate::error::ApiError;
 use crate::secret::{EnvSource, Secret};
@@ -125,6 +125,8 @@ pub fn clamp_lifetime(
 
 struct Token {
     value: Secret,
+    /// The value as the request carries it, built once here.
+    placed: Placed,
     generation: u64,
     lifetime: Duration,
     expires_at: Instant,
@@ -270,9 +272,10 @@ impl OAuth2 {
             return None;
         }
         inner.served.fetch_add(1, Ordering::Relaxed);
-        Some(Lease::new(
+        Some(Lease::prepared(
             inner.placement.clone(),
             tok.value.clone(),
+            tok.placed.clone(),
             tok.generation,
         ))
     }
@@ -490,6 +493,7 @@ impl Inner {
             expires_at: f.received + f.lifetime,
             renew_at: f.received + f.lifetime.saturating_sub(margin),
             refresh: f.refresh_token,
+            placed: Placed::new(&self.placement, &f.access_token),
             value: f.access_token,
         };
         tracing::info!(credential = %self.name, generation,

@@ -3,8 +3,10 @@
 //! One file per kind. Each builds the upstream request from the shaped body, sends it, and hands
 //! back an [`UpstreamResponse`] whose body is a stream of bytes, so the relay treats an HTTP
 //! upstream and the in-process mock alike. Usage parsing for OpenAI-shaped bodies lives here too.
+//! HTTP providers send through the one pooled client of [`client`].
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
+pub mod client;
 pub mod mock;
 pub mod openai;
 pub mod reading;
@@ -48,7 +50,8 @@ pub struct UpstreamRequest<'a> {
 }
 
 pub enum Provider {
-    OpenAi(openai::OpenAi),
+    // Boxed: the pooled client and the pre-parsed URIs make it large.
+    OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
 }
 

@@ -1,87 +1,91 @@
 //! The `openai` provider: any OpenAI-compatible server (vLLM, OpenAI, DeepSeek, Zhipu's
 //! compatible endpoint).
 //!
-//! The URL is the configured base URL plus the endpoint path, never anything from the request.
-//! One pooled, keep-alive HTTP client per upstream with `TCP_NODELAY` and the upstream's connect
-//! timeout; the first-byte timeout is applied by the caller around [`OpenAi::send`].
+//! The URL is the configured base URL plus the endpoint path, never anything from the request:
+//! one `http::Uri` per endpoint, parsed when the config is loaded. A request is built from the
+//! forwarded headers, the JSON content type and the lease's ready-made credential (see
+//! [`crate::credentials::Placed`]) and sent through the upstream's pooled client ([`super::client`]);
+//! the first-byte timeout is applied by the caller around [`OpenAi::send`].
 
-use futures_util::StreamExt;
-use http::HeaderValue;
+use http::{header, HeaderValue, Method, Uri};
+use http_body_util::Full;
 
-use super::{BodyError, UpstreamRequest, UpstreamResponse};
+use super::client::{body_stream, classify, endpoint_uri, with_query, Client};
+use super::{UpstreamRequest, UpstreamResponse};
 use crate::config::Timeouts;
+use crate::credentials::Placed;
 use crate::error::ApiError;
 use crate::openai::Endpoint;
 
+/// Headers the provider adds to the forwarded ones: content type, accept, credential, host.
+const ADDED_HEADERS: usize = 4;
+
 pub struct OpenAi {
-    client: reqwest::Client,
-    /// The upstream URL of each endpoint, parsed once when the config is loaded: no URL parsing
-    /// (or IDNA work) per request.
-    chat: reqwest::Url,
-    completions: reqwest::Url,
-    embeddings: reqwest::Url,
+    client: Client,
+    /// The upstream URI of each endpoint, parsed once: no URL parsing per request.
+    chat: Uri,
+    completions: Uri,
+    embeddings: Uri,
 }
 
 impl OpenAi {
     pub fn new(base_url: &str, timeouts: &Timeouts) -> Result<OpenAi, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect.0)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        let base = base_url.trim_end_matches('/');
-        let url = |e: Endpoint| {
-            reqwest::Url::parse(&format!("{base}{}", e.path()))
-                .map_err(|err| format!("base_url {base}: {err}"))
-        };
+        let uri = |e: Endpoint| endpoint_uri(base_url, e.path());
         Ok(OpenAi {
-            client,
-            chat: url(Endpoint::Chat)?,
-            completions: url(Endpoint::Completions)?,
-            embeddings: url(Endpoint::Embeddings)?,
+            client: super::client::build(timeouts.connect.0)?,
+            chat: uri(Endpoint::Chat)?,
+            completions: uri(Endpoint::Completions)?,
+            embeddings: uri(Endpoint::Embeddings)?,
         })
     }
 
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
-        let mut url = match req.endpoint {
+        let request = self.request(req)?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| classify(&e))?;
+        let (parts, body) = response.into_parts();
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: body_stream(body),
+        })
+    }
+
+    /// The upstream request: the endpoint's URI (plus a query credential), the forwarded headers
+    /// copied once into a map sized for what is added, and the body as it is.
+    fn request(
+        &self,
+        req: UpstreamRequest<'_>,
+    ) -> Result<http::Request<Full<bytes::Bytes>>, ApiError> {
+        let base = match req.endpoint {
             Endpoint::Chat => &self.chat,
             Endpoint::Completions => &self.completions,
             Endpoint::Embeddings => &self.embeddings,
+        };
+        let placed = req.lease.map(|l| &l.placed);
+        let uri = match placed {
+            Some(Placed::Query(pair)) => with_query(base, pair)?,
+            _ => base.clone(),
+        };
+        let mut request = http::Request::new(Full::new(req.body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(req.headers.len() + ADDED_HEADERS);
+        for (name, value) in req.headers {
+            headers.append(name.clone(), value.clone());
         }
-        .clone();
-        let mut headers = req.headers.clone();
         headers.insert(
-            http::header::CONTENT_TYPE,
+            header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(lease) = req.lease {
-            lease.place(&mut headers, &mut url);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        if let Some(Placed::Header(name, value)) = placed {
+            headers.insert(name.clone(), value.clone());
         }
-        let mut request = reqwest::Request::new(http::Method::POST, url);
-        *request.headers_mut() = headers;
-        *request.body_mut() = Some(req.body.into());
-        let resp = self.client.execute(request).await.map_err(classify)?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes_stream()
-            .map(|r| r.map_err(|_| BodyError::Reset))
-            .boxed();
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body,
-        })
-    }
-}
-
-fn classify(e: reqwest::Error) -> ApiError {
-    if e.is_timeout() {
-        ApiError::UpstreamTimeout
-    } else {
-        ApiError::UpstreamUnreachable
+        Ok(request)
     }
 }
