@@ -1,6 +1,7 @@
 //! Scale-out proof with two real Tollgate processes on different ports sharing one Redis (limits)
 //! and one PostgreSQL (keys, usage): a team limit is enforced across both, a key revoked through
-//! one is refused by the other within 5 s, and the spend both record adds up exactly.
+//! one is refused by the other within 5 s, and the spend adds up exactly twice over: in the
+//! usage rows both write to the store, and in the team's spend counter both add to in Redis.
 
 mod common;
 
@@ -9,9 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{chat, sha256_hex, PgDb, ADMIN_KEY};
+use common::{chat, cost_nanos, sha256_hex, PgDb, ADMIN_KEY};
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
+use tollgate::limits::budget::{period_tag, unix_now};
+use tollgate::limits::redis::RedisLimiter;
+use tollgate::limits::{BudgetPeriod, Scope};
 
 /// A gateway process, killed if the test panics.
 struct Proc {
@@ -123,6 +127,10 @@ limits:
   backend: redis
   redis_url: ${{TG_REDIS_URL}}
   redis_prefix: "{prefix}"
+  # A slow machine must not turn a slow Redis into admissions without limits (fail_open):
+  # Redis gets all the time it needs, and a failure would show as a 503.
+  redis_timeout: 10s
+  on_backend_error: fail_closed
 "#,
         admin = sha256_hex(ADMIN_KEY),
         url = db.url,
@@ -184,6 +192,12 @@ limits:
         "scale-out: admitted {admitted}, refused {refused} of 900 in {elapsed:.2}s across two processes (limit 600/min)"
     );
     assert_eq!(admitted + refused, 900, "only 200 or 429 expected");
+    // The ceiling below grows with the elapsed time (10 per second): bounded as in
+    // tests/limits.rs, so a slow run cannot make it admit anything (20 s would allow 801).
+    assert!(
+        elapsed < 20.0,
+        "too slow for the ceiling to mean anything: {elapsed:.2}s"
+    );
     // The limit refills at 10/s while the load runs: allow exactly that on top of 600.
     let ceiling = 600 + (elapsed * 10.0).ceil() as usize + 1;
     assert!(
@@ -194,7 +208,8 @@ limits:
         assert!((570..=630).contains(&admitted), "600 ± 5%: {admitted}");
     }
 
-    // Spend: what the clients were told they used, priced, equals what both replicas recorded.
+    // Spend in the store: what the clients were told they used, priced, equals the cost of the
+    // usage rows both replicas wrote.
     let expected: f64 = results
         .iter()
         .filter(|(s, _)| *s == 200)
@@ -221,7 +236,7 @@ limits:
     }
     assert_eq!(recorded["totals"]["requests"], 900, "{recorded}");
     let cost = recorded["totals"]["cost_usd"].as_f64().unwrap_or(-1.0);
-    println!("scale-out: spend expected {expected:.9} USD, recorded by both {cost:.9} USD");
+    println!("scale-out: spend expected {expected:.9} USD, in the store's rows {cost:.9} USD");
     assert!(
         (cost - expected).abs() < 1e-9,
         "expected {expected}, recorded {cost}"
@@ -260,4 +275,33 @@ limits:
         panic!("processes still shared");
     };
     assert!(a.stop() && b.stop(), "both exit 0 on SIGTERM");
+
+    // Spend in the limiter: the team's counter in Redis, which both replicas add to when a
+    // request settles (every settlement has run once they exited), is the same sum in
+    // nano-dollars, exactly.
+    let want: u64 = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| cost_nanos(v))
+        .sum();
+    let counter = limiter_spend(&redis_url, &prefix, "shared").await;
+    println!("scale-out: spend expected {want} nano-USD, in the limiter's counter {counter}");
+    assert_eq!(counter, want, "the team's spend counter in Redis");
+}
+
+/// The team's spend counter of the current month in Redis, nano-dollars, read with the limiter's
+/// own code.
+async fn limiter_spend(redis_url: &str, prefix: &str, team: &str) -> u64 {
+    let limiter = RedisLimiter::new(
+        redis_url,
+        prefix,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("redis limiter: {e}"));
+    let tag = period_tag(BudgetPeriod::Monthly, unix_now());
+    limiter
+        .spend(Scope::Team, team, &tag)
+        .await
+        .unwrap_or_else(|e| panic!("read spend: {}", e.0))
 }

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{load, store_config, Gateway, PgDb, Relay, DEMO_KEY};
+use common::{
+    assert_one_row_per_request, load, store_config, usage_rows_and_ids, Gateway, PgDb, Relay,
+    DEMO_KEY,
+};
 
 async fn ten_thousand(url: &str, dir: &std::path::Path) {
     let gw = Gateway::start(&store_config(url, &dir.join("spill.jsonl"), "")).await;
@@ -18,12 +21,14 @@ async fn ten_thousand(url: &str, dir: &std::path::Path) {
     assert_eq!(ok, 8_000, "answered");
     assert_eq!(failed, 2_000, "refused with 4xx");
     gw.stop().await;
-    let rows = store.count_usage().await.unwrap_or(-1);
+    let (rows, ids) = usage_rows_and_ids(&store).await;
     eprintln!(
-        "{}: 10000 requests in {elapsed:?}, {rows} rows",
-        store.backend()
+        "{}: 10000 requests in {elapsed:?}, {rows} rows, {} distinct request ids",
+        store.backend(),
+        ids.len()
     );
     assert_eq!(rows, 10_000);
+    assert_one_row_per_request(&store, &out).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,15 +82,18 @@ async fn postgres_outage_mid_run_loses_no_rows() {
     let direct = tollgate::store::Store::connect(&db.url, 2)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
-    let rows = direct.count_usage().await.unwrap_or(-1);
+    let (rows, ids) = usage_rows_and_ids(&direct).await;
     eprintln!(
-        "outage: {errors} failed writes, {spilled} spilled, {replayed} replayed, {rows} rows"
+        "outage: {errors} failed writes, {spilled} spilled, {replayed} replayed, {rows} rows, \
+         {} distinct request ids",
+        ids.len()
     );
     assert!(
         errors > 0,
         "the outage was not noticed: the test proves nothing"
     );
-    assert_eq!(rows, n as i64);
+    assert_eq!(rows, n);
+    assert_one_row_per_request(&direct, &out).await;
     direct.close().await;
     drop(store);
 }
@@ -150,13 +158,10 @@ async fn sigterm_mid_run_keeps_every_completed_request() {
     let store = tollgate::store::Store::connect(&url, 1)
         .await
         .unwrap_or_else(|e| panic!("open store: {e}"));
-    let ids = store
-        .usage_request_ids()
-        .await
-        .unwrap_or_else(|e| panic!("read rows: {e}"));
+    let (rows, ids) = usage_rows_and_ids(&store).await;
     let missing: Vec<&&str> = completed.iter().filter(|id| !ids.contains(**id)).collect();
     eprintln!(
-        "sigterm: {} completed, {} rows, {} missing",
+        "sigterm: {} completed, {rows} rows, {} distinct request ids, {} missing",
         completed.len(),
         ids.len(),
         missing.len()
@@ -165,5 +170,13 @@ async fn sigterm_mid_run_keeps_every_completed_request() {
         missing.is_empty(),
         "completed requests without a row: {missing:?}"
     );
-    assert!(ids.len() <= 3_000);
+    assert_eq!(
+        rows,
+        ids.len(),
+        "{rows} rows but {} distinct request ids: some request has more than one row",
+        ids.len()
+    );
+    let sent: std::collections::HashSet<&str> = out.iter().map(|o| o.request_id.as_str()).collect();
+    let foreign = ids.iter().filter(|id| !sent.contains(id.as_str())).count();
+    assert_eq!(foreign, 0, "rows of requests never sent");
 }

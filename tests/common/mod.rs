@@ -623,3 +623,55 @@ store:
         spill.display()
     )
 }
+
+/// The usage table read two ways: its row count, and the distinct request ids of its rows. One
+/// row per request holds exactly when the two agree (a count alone lets a lost row and a doubled
+/// row cancel out; a set alone cannot see a doubled row).
+pub async fn usage_rows_and_ids(
+    store: &tollgate::store::Store,
+) -> (usize, std::collections::HashSet<String>) {
+    let rows = store
+        .count_usage()
+        .await
+        .unwrap_or_else(|e| panic!("count usage rows: {e}"));
+    let ids = store
+        .usage_request_ids()
+        .await
+        .unwrap_or_else(|e| panic!("read usage request ids: {e}"));
+    (usize::try_from(rows).unwrap_or(usize::MAX), ids)
+}
+
+/// Exactly one usage row per request of `sent` and none other: as many rows as distinct ids,
+/// and those ids are the ones sent.
+pub async fn assert_one_row_per_request(store: &tollgate::store::Store, sent: &[Outcome]) {
+    let (rows, ids) = usage_rows_and_ids(store).await;
+    let sent: std::collections::HashSet<&str> =
+        sent.iter().map(|o| o.request_id.as_str()).collect();
+    let missing = sent.iter().filter(|id| !ids.contains(**id)).count();
+    let foreign = ids.iter().filter(|id| !sent.contains(id.as_str())).count();
+    assert_eq!(
+        rows,
+        ids.len(),
+        "{rows} rows but {} distinct request ids: some request has more than one row",
+        ids.len()
+    );
+    assert_eq!(
+        (missing, foreign),
+        (0, 0),
+        "{missing} requests without a row, {foreign} rows of requests never sent"
+    );
+}
+
+/// The value of `metric` (its name with its labels, exactly as Prometheus prints them) in
+/// `/metrics` now; 0 when the line is not there yet (a counter nothing has incremented). The
+/// recorder is process-wide, so a test compares two readings rather than looking for a line.
+pub async fn metric_value(gw: &Gateway, metric: &str) -> f64 {
+    let text = gw.metrics_text().await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(metric)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
