@@ -141,7 +141,7 @@ keys:
         (secs as f64 / 2.0).floor() as u64,
         (expected * 1.5).ceil() as u64,
     );
-    let tokens_ok = (lo..=hi).contains(&token_requests);
+    let tokens_ok = (lo..=hi).contains(&(token_requests as u64));
     println!(
         "credential soak: {secs} s, {clients} clients, 2-s tokens renewed 500 ms before expiry\n\
          requests: {} ({ok} ok, {failed} failed), {:.0} req/s\n\
