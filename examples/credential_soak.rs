@@ -7,9 +7,11 @@
 //! SOAK_SECS=20 SOAK_CLIENTS=32 cargo run --release --example credential_soak
 //! ```
 //!
-//! Prints requests, failures, token requests (expected about duration / 1.5 s), renewal failures
-//! and expired tokens seen upstream; exits 1 if any client request failed or the upstream ever saw
-//! an expired token.
+//! Prints requests, failures, token requests (expected about 1 + duration / 1.5 s) and expired
+//! tokens seen upstream; exits 1 if any client request failed (a stream counts as a success only
+//! if it ends with `[DONE]` and carries no error event), the upstream ever saw an expired token,
+//! or the token requests fall outside [duration / 2 s, 1.5 × expected] (fewer cannot have kept
+//! 2-s tokens fresh; more means renewals are not single-flight or happen too early).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,7 +106,13 @@ keys:
                 "messages": [{"role": "user", "content": "soak"}]});
             while Instant::now() < end {
                 let good = match http.post(&url).bearer_auth(KEY).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    Ok(r) if r.status().is_success() => match r.bytes().await {
+                        Ok(b) => complete(&b, stream),
+                        Err(e) => {
+                            eprintln!("failed: body: {e}");
+                            false
+                        }
+                    },
                     Ok(r) => {
                         let status = r.status();
                         let text = r.text().await.unwrap_or_default();
@@ -128,19 +136,57 @@ keys:
     let failed = failed.load(Ordering::Relaxed);
     let token_requests = oauth.token_requests();
     let expired = oauth.rejected_expired();
+    let expected = 1.0 + secs as f64 / 1.5;
+    let (lo, hi) = (
+        (secs as f64 / 2.0).floor() as u64,
+        (expected * 1.5).ceil() as u64,
+    );
+    let tokens_ok = (lo..=hi).contains(&(token_requests as u64));
     println!(
         "credential soak: {secs} s, {clients} clients, 2-s tokens renewed 500 ms before expiry\n\
          requests: {} ({ok} ok, {failed} failed), {:.0} req/s\n\
-         token requests: {token_requests} (expected about {:.0} = 1 + {secs} s / 1.5 s)\n\
+         token requests: {token_requests} (expected about {expected:.0} = 1 + {secs} s / 1.5 s; \
+         allowed {lo}..={hi}: {})\n\
          expired tokens seen by the upstream: {expired}",
         ok + failed,
         (ok + failed) as f64 / elapsed,
-        1.0 + secs as f64 / 1.5,
+        if tokens_ok { "ok" } else { "OUT OF BOUNDS" },
     );
     let _ = stop.send(());
     let _ = server.await;
-    if failed > 0 || expired > 0 {
+    if failed > 0 || expired > 0 || !tokens_ok {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// A whole answer: JSON with choices, or a stream whose last event is `[DONE]` with no error
+/// event before it (a stream cut by an error event is a failure, though its status was 200).
+fn complete(body: &[u8], stream: bool) -> bool {
+    let text = String::from_utf8_lossy(body);
+    if !stream {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let good = v["choices"].is_array();
+        if !good {
+            eprintln!("failed: answer without choices: {text}");
+        }
+        return good;
+    }
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .collect();
+    let error = events.iter().find(|e| {
+        serde_json::from_str::<serde_json::Value>(e).is_ok_and(|v| v.get("error").is_some())
+    });
+    if let Some(e) = error {
+        eprintln!("failed: stream ended by an error event: {e}");
+        return false;
+    }
+    let done = events.last() == Some(&"[DONE]");
+    if !done {
+        eprintln!("failed: stream without [DONE]");
+    }
+    done
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{chat, cost_nanos, redis_url, sse_events, Gateway, DEMO_KEY_SHA256};
+use common::{
+    chat, cost_nanos, redis_url, sse_events, wait_for_addr_file, Gateway, DEMO_KEY, DEMO_KEY_SHA256,
+};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate::limits::{BudgetPeriod, Scope};
@@ -422,6 +424,77 @@ async fn memory_spend_survives_a_restart_through_the_state_file() {
     );
 }
 
+/// The same through the real binary: `tollgate serve` writes the state file when it stops on
+/// SIGTERM (the periodic flush is an hour away, so only the shutdown can have written it), and
+/// a gateway started on the same file reads the spend back to the nano-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_spend_is_saved_when_tollgate_serve_gets_sigterm() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("limits-state.json");
+    let extra = format!(
+        ", state_file: \"{}\", state_flush_interval: 1h",
+        file.display()
+    );
+    let cfg = config(&limits_block(Backend::Memory, &extra), "", "", 0);
+    let cfg_path = dir.path().join("cfg.yaml");
+    std::fs::write(&cfg_path, &cfg).unwrap_or_else(|e| panic!("write config: {e}"));
+    let addr_file = dir.path().join("addr");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg_path)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn tollgate: {e}"));
+    let base = format!("http://{}", wait_for_addr_file(&addr_file).await);
+    let client = reqwest::Client::new();
+    let mut expected = 0;
+    for _ in 0..3 {
+        let r = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(DEMO_KEY)
+            .json(&body(16))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        assert_eq!(r.status(), 200);
+        expected += cost_nanos(&json_of(r).await);
+    }
+    assert!(expected > 0);
+    assert!(
+        !file.exists(),
+        "the state file was written before the shutdown"
+    );
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill: {e}"));
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("tollgate did not exit after SIGTERM"))
+        .unwrap_or_else(|e| panic!("wait: {e}"));
+    assert!(status.success(), "exit: {status}");
+    let saved: Value = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| panic!("no readable state file after SIGTERM: {}", file.display()));
+    assert_eq!(saved["teams"]["demo"]["nanos"], expected, "{saved}");
+
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(
+        (spend(&gw, Scope::Team, "demo").await * 1e9).round() as u64,
+        expected
+    );
+    assert_eq!(
+        (spend(&gw, Scope::Key, "demo").await * 1e9).round() as u64,
+        expected
+    );
+}
+
 #[tokio::test]
 async fn redis_spend_survives_a_restart() {
     let block = limits_block(Backend::Redis, "");
@@ -696,11 +769,9 @@ keys:
         limits_block(Backend::Memory, "")
     );
     let gw = Gateway::start(&cfg).await;
+    let text = "one two three four five six seven eight";
     let mut stream = gw
-        .post(
-            "/v1/chat/completions",
-            chat("mock-gpt", "one two three four five six seven eight", true),
-        )
+        .post("/v1/chat/completions", chat("mock-gpt", text, true))
         .await;
     assert_eq!(stream.status(), 200);
     let first = stream.chunk().await;
@@ -710,8 +781,24 @@ keys:
     assert_eq!(r.status(), 429);
     drop(stream);
     // Gone: the prompt is charged (no usage chunk reached Tollgate) and the slot comes back.
-    let charged = eventually(5, || async { spend(&gw, Scope::Team, "demo").await > 0.0 }).await;
-    assert!(charged, "a disconnected stream cost nothing");
+    // docs/LIMITS.md: one token per 4 ASCII characters of the strings of `messages` (its role
+    // and content), plus 4 for the message's framing; mock-gpt costs $1.00 per million input
+    // tokens, 1,000 nano-dollars each.
+    let prompt = ("user".len() + text.len()).div_ceil(4) as u64 + 4;
+    let asked = chat("mock-gpt", text, true);
+    let code = asked
+        .as_object()
+        .map(tollgate::limits::estimate_prompt_tokens);
+    assert_eq!(code, Some(prompt), "the code estimates as the docs say");
+    let least = prompt * 1_000;
+    let spent = || async { (spend(&gw, Scope::Team, "demo").await * 1e9).round() as u64 };
+    let charged = eventually(5, || async { spent().await >= least }).await;
+    assert!(
+        charged,
+        "a disconnected stream was charged {} nano-dollars, less than its estimated prompt \
+         ({prompt} tokens, {least})",
+        spent().await
+    );
     let ok = eventually(5, || async {
         gw.post("/v1/chat/completions", body(8)).await.status() == 200
     })

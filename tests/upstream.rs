@@ -287,6 +287,14 @@ async fn stream_broken_midway_ends_with_an_sse_error_event() {
         !stream_content(&events).is_empty(),
         "partial content reached the client"
     );
+    // docs/RELIABILITY.md: the stalled upstream request is cancelled, not left hanging.
+    assert!(
+        m.wait_cancelled(1, Duration::from_secs(5)).await,
+        "the stalled upstream request was not cancelled (cancelled {}, completed {})",
+        m.cancelled(),
+        m.completed()
+    );
+    assert_eq!(m.completed(), 0);
 }
 
 #[tokio::test]

@@ -774,9 +774,15 @@ mod tests {
         assert_eq!(clamp_lifetime(None, d, min, max), d);
     }
 
+    /// The token server takes 2 s (longer than `min_renew_interval`, shorter than
+    /// `lease_timeout`): all 50 leases are waiting on the one call at once, and none of them
+    /// starts a second one.
     #[tokio::test(start_paused = true)]
     async fn concurrent_first_leases_make_one_token_call() {
         let (o, fake) = make(Duration::from_secs(10));
+        if let Ok(mut d) = fake.delay.lock() {
+            *d = Duration::from_secs(2);
+        }
         let o = Arc::new(o);
         let mut tasks = Vec::new();
         for _ in 0..50 {
@@ -785,6 +791,14 @@ mod tests {
                 o.lease().await.map(|l| l.generation)
             }));
         }
+        // Paused time does not move while this task is runnable: the call is still in flight.
+        let mut spins = 0;
+        while o.inner.changed.receiver_count() < 50 {
+            assert!(spins < 10_000, "the leases never all waited");
+            spins += 1;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1, "one call in flight");
         for t in tasks {
             assert!(matches!(t.await, Ok(Ok(1))));
         }
