@@ -681,7 +681,12 @@ async fn redis_outage_and_recovery_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_share_one_team_limit_and_their_spend_adds_up() {
-    let block = limits_block(Backend::Redis, "");
+    // Redis never fails open here: on a busy machine a 250 ms wait for Redis would admit
+    // requests unlimited (`fail_open`, the default) and the count would say nothing of the limit.
+    let block = limits_block(
+        Backend::Redis,
+        ", redis_timeout: 10s, on_backend_error: fail_closed",
+    );
     let cfg = config(&block, ", requests_per_minute: 600", "", 0);
     let a = Arc::new(Gateway::start(&cfg).await);
     let b = Arc::new(Gateway::start(&cfg).await);
