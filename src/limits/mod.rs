@@ -186,6 +186,17 @@ impl Estimate {
     }
 }
 
+/// The fields the prompt estimate reads: name, whether numbers in it are token ids (one token
+/// each), and whether its object keys count as text.
+const ESTIMATED_FIELDS: [(&str, bool, bool); 6] = [
+    ("messages", false, false),
+    ("prompt", true, false),
+    ("input", true, false),
+    ("tools", false, true),
+    ("functions", false, true),
+    ("response_format", false, true),
+];
+
 /// Tokens in the prompt, estimated without a tokenizer: a token per 4 ASCII characters, a token
 /// per other character (CJK text is close to one token per character), a token per number in
 /// `prompt`/`input` (token-id arrays), 4 per chat message for its framing. Counts every string in
@@ -197,14 +208,7 @@ impl Estimate {
 pub fn estimate_prompt_tokens(body: &impl JsonFields) -> u64 {
     let mut c = Count::default();
     let mut framing = 0;
-    for (f, ids, keys) in [
-        ("messages", false, false),
-        ("prompt", true, false),
-        ("input", true, false),
-        ("tools", false, true),
-        ("functions", false, true),
-        ("response_format", false, true),
-    ] {
+    for (f, ids, keys) in ESTIMATED_FIELDS {
         let walk = Walk {
             count: &mut c,
             ids,
@@ -862,14 +866,7 @@ mod tests {
             }
             let mut c = Count::default();
             let mut framing = 0;
-            for (f, ids, keys) in [
-                ("messages", false, false),
-                ("prompt", true, false),
-                ("input", true, false),
-                ("tools", false, true),
-                ("functions", false, true),
-                ("response_format", false, true),
-            ] {
+            for (f, ids, keys) in ESTIMATED_FIELDS {
                 if let Some(v) = body.get(f) {
                     walk(&mut c, v, ids, keys);
                     if let (Value::Array(a), "messages") = (v, f) {
