@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    chat, cost_nanos, redis_url, sse_events, wait_for_addr_file, Gateway, DEMO_KEY, DEMO_KEY_SHA256,
+    chat, cost_nanos, redis_url, serve_binary, sse_events, wait_for_addr_file, Gateway, DEMO_KEY,
+    DEMO_KEY_SHA256,
 };
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -414,14 +415,7 @@ async fn memory_spend_survives_a_restart_through_the_state_file() {
     gw.stop().await;
 
     let gw = Gateway::start(&cfg).await;
-    assert_eq!(
-        (spend(&gw, Scope::Team, "demo").await * 1e9).round() as u64,
-        expected
-    );
-    assert_eq!(
-        (spend(&gw, Scope::Key, "demo").await * 1e9).round() as u64,
-        expected
-    );
+    assert_team_and_key_spent(&gw, expected).await;
 }
 
 /// The same through the real binary: `tollgate serve` writes the state file when it stops on
@@ -436,18 +430,7 @@ async fn memory_spend_is_saved_when_tollgate_serve_gets_sigterm() {
         file.display()
     );
     let cfg = config(&limits_block(Backend::Memory, &extra), "", "", 0);
-    let cfg_path = dir.path().join("cfg.yaml");
-    std::fs::write(&cfg_path, &cfg).unwrap_or_else(|e| panic!("write config: {e}"));
-    let addr_file = dir.path().join("addr");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg_path)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn tollgate: {e}"));
+    let (mut child, addr_file) = serve_binary(dir.path(), &cfg);
     let base = format!("http://{}", wait_for_addr_file(&addr_file).await);
     let client = reqwest::Client::new();
     let mut expected = 0;
@@ -485,14 +468,7 @@ async fn memory_spend_is_saved_when_tollgate_serve_gets_sigterm() {
     assert_eq!(saved["teams"]["demo"]["nanos"], expected, "{saved}");
 
     let gw = Gateway::start(&cfg).await;
-    assert_eq!(
-        (spend(&gw, Scope::Team, "demo").await * 1e9).round() as u64,
-        expected
-    );
-    assert_eq!(
-        (spend(&gw, Scope::Key, "demo").await * 1e9).round() as u64,
-        expected
-    );
+    assert_team_and_key_spent(&gw, expected).await;
 }
 
 #[tokio::test]
@@ -809,4 +785,16 @@ keys:
     })
     .await;
     assert!(ok, "the slot of a disconnected stream was not released");
+}
+
+/// The team's and the key's spend, in nano-dollars, are both `expected`.
+async fn assert_team_and_key_spent(gw: &Gateway, expected: u64) {
+    assert_eq!(
+        (spend(gw, Scope::Team, "demo").await * 1e9).round() as u64,
+        expected
+    );
+    assert_eq!(
+        (spend(gw, Scope::Key, "demo").await * 1e9).round() as u64,
+        expected
+    );
 }

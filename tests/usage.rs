@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_one_row_per_request, load, store_config, usage_rows_and_ids, Gateway, PgDb, Relay,
-    DEMO_KEY,
+    assert_one_row_per_request, load, serve_binary, store_config, usage_rows_and_ids, Gateway,
+    PgDb, Relay, DEMO_KEY,
 };
 
 async fn ten_thousand(url: &str, dir: &std::path::Path) {
@@ -108,18 +108,7 @@ async fn sigterm_mid_run_keeps_every_completed_request() {
     // Slow streams keep requests in flight when the signal arrives.
     let cfg = store_config(&url, &dir.path().join("spill.jsonl"), "")
         .replace("chunk_delay: 0ms", "chunk_delay: 5ms");
-    let cfg_path = dir.path().join("cfg.yaml");
-    std::fs::write(&cfg_path, cfg).unwrap_or_else(|e| panic!("write config: {e}"));
-    let addr_file = dir.path().join("addr");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg_path)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn tollgate: {e}"));
+    let (mut child, addr_file) = serve_binary(dir.path(), &cfg);
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = loop {
         if let Ok(a) = std::fs::read_to_string(&addr_file) {

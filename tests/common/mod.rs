@@ -124,6 +124,27 @@ pub fn cost_nanos(v: &serde_json::Value) -> u64 {
     p * 1000 + c * 2000
 }
 
+/// `tollgate serve` as its own process on port 0 with `cfg` written into `dir` (`RUST_LOG=warn`,
+/// killed when dropped), and the file it writes its address to.
+pub fn serve_binary(
+    dir: &std::path::Path,
+    cfg: &str,
+) -> (tokio::process::Child, std::path::PathBuf) {
+    let cfg_path = dir.join("cfg.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap_or_else(|e| panic!("write config: {e}"));
+    let addr_file = dir.join("addr");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg_path)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn tollgate: {e}"));
+    (child, addr_file)
+}
+
 /// The address a started binary wrote to its `--addr-file` (polled: at most 10 s).
 pub async fn wait_for_addr_file(path: &std::path::Path) -> String {
     for _ in 0..200 {
