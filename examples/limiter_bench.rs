@@ -45,8 +45,8 @@ fn limiter(backend: &str, redis_url: &str) -> Limiter {
 
 fn caller(i: usize) -> Caller {
     let all = Limits {
-        rpm: Some(1_000_000_000),
-        tpm: Some(1_000_000_000_000),
+        requests_per_minute: Some(1_000_000_000),
+        tokens_per_minute: Some(1_000_000_000_000),
         max_concurrent: Some(1_000_000),
         budget: Some(tollgate::limits::Budget {
             amount_usd: 1e8,

@@ -255,30 +255,40 @@ enum Op {
 impl LimitArgs {
     fn limits(&self) -> Result<crate::store::Limits, String> {
         Ok(crate::store::Limits {
-            rpm: self.rpm,
-            tpm: self.tpm,
+            requests_per_minute: self.rpm,
+            tokens_per_minute: self.tpm,
             max_concurrent: self.max_concurrent,
-            budget_usd: self.budget_usd,
-            budget_period: self.period()?,
+            budget: self.budget()?,
         })
     }
-    fn period(&self) -> Result<Option<crate::store::BudgetPeriod>, String> {
-        self.budget_period
+    /// `--budget-usd` with `--budget-period` (monthly when left out) make one budget.
+    fn budget(&self) -> Result<Option<crate::config::BudgetConfig>, String> {
+        let period = self
+            .budget_period
             .as_deref()
             .map(|p| {
                 crate::store::BudgetPeriod::parse(p)
                     .ok_or_else(|| "--budget-period must be daily, monthly or none".to_owned())
             })
-            .transpose()
+            .transpose()?;
+        match (self.budget_usd, period) {
+            (Some(amount_usd), period) => Ok(Some(crate::config::BudgetConfig {
+                amount_usd,
+                period: period.unwrap_or_default(),
+            })),
+            (None, Some(_)) => {
+                Err("--budget-period needs --budget-usd (a budget is set whole)".into())
+            }
+            (None, None) => Ok(None),
+        }
     }
     /// Only the flags given are changed.
     fn patch(&self) -> Result<crate::store::records::LimitsPatch, String> {
         Ok(crate::store::records::LimitsPatch {
-            rpm: self.rpm.map(Some),
-            tpm: self.tpm.map(Some),
+            requests_per_minute: self.rpm.map(Some),
+            tokens_per_minute: self.tpm.map(Some),
             max_concurrent: self.max_concurrent.map(Some),
-            budget_usd: self.budget_usd.map(Some),
-            budget_period: self.period()?.map(Some),
+            budget: self.budget()?.map(Some),
         })
     }
 }

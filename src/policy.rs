@@ -49,25 +49,25 @@ impl Shaped {
     }
 }
 
-/// The model may be used: it exists (`known`), the team allows it and the key does
-/// (`key_allows`). 404 `model_not_found` before 403 `model_not_allowed`.
-pub fn check_model(
+/// The model may be used: it exists (`found`: its route, returned), the team allows it and the
+/// key does (`key_allows`). 404 `model_not_found` before 403 `model_not_allowed`.
+pub fn check_model<R>(
     model: &str,
     team: &TeamConfig,
-    known: bool,
+    found: Option<R>,
     key_allows: impl Fn(&str) -> bool,
-) -> Result<(), ApiError> {
-    if !known {
+) -> Result<R, ApiError> {
+    let Some(route) = found else {
         return Err(ApiError::ModelNotFound {
             model: model.to_owned(),
         });
-    }
+    };
     if !model_allowed(team, model) || !key_allows(model) {
         return Err(ApiError::ModelNotAllowed {
             model: model.to_owned(),
         });
     }
-    Ok(())
+    Ok(route)
 }
 
 /// The fields an upstream may read as the output cap. vLLM and OpenAI read

@@ -50,7 +50,8 @@ fn each_error_names_its_field_and_exits_64() {
     let cases = [
         (
             GOOD.replace("teams:", "teams:\n  x: { models: [\"*\"], colour: red }"),
-            "teams.x.colour: unknown field `colour`",
+            // The limits fields are the shared `Limits`, flattened: the path stops at the team.
+            "teams.x: unknown field `colour`",
         ),
         (
             GOOD.replace("${TG_UP}", "${TG_MISSING}"),
@@ -172,7 +173,38 @@ store:
     let (code, _, err) = run(&["teams", "create", "x", "--models", "made-up"]);
     assert_ne!(code, 0);
     assert!(err.contains("model 'made-up' is not defined"), "{err}");
+    // The config's limits shape and checks: a budget is an amount with its period; zero limits
+    // are refused in the config's words.
+    let (code, _, err) = run(&["teams", "set", "ml", "--budget-period", "daily"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--budget-period needs --budget-usd"), "{err}");
+    let (code, _, err) = run(&["teams", "set", "ml", "--rpm", "0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("requests_per_minute: must be greater than 0"),
+        "{err}"
+    );
+    let (code, out, err) = run(&[
+        "teams",
+        "set",
+        "ml",
+        "--budget-usd",
+        "5",
+        "--budget-period",
+        "daily",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
     let (code, out, _) = run(&["teams", "list"]);
+    let teams: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let ml = teams
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "ml"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        ml["budget"],
+        serde_json::json!({"amount_usd": 5.0, "period": "daily"})
+    );
     assert_eq!(code, 0);
     assert!(out.contains("\"source\":\"config\"") || out.contains("\"source\": \"config\""));
 }

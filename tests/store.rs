@@ -95,10 +95,26 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
         &gw,
         "POST",
         "/admin/teams",
-        Some(json!({"name": "ml", "models": ["mock-gpt"], "rpm": 600, "budget_usd": 5.0, "budget_period": "monthly"})),
+        Some(
+            json!({"name": "ml", "models": ["mock-gpt"], "requests_per_minute": 600,
+                    "budget": {"amount_usd": 5.0, "period": "monthly"}}),
+        ),
     )
     .await;
     assert_eq!(s, 201);
+    // The config's limits shape and its checks: a zero limit is refused in the config's words.
+    let (s, v) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "zero", "models": ["*"], "requests_per_minute": 0})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["error"]["message"].as_str(),
+        Some("requests_per_minute: must be greater than 0 (leave it out for no limit)")
+    );
     let (s, v) = admin(&gw, "POST", "/admin/keys", Some(json!({"team": "nope"}))).await;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("team")));
 
@@ -114,7 +130,8 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     assert!(key.starts_with("sk-tg-") && key.len() == 38, "{key}");
     assert_eq!(created["prefix"].as_str(), Some(&key[..10]));
-    assert_eq!(created["tpm"], 100000);
+    // `tpm` is read as `tokens_per_minute`; answers use the config's names.
+    assert_eq!(created["tokens_per_minute"], 100000);
 
     // The list shows the prefix, never the key or its hash.
     let (_, list) = admin(&gw, "GET", "/admin/keys?team=ml", None).await;
@@ -137,10 +154,9 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
         })
         .await
         .unwrap_or_else(|e| panic!("auth: {e}"));
-    assert_eq!(caller.key_limits.tpm, Some(100000));
-    let team = caller.store_team.as_ref().map(|t| t.record.limits.clone());
-    assert_eq!(team.as_ref().and_then(|l| l.rpm), Some(600));
-    assert_eq!(team.and_then(|l| l.budget_usd), Some(5.0));
+    assert_eq!(caller.key_limits.tokens_per_minute, Some(100000));
+    assert_eq!(caller.team_limits.requests_per_minute, Some(600));
+    assert_eq!(caller.team_limits.budget.map(|b| b.amount_usd), Some(5.0));
 
     // Narrow the key's models: refused for a model outside them.
     let (s, _) = admin(

@@ -138,11 +138,8 @@ async fn read(store: &Store, hash: [u8; 32]) -> Result<Entry, StoreError> {
             key_id: Arc::from(k.id.as_str()),
             team: Arc::from(k.team.as_str()),
             models: k.models.map(Arc::from),
-            key_limits: super::limits_of(&k.limits),
-            team_limits: team
-                .as_ref()
-                .map(|t| super::limits_of(&t.limits))
-                .unwrap_or_default(),
+            key_limits: k.limits,
+            team_limits: team.as_ref().map(|t| t.limits).unwrap_or_default(),
             store_team: team.map(|t| Arc::new(StoreTeam::from(t))),
             expires_at: k.expires_at,
         });

@@ -101,20 +101,6 @@ impl Caller {
     }
 }
 
-/// The stored form to the form the limiter enforces (a budget without a period is monthly).
-pub fn limits_of(l: &crate::store::Limits) -> Limits {
-    use crate::config::{BudgetConfig, BudgetPeriod};
-    Limits {
-        rpm: l.rpm,
-        tpm: l.tpm,
-        max_concurrent: l.max_concurrent,
-        budget: l.budget_usd.map(|amount_usd| BudgetConfig {
-            amount_usd,
-            period: l.budget_period.unwrap_or(BudgetPeriod::Monthly),
-        }),
-    }
-}
-
 /// Authenticate from request headers: config keys, then (with a store) store keys.
 pub async fn authenticate(
     keys: &KeyIndex,
@@ -135,7 +121,7 @@ pub async fn authenticate(
             // A store key of a config team: the team's limits come from the config.
             if c.store_team.is_none() {
                 if let Some(t) = teams.get(c.team.as_ref()) {
-                    c.team_limits = Limits::of_team(t);
+                    c.team_limits = t.limits;
                 }
             }
             Ok(c)
@@ -154,13 +140,13 @@ impl KeyIndex {
         let mut by_hash = HashMap::new();
         for k in &cfg.keys {
             let hash = key_hash(&k.name, &k.sha256, &k.key, env)?;
-            let team_limits = cfg.teams.get(&k.team).map(Limits::of_team);
+            let team_limits = cfg.teams.get(&k.team).map(|t| t.limits);
             by_hash.insert(
                 hash,
                 Caller {
                     key_id: Arc::from(k.name.as_str()),
                     team: Arc::from(k.team.as_str()),
-                    key_limits: Limits::of_key(k),
+                    key_limits: k.limits,
                     team_limits: team_limits.unwrap_or_default(),
                     ..Caller::default()
                 },

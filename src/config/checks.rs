@@ -101,35 +101,38 @@ impl StoreConfig {
     }
 }
 
-/// Limits are positive when set; budgets are finite and not negative.
-pub(super) fn check_limits(
-    path: &str,
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    concurrent: Option<u64>,
-    budget: &Option<BudgetConfig>,
-) -> Result<(), ConfigError> {
+/// Limits are positive when set; budgets are finite and not negative. The one check of a
+/// [`Limits`], for the config file and for the store's keys and teams (admin API, CLI).
+pub fn check_limits(path: &str, l: &Limits) -> Result<(), ConfigError> {
     for (field, v) in [
-        ("requests_per_minute", rpm),
-        ("tokens_per_minute", tpm),
-        ("max_concurrent", concurrent),
+        ("requests_per_minute", l.requests_per_minute),
+        ("tokens_per_minute", l.tokens_per_minute),
+        ("max_concurrent", l.max_concurrent),
     ] {
         if v == Some(0) {
             return Err(err(
-                format!("{path}.{field}"),
+                join(path, field),
                 "must be greater than 0 (leave it out for no limit)",
             ));
         }
     }
-    if let Some(b) = budget {
+    if let Some(b) = l.budget {
         if !b.amount_usd.is_finite() || b.amount_usd < 0.0 || b.amount_usd > 1e9 {
             return Err(err(
-                format!("{path}.budget.amount_usd"),
+                join(path, "budget.amount_usd"),
                 "must be a number from 0 to 1e9",
             ));
         }
     }
     Ok(())
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
 }
 
 /// A key is given as exactly one of a SHA-256 or a secret reference.

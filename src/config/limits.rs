@@ -76,8 +76,35 @@ pub struct PriceConfig {
     pub output_per_million: f64,
 }
 
+/// Limits and budget of a key or a team: one shape, with the same field names, in the config
+/// file (a team's or key's fields), the store, the admin API, the CLI and the limiter. Unset
+/// fields do not limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute (`rpm` is read too).
+    #[serde(default, alias = "rpm", skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (prompt + completion) per minute (`tpm` is read too).
+    #[serde(default, alias = "tpm", skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    /// Spending cap per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetConfig>,
+}
+
+impl Limits {
+    /// True when nothing is limited.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
 /// A spending cap.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// The cap in US dollars.

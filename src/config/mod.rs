@@ -16,9 +16,10 @@ use serde::Deserialize;
 use crate::secret::{EnvSource, SecretRef};
 
 mod checks;
+pub use checks::check_limits;
 use checks::{
     check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
-    check_limits, check_secret,
+    check_secret,
 };
 mod credentials;
 mod limits;
@@ -415,13 +416,7 @@ impl Config {
                     ));
                 }
             }
-            check_limits(
-                &path,
-                t.requests_per_minute,
-                t.tokens_per_minute,
-                t.max_concurrent,
-                &t.budget,
-            )?;
+            check_limits(&path, &t.limits)?;
             if let Some(tp) = &t.temperature {
                 if let (Some(lo), Some(hi)) = (tp.min, tp.max) {
                     if lo > hi {
@@ -445,13 +440,7 @@ impl Config {
                 ));
             }
             check_key_source(&k.sha256, &k.key, &path, env, &mut warnings)?;
-            check_limits(
-                &path,
-                k.requests_per_minute,
-                k.tokens_per_minute,
-                k.max_concurrent,
-                &k.budget,
-            )?;
+            check_limits(&path, &k.limits)?;
         }
         check_admin_key_is_not_a_client_key(self, env)?;
         self.validate_limits(env, &mut warnings)?;

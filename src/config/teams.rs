@@ -13,14 +13,10 @@ pub struct TeamConfig {
     pub max_messages: Option<usize>,
     /// Largest body this team may send (capped by `server.max_body_bytes`).
     pub max_body_bytes: Option<usize>,
-    /// Requests per minute, all the team's keys together.
-    pub requests_per_minute: Option<u64>,
-    /// Tokens (prompt + completion) per minute, all the team's keys together.
-    pub tokens_per_minute: Option<u64>,
-    /// Requests in flight at once, all the team's keys together.
-    pub max_concurrent: Option<u64>,
-    /// Spending cap for all the team's keys together.
-    pub budget: Option<BudgetConfig>,
+    /// Rate, concurrency and budget limits of all the team's keys together
+    /// (`requests_per_minute`, `tokens_per_minute`, `max_concurrent`, `budget`).
+    #[serde(flatten)]
+    pub limits: Limits,
     /// Highest queue priority this team's requests may ask for (`x-tollgate-priority`).
     pub max_priority: Option<Priority>,
 }
@@ -75,16 +71,7 @@ pub struct KeyConfig {
     /// The key itself, as an `${ENV}` or `file:` reference.
     #[serde(default)]
     pub key: Option<SecretRef>,
-    /// Requests per minute for this key alone (the team's limit applies too).
-    #[serde(default)]
-    pub requests_per_minute: Option<u64>,
-    /// Tokens per minute for this key alone.
-    #[serde(default)]
-    pub tokens_per_minute: Option<u64>,
-    /// Requests in flight at once for this key alone.
-    #[serde(default)]
-    pub max_concurrent: Option<u64>,
-    /// Spending cap for this key alone.
-    #[serde(default)]
-    pub budget: Option<BudgetConfig>,
+    /// Limits and budget of this key alone (the team's apply too).
+    #[serde(flatten)]
+    pub limits: Limits,
 }

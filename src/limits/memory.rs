@@ -222,7 +222,7 @@ impl Memory {
                 }
             }
             let mut w = (None, None);
-            if let Some(rpm) = s.limits.rpm {
+            if let Some(rpm) = s.limits.requests_per_minute {
                 let (tat, info, retry) = rate(e.rpm_tat, now, 1, rpm);
                 headers.add_requests(info);
                 match tat {
@@ -230,7 +230,7 @@ impl Memory {
                     None => deny(LimitKind::Rpm, retry),
                 }
             }
-            if let Some(tpm) = s.limits.tpm {
+            if let Some(tpm) = s.limits.tokens_per_minute {
                 let (tat, info, retry) = rate(e.tpm_tat, now, req.tokens, tpm);
                 headers.add_tokens(info);
                 match tat {
@@ -435,7 +435,7 @@ mod tests {
             panic!("open")
         };
         let limits = Limits {
-            rpm: Some(60),
+            requests_per_minute: Some(60),
             ..Limits::default()
         };
         let r = req(vec![check(Scope::Team, "t", limits)], 1, 0);
@@ -458,11 +458,11 @@ mod tests {
             panic!("open")
         };
         let key = Limits {
-            rpm: Some(10),
+            requests_per_minute: Some(10),
             ..Limits::default()
         };
         let team = Limits {
-            rpm: Some(3),
+            requests_per_minute: Some(3),
             ..Limits::default()
         };
         let r = req(
@@ -561,7 +561,7 @@ mod tests {
             panic!("open")
         };
         let limits = Limits {
-            rpm: Some(60),
+            requests_per_minute: Some(60),
             max_concurrent: Some(5),
             ..Limits::default()
         };

@@ -45,50 +45,14 @@ use crate::openai::{Body, Endpoint, JsonFields, Usage};
 use crate::telemetry::names;
 use prices::{Price, Prices, NANOS_PER_USD};
 
-/// One key's or one team's limits. Unset fields do not limit. Filled from config keys and teams
-/// and from keys in the store, carried on the caller (`auth::Caller`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Limits {
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens (prompt + completion) per minute.
-    pub tpm: Option<u64>,
-    /// Requests in flight at once.
-    pub max_concurrent: Option<u64>,
-    /// Spending cap per period.
-    pub budget: Option<Budget>,
-}
+/// One key's or one team's limits: the config's one shape (config keys and teams, store keys and
+/// teams), carried on the caller.
+pub use crate::config::Limits;
 
-impl Limits {
-    /// A team's limits from its config.
-    pub fn of_team(t: &crate::config::TeamConfig) -> Limits {
-        Limits {
-            rpm: t.requests_per_minute,
-            tpm: t.tokens_per_minute,
-            max_concurrent: t.max_concurrent,
-            budget: t.budget,
-        }
-    }
-    /// A config key's own limits.
-    pub fn of_key(k: &crate::config::KeyConfig) -> Limits {
-        Limits {
-            rpm: k.requests_per_minute,
-            tpm: k.tokens_per_minute,
-            max_concurrent: k.max_concurrent,
-            budget: k.budget,
-        }
-    }
-    /// True when nothing is limited: the admission can skip the backend.
-    pub fn is_unlimited(&self) -> bool {
-        self.rpm.is_none()
-            && self.tpm.is_none()
-            && self.max_concurrent.is_none()
-            && self.budget.is_none()
-    }
-    fn budget_nanos(&self) -> Option<u64> {
-        self.budget
-            .map(|b| (b.amount_usd * NANOS_PER_USD).round().max(0.0) as u64)
-    }
+/// A budget in nano-dollars, the unit the backends count in.
+fn budget_nanos(l: &Limits) -> Option<u64> {
+    l.budget
+        .map(|b| (b.amount_usd * NANOS_PER_USD).round().max(0.0) as u64)
 }
 
 /// Whose limits a request counts against: a key and its team. The caller's identity as the
@@ -551,11 +515,11 @@ impl Limiter {
             (Scope::Team, caller.team, caller.team_limits),
         ] {
             let period = limits.budget.map_or(BudgetPeriod::Monthly, |b| b.period);
-            let budget_nanos = limits.budget_nanos();
+            let budget_nanos = budget_nanos(&limits);
             settle.push(ScopeSettle {
                 scope,
                 id: id.clone(),
-                tpm: limits.tpm,
+                tpm: limits.tokens_per_minute,
                 leased: limits.max_concurrent.is_some() || budget_nanos.is_some(),
                 reserved: if budget_nanos.is_some() { cost } else { 0 },
                 period,

@@ -131,8 +131,8 @@ impl Prices {
 /// Warnings for `check-config`: models without a price while budgets are set (they cost 0
 /// against every budget). Lives here, where prices are known, not in `config`.
 pub fn unpriced_warnings(cfg: &crate::config::Config) -> Vec<String> {
-    let budgeted = cfg.teams.values().any(|t| t.budget.is_some())
-        || cfg.keys.iter().any(|k| k.budget.is_some());
+    let budgeted = cfg.teams.values().any(|t| t.limits.budget.is_some())
+        || cfg.keys.iter().any(|k| k.limits.budget.is_some());
     if !budgeted {
         return Vec::new();
     }

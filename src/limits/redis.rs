@@ -277,8 +277,8 @@ impl RedisLimiter {
             .arg(req.cost_nanos)
             .arg(req.scopes.len());
         for s in &req.scopes {
-            inv.arg(s.limits.rpm.unwrap_or(0))
-                .arg(s.limits.tpm.unwrap_or(0))
+            inv.arg(s.limits.requests_per_minute.unwrap_or(0))
+                .arg(s.limits.tokens_per_minute.unwrap_or(0))
                 .arg(s.limits.max_concurrent.unwrap_or(0))
                 .arg(s.budget_nanos.map_or(-1, |b| b.min(i64::MAX as u64) as i64));
         }

@@ -75,12 +75,7 @@ async fn run(
     let shaped = policy::shape(endpoint, team, &parts.headers, &mut json)?;
     ledger.shaped(&shaped);
     let route = snap.routes.get(&shaped.model);
-    policy::check_model(&shaped.model, team, route.is_some(), |m| {
-        caller.key_allows(m)
-    })?;
-    let route = route.ok_or_else(|| ApiError::ModelNotFound {
-        model: shaped.model.clone(),
-    })?;
+    let route = policy::check_model(&shaped.model, team, route, |m| caller.key_allows(m))?;
     ledger.model_known(&route.meters);
 
     // admit: rate limits, concurrency, budget (limits) -> 429. Settled when the ledger drops.

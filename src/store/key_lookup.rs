@@ -1,8 +1,8 @@
 //! One query for the request path's key cache (`auth::KeyCache`): a key by its hash and, when its
 //! team lives in the store, the team. Persistence only: what a key may do is decided above.
 
-use super::records::KeyRecord;
-use super::{on_pool, BudgetPeriod, Limits, Store, StoreError, TeamRecord};
+use super::records::{limits_from_row, stored_limits, to_u, KeyRecord};
+use super::{on_pool, Store, StoreError, TeamRecord};
 
 impl Store {
     /// The key with this SHA-256 and, when its team lives in the store, the team.
@@ -23,7 +23,6 @@ impl Store {
             match sqlx::query(sql).bind(&hex_hash).fetch_optional(p).await? {
                 None => None,
                 Some(r) => {
-                    let u = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
                     let list = |s: &str| serde_json::from_str::<Vec<String>>(s).unwrap_or_default();
                     let key = KeyRecord {
                         id: r.try_get("id")?,
@@ -32,16 +31,7 @@ impl Store {
                         name: r.try_get("name")?,
                         team: r.try_get("team")?,
                         models: r.try_get::<Option<String>, _>("models")?.map(|m| list(&m)),
-                        limits: Limits {
-                            rpm: u(r.try_get("rpm")?),
-                            tpm: u(r.try_get("tpm")?),
-                            max_concurrent: u(r.try_get("max_concurrent")?),
-                            budget_usd: r.try_get("budget_usd")?,
-                            budget_period: r
-                                .try_get::<Option<String>, _>("budget_period")?
-                                .as_deref()
-                                .and_then(BudgetPeriod::parse),
-                        },
+                        limits: limits_from_row!(r),
                         expires_at: r.try_get("expires_at")?,
                         revoked_at: r.try_get("revoked_at")?,
                         rotated_to: r.try_get("rotated_to")?,
@@ -53,16 +43,7 @@ impl Store {
                         Some(models) => Some(TeamRecord {
                             name: key.team.clone(),
                             models: list(&models),
-                            limits: Limits {
-                                rpm: u(r.try_get("t_rpm")?),
-                                tpm: u(r.try_get("t_tpm")?),
-                                max_concurrent: u(r.try_get("t_max_concurrent")?),
-                                budget_usd: r.try_get("t_budget_usd")?,
-                                budget_period: r
-                                    .try_get::<Option<String>, _>("t_budget_period")?
-                                    .as_deref()
-                                    .and_then(BudgetPeriod::parse),
-                            },
+                            limits: limits_from_row!(r, "t_"),
                             created_at: r.try_get("t_created_at")?,
                             updated_at: r.try_get("t_updated_at")?,
                         }),

@@ -28,7 +28,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -210,32 +209,9 @@ impl Store {
     }
 }
 
-/// Limits and budget of a key or a team, as stored. Enforced by the limits module, not here;
-/// `None` means "no limit at this level".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Requests per minute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rpm: Option<u64>,
-    /// Tokens (prompt + completion) per minute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tpm: Option<u64>,
-    /// Requests in flight at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrent: Option<u64>,
-    /// Spend cap in US dollars per `budget_period`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget_usd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget_period: Option<BudgetPeriod>,
-}
-
-impl Limits {
-    pub fn is_empty(&self) -> bool {
-        *self == Limits::default()
-    }
-}
+/// Limits and budget of a key or a team: the config's one shape, stored as five columns
+/// (`records`). Enforced by the limits module, not here; unset means "no limit at this level".
+pub use crate::config::Limits;
 
 /// The window a budget applies to: the config's vocabulary.
 pub use crate::config::BudgetPeriod;

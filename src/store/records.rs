@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
 use super::{now_ms, on_pool, BudgetPeriod, Limits, Store, StoreError};
+use crate::config::BudgetConfig;
 
 /// Plaintext keys made here start with this.
 pub const KEY_PREFIX: &str = "sk-tg-";
@@ -83,38 +84,34 @@ pub struct NewKey {
     pub limits: Limits,
 }
 
-/// A partial update: an absent field is left alone, `null` clears it.
+/// A partial update of a [`Limits`], with the same field names: an absent field is left alone,
+/// `null` clears it; `budget` is set or cleared whole.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
-    #[serde(default, deserialize_with = "some")]
-    pub rpm: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "some")]
-    pub tpm: Option<Option<u64>>,
+    #[serde(default, alias = "rpm", deserialize_with = "some")]
+    pub requests_per_minute: Option<Option<u64>>,
+    #[serde(default, alias = "tpm", deserialize_with = "some")]
+    pub tokens_per_minute: Option<Option<u64>>,
     #[serde(default, deserialize_with = "some")]
     pub max_concurrent: Option<Option<u64>>,
     #[serde(default, deserialize_with = "some")]
-    pub budget_usd: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "some")]
-    pub budget_period: Option<Option<BudgetPeriod>>,
+    pub budget: Option<Option<BudgetConfig>>,
 }
 
 impl LimitsPatch {
     fn apply(&self, l: &mut Limits) {
-        if let Some(v) = self.rpm {
-            l.rpm = v;
+        if let Some(v) = self.requests_per_minute {
+            l.requests_per_minute = v;
         }
-        if let Some(v) = self.tpm {
-            l.tpm = v;
+        if let Some(v) = self.tokens_per_minute {
+            l.tokens_per_minute = v;
         }
         if let Some(v) = self.max_concurrent {
             l.max_concurrent = v;
         }
-        if let Some(v) = self.budget_usd {
-            l.budget_usd = v;
-        }
-        if let Some(v) = self.budget_period {
-            l.budget_period = v;
+        if let Some(v) = self.budget {
+            l.budget = v;
         }
     }
 }
@@ -175,7 +172,12 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", &u[..16])
 }
 
-fn to_u(v: Option<i64>) -> Option<u64> {
+/// Limits the config would refuse are refused here too, with the same words.
+fn valid(l: &Limits) -> Result<(), StoreError> {
+    crate::config::check_limits("", l).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+pub(super) fn to_u(v: Option<i64>) -> Option<u64> {
     v.and_then(|v| u64::try_from(v).ok())
 }
 fn to_i(v: Option<u64>) -> Option<i64> {
@@ -192,19 +194,64 @@ const TEAM_COLS: &str =
     "name, models, rpm, tpm, max_concurrent, budget_usd, budget_period, created_at, updated_at";
 
 macro_rules! limits_from_row {
-    ($r:expr) => {{
+    ($r:expr) => {
+        limits_from_row!($r, "")
+    };
+    ($r:expr, $prefix:literal) => {{
         use sqlx::Row;
-        Limits {
-            rpm: to_u($r.try_get("rpm")?),
-            tpm: to_u($r.try_get("tpm")?),
-            max_concurrent: to_u($r.try_get("max_concurrent")?),
-            budget_usd: $r.try_get("budget_usd")?,
-            budget_period: $r
-                .try_get::<Option<String>, _>("budget_period")?
-                .as_deref()
-                .and_then(BudgetPeriod::parse),
-        }
+        stored_limits(
+            to_u($r.try_get(concat!($prefix, "rpm"))?),
+            to_u($r.try_get(concat!($prefix, "tpm"))?),
+            to_u($r.try_get(concat!($prefix, "max_concurrent"))?),
+            $r.try_get(concat!($prefix, "budget_usd"))?,
+            $r.try_get::<Option<String>, _>(concat!($prefix, "budget_period"))?,
+        )
     }};
+}
+pub(super) use limits_from_row;
+
+/// The five columns of a stored [`Limits`] (a budget stored without a period is monthly).
+pub(super) fn stored_limits(
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrent: Option<u64>,
+    budget_usd: Option<f64>,
+    budget_period: Option<String>,
+) -> Limits {
+    Limits {
+        requests_per_minute: rpm,
+        tokens_per_minute: tpm,
+        max_concurrent,
+        budget: budget_usd.map(|amount_usd| BudgetConfig {
+            amount_usd,
+            period: budget_period
+                .as_deref()
+                .and_then(BudgetPeriod::parse)
+                .unwrap_or_default(),
+        }),
+    }
+}
+
+/// Binds a [`Limits`] as its five columns, in the order `rpm, tpm, max_concurrent, budget_usd,
+/// budget_period`: the one place that knows how limits are stored.
+trait BindLimits: Sized {
+    fn bind_limits(self, l: &Limits) -> Self;
+}
+
+impl<'q, DB: sqlx::Database> BindLimits
+    for sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<f64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    fn bind_limits(self, l: &Limits) -> Self {
+        self.bind(to_i(l.requests_per_minute))
+            .bind(to_i(l.tokens_per_minute))
+            .bind(to_i(l.max_concurrent))
+            .bind(l.budget.map(|b| b.amount_usd))
+            .bind(l.budget.map(|b| -> &'q str { b.period.as_str() }))
+    }
 }
 
 macro_rules! key_from_row {
@@ -272,11 +319,7 @@ macro_rules! insert_key {
         .bind(&$rec.name)
         .bind(&$rec.team)
         .bind($rec.models.as_ref().map(|m| json!(m).to_string()))
-        .bind(to_i($rec.limits.rpm))
-        .bind(to_i($rec.limits.tpm))
-        .bind(to_i($rec.limits.max_concurrent))
-        .bind($rec.limits.budget_usd)
-        .bind($rec.limits.budget_period.map(BudgetPeriod::as_str))
+        .bind_limits(&$rec.limits)
         .bind($rec.expires_at)
         .bind($rec.created_at)
         .execute(&mut *$tx)
@@ -325,6 +368,7 @@ impl Store {
                 "'name' must be 1 to 128 characters".into(),
             ));
         }
+        valid(&t.limits)?;
         if self.get_team(&t.name).await?.is_some() {
             return Err(StoreError::Conflict(format!(
                 "team '{}' already exists",
@@ -335,7 +379,7 @@ impl Store {
         let rec = TeamRecord {
             name: t.name.clone(),
             models: t.models.clone(),
-            limits: t.limits.clone(),
+            limits: t.limits,
             created_at: now,
             updated_at: now,
         };
@@ -348,11 +392,7 @@ impl Store {
             )
             .bind(&rec.name)
             .bind(json!(rec.models).to_string())
-            .bind(to_i(rec.limits.rpm))
-            .bind(to_i(rec.limits.tpm))
-            .bind(to_i(rec.limits.max_concurrent))
-            .bind(rec.limits.budget_usd)
-            .bind(rec.limits.budget_period.map(BudgetPeriod::as_str))
+            .bind_limits(&rec.limits)
             .bind(now)
             .bind(now)
             .execute(&mut *tx)
@@ -380,6 +420,7 @@ impl Store {
             rec.models = m.clone();
         }
         patch.limits.apply(&mut rec.limits);
+        valid(&rec.limits)?;
         rec.updated_at = now_ms();
         let detail = json!({"models": rec.models, "limits": rec.limits});
         on_pool!(self, p => {
@@ -390,11 +431,7 @@ impl Store {
             )
             .bind(&rec.name)
             .bind(json!(rec.models).to_string())
-            .bind(to_i(rec.limits.rpm))
-            .bind(to_i(rec.limits.tpm))
-            .bind(to_i(rec.limits.max_concurrent))
-            .bind(rec.limits.budget_usd)
-            .bind(rec.limits.budget_period.map(BudgetPeriod::as_str))
+            .bind_limits(&rec.limits)
             .bind(rec.updated_at)
             .execute(&mut *tx)
             .await?;
@@ -435,6 +472,7 @@ impl Store {
         actor: &str,
         k: &NewKey,
     ) -> Result<(KeyRecord, String), StoreError> {
+        valid(&k.limits)?;
         let now = now_ms();
         let minted = mint_key();
         let rec = KeyRecord {
@@ -444,7 +482,7 @@ impl Store {
             name: k.name.clone().unwrap_or_else(|| k.team.clone()),
             team: k.team.clone(),
             models: k.models.clone(),
-            limits: k.limits.clone(),
+            limits: k.limits,
             expires_at: k
                 .expires_in_secs
                 .map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 2000) * 1000)),
@@ -548,6 +586,7 @@ impl Store {
             rec.expires_at = e;
         }
         patch.limits.apply(&mut rec.limits);
+        valid(&rec.limits)?;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
@@ -557,11 +596,7 @@ impl Store {
             .bind(&rec.id)
             .bind(&rec.name)
             .bind(rec.models.as_ref().map(|m| json!(m).to_string()))
-            .bind(to_i(rec.limits.rpm))
-            .bind(to_i(rec.limits.tpm))
-            .bind(to_i(rec.limits.max_concurrent))
-            .bind(rec.limits.budget_usd)
-            .bind(rec.limits.budget_period.map(BudgetPeriod::as_str))
+            .bind_limits(&rec.limits)
             .bind(rec.expires_at)
             .execute(&mut *tx)
             .await?;
