@@ -196,10 +196,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Held to the end: dropping it flushes the log lines still queued.
     let _log_guard = crate::telemetry::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the Tokio runtime: {e}");
@@ -207,6 +204,19 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     std::process::ExitCode::from(runtime.block_on(run(cli)))
+}
+
+/// The runtime for the CPUs this process may use: one thread that runs everything when it has
+/// one CPU (no work stealing, no cross-thread wake-ups; `taskset -c 1`, a container limited to
+/// one CPU), a worker per CPU otherwise. `TOKIO_WORKER_THREADS` still sets the worker count.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers_set = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
+    if cpus == 1 && !workers_set {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
 }
 
 pub async fn run(cli: Cli) -> u8 {

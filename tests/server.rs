@@ -683,3 +683,94 @@ async fn an_http2_client_that_never_reads_is_cut_off_at_the_write_deadline() {
     );
     assert_eq!(ended, "error");
 }
+
+/// On one CPU (`taskset -c 0`, as a container limited to one CPU) the binary runs everything on
+/// one thread: concurrent answers and streams complete, and SIGTERM still ends it gracefully,
+/// finishing the stream in flight.
+#[tokio::test]
+async fn on_one_cpu_the_binary_serves_streams_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg_path = dir.path().join("cfg.yaml");
+    let quickstart = std::fs::read_to_string("examples/quickstart.yaml")
+        .unwrap_or_else(|e| panic!("quickstart: {e}"));
+    std::fs::write(&cfg_path, quickstart).unwrap_or_else(|e| panic!("{e}"));
+    let addr_file = dir.path().join("addr");
+    let mut child = tokio::process::Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_tollgate")])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg_path)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn taskset (util-linux): {e}"));
+    let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
+    let client = reqwest::Client::new();
+    let ask = |stream: bool| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(DEMO_KEY)
+                .json(&serde_json::json!({"model": "mock-gpt", "stream": stream,
+                    "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("send: {e}"));
+            let status = r.status().as_u16();
+            (
+                status,
+                r.text().await.unwrap_or_else(|e| panic!("body: {e}")),
+            )
+        }
+    };
+    let answers = futures_util::future::join_all((0..40).map(|i| ask(i % 2 == 0))).await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "request {i}: {body}");
+        if i % 2 == 0 {
+            assert!(
+                body.trim_end().ends_with("data: [DONE]"),
+                "stream {i}: {body}"
+            );
+        } else {
+            assert!(
+                body.contains("\"finish_reason\":\"stop\""),
+                "answer {i}: {body}"
+            );
+        }
+    }
+    // A stream in flight when SIGTERM comes is finished, then the process exits 0: its first
+    // chunk is read before the signal, the rest (8 chunks, 20 ms apart) after it.
+    let mut resp = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .json(&serde_json::json!({"model": "mock-gpt", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    assert_eq!(resp.status(), 200);
+    let mut body = resp
+        .chunk()
+        .await
+        .unwrap_or_else(|e| panic!("first chunk: {e}"))
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .unwrap_or_default();
+    assert!(!body.contains("[DONE]"), "{body}");
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill: {e}"));
+    assert!(killed.success());
+    while let Some(c) = resp.chunk().await.unwrap_or_else(|e| panic!("rest: {e}")) {
+        body.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("no exit 30 s after SIGTERM"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(exit.success(), "{exit}");
+}

@@ -343,6 +343,16 @@ impl<S> Guarded<S> {
                     self.feed(&held);
                 }
                 State::Head(scan) => {
+                    // Up to the next LF every byte is an ordinary line byte, unless it is a CR or
+                    // LF that starts a line or follows a held CR: take such a run whole.
+                    if !scan.held_cr && b != b'\n' && (scan.line_len > 0 || b != b'\r') {
+                        let end = memchr::memchr(b'\n', input).unwrap_or(input.len());
+                        let (run, after) = input.split_at(end);
+                        scan.push_run(run);
+                        self.ready.extend_from_slice(run);
+                        input = after;
+                        continue;
+                    }
                     input = rest;
                     if std::mem::take(&mut scan.held_cr) {
                         if b == b'\n' {
@@ -455,11 +465,19 @@ impl<S> Guarded<S> {
 impl HeadScan {
     /// One more byte of the current line.
     fn push(&mut self, b: u8) {
-        self.line_len += 1;
-        self.last = b;
-        if self.line.len() < MAX_LINE {
-            self.line.push(b);
-        } else {
+        self.push_run(&[b]);
+    }
+
+    /// [`Self::push`] for each byte of `run` (no LF in it), in one go.
+    fn push_run(&mut self, run: &[u8]) {
+        let Some(&last) = run.last() else {
+            return;
+        };
+        self.line_len += run.len();
+        self.last = last;
+        let room = MAX_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&run[..room.min(run.len())]);
+        if run.len() > room {
             self.overlong = true;
         }
     }
