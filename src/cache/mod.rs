@@ -1,0 +1,802 @@
+//! The response cache: exact-match answers for repeated requests, in up to three tiers (memory,
+//! Redis, disk), with single flight for identical requests in flight at once.
+//!
+//! Owns the key ([`key`]), the entry and its byte form ([`entry`]), the tiers, the lookup order
+//! (memory → Redis → disk; a hit in a lower tier fills the ones above), the fill of a missed
+//! answer (memory at once, disk and Redis through a bounded queue to one writer task: a full
+//! queue drops the write and counts it), single flight ([`flight`]), purges and statistics.
+//!
+//! It does not read HTTP bodies, relay, account or answer clients: the proxy calls
+//! [`Cache::look_up`] as one step of the request path, serves a [`Hit`], and hands the relay a
+//! [`Fill`] that it completes only for a whole, successful answer. Failure policy: the cache
+//! never fails a request. A tier that cannot answer (Redis down or slower than
+//! `cache.redis_timeout`, a disk error, a corrupt entry) is a miss; a write that cannot be made
+//! is dropped. It must not use `proxy`, `state` or `admin`.
+
+mod disk;
+pub mod entry;
+mod flight;
+pub mod key;
+mod redis;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use metrics::{Counter, Gauge};
+use tokio::sync::mpsc;
+
+use crate::config::{CacheStoreConfig, Config, ModelCacheConfig, Qualify, TeamCacheConfig, Tier};
+use crate::openai::{Body, Endpoint, Usage};
+use crate::secret::EnvSource;
+pub use entry::{Entry, Form};
+pub use key::Key;
+
+/// What the cache did for a request (`x-tollgate-cache`, the log line, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Hit,
+    Miss,
+    /// Not looked up nor written: the client said `no-store`, the team opted out, or the
+    /// request does not qualify.
+    Bypass,
+    /// Not looked up, written: the client said `no-cache`.
+    Refresh,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Hit => "hit",
+            Status::Miss => "miss",
+            Status::Bypass => "bypass",
+            Status::Refresh => "refresh",
+        }
+    }
+}
+
+/// What a client asked of the cache: `Cache-Control` and `x-tollgate-cache` (same syntax, for
+/// SDKs that cannot set `Cache-Control`), both read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    pub no_cache: bool,
+    pub no_store: bool,
+    pub max_age: Option<u64>,
+}
+
+/// The header SDKs can set in place of `Cache-Control`.
+pub const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-tollgate-cache");
+/// The tier a hit came from.
+pub const X_CACHE_TIER: http::HeaderName = http::HeaderName::from_static("x-tollgate-cache-tier");
+
+impl Directives {
+    pub fn read(headers: &HeaderMap) -> Directives {
+        let mut d = Directives::default();
+        let values = headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .chain(headers.get_all(X_CACHE).iter());
+        for v in values {
+            let Ok(v) = v.to_str() else { continue };
+            for token in v.split(',').map(str::trim) {
+                let lower = token.to_ascii_lowercase();
+                match lower.as_str() {
+                    "no-cache" => d.no_cache = true,
+                    "no-store" => d.no_store = true,
+                    _ => {
+                        if let Some(n) = lower.strip_prefix("max-age=") {
+                            if let Ok(n) = n.trim_matches('"').parse::<u64>() {
+                                d.max_age = Some(d.max_age.map_or(n, |m| m.min(n)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        d
+    }
+}
+
+/// The caches of every model, and the tiers they share.
+pub struct Cache {
+    models: HashMap<String, Arc<ModelCache>>,
+    shared: Arc<Shared>,
+}
+
+/// What every model's cache shares: the writer queue, the disk and Redis tiers, the flights in
+/// progress, counters. Kept over a reload that leaves `cache:` unchanged.
+struct Shared {
+    config: CacheStoreConfig,
+    writes: Option<mpsc::Sender<Write>>,
+    disk: Option<Arc<disk::Disk>>,
+    redis: Option<Arc<redis::RedisTier>>,
+    flights: flight::Flights,
+    stats: Stats,
+}
+
+/// One model's cache: its config and its memory tier.
+pub struct ModelCache {
+    name: Arc<str>,
+    config: ModelCacheConfig,
+    upstream_models: Vec<String>,
+    memory: Option<moka::sync::Cache<Key, Arc<Entry>>>,
+}
+
+/// A write for the writer task.
+enum Write {
+    Put {
+        key: Key,
+        entry: Arc<Entry>,
+        disk_max_bytes: Option<u64>,
+        redis: bool,
+    },
+    Touch(Key),
+    Remove(Key),
+}
+
+/// Counts per tier (memory, redis, disk, flight) for `GET /admin/cache` and metrics.
+struct Stats {
+    tiers: [TierStats; 4],
+    writes_dropped: Counter,
+    saved_usd: Gauge,
+    memory_bytes: Gauge,
+}
+
+struct TierStats {
+    label: &'static str,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    hit_counter: Counter,
+    miss_counter: Counter,
+}
+
+const FLIGHT: usize = 3;
+
+fn tier_index(t: Tier) -> usize {
+    match t {
+        Tier::Memory => 0,
+        Tier::Redis => 1,
+        Tier::Disk => 2,
+    }
+}
+
+impl Stats {
+    fn new() -> Stats {
+        // Handles made once per `cache:` config; the recorder is installed first.
+        let _ = crate::telemetry::Metrics::global();
+        let tier = |label: &'static str| TierStats {
+            label,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            hit_counter: metrics::counter!("tollgate_cache_hits_total", "tier" => label),
+            miss_counter: metrics::counter!("tollgate_cache_misses_total", "tier" => label),
+        };
+        Stats {
+            tiers: [tier("memory"), tier("redis"), tier("disk"), tier("flight")],
+            writes_dropped: metrics::counter!("tollgate_cache_writes_dropped_total"),
+            saved_usd: metrics::gauge!("tollgate_cache_saved_usd"),
+            memory_bytes: metrics::gauge!("tollgate_cache_bytes", "tier" => "memory"),
+        }
+    }
+    fn hit(&self, i: usize) {
+        self.tiers[i].hits.fetch_add(1, Ordering::Relaxed);
+        self.tiers[i].hit_counter.increment(1);
+    }
+    fn miss(&self, i: usize) {
+        self.tiers[i].misses.fetch_add(1, Ordering::Relaxed);
+        self.tiers[i].miss_counter.increment(1);
+    }
+}
+
+/// A request as the cache sees it (after shaping).
+pub struct Request<'a> {
+    pub endpoint: Endpoint,
+    pub model: &'a str,
+    pub team: &'a str,
+    pub team_config: Option<&'a TeamCacheConfig>,
+    pub stream: bool,
+    pub body: &'a Body,
+    pub directives: Directives,
+}
+
+/// The outcome of a lookup.
+pub enum Lookup {
+    /// The model has no cache: nothing is said.
+    Off,
+    Bypass,
+    Hit(Hit),
+    /// Not found (or `no-cache`): the answer is to be written through the fill.
+    Miss(Fill),
+    Refresh(Fill),
+}
+
+/// A cached answer for this request.
+pub struct Hit {
+    pub entry: Arc<Entry>,
+    /// Where it came from: `memory`, `redis`, `disk` or `flight` (an identical request's answer).
+    pub tier: &'static str,
+}
+
+/// A ticket to write a missed answer: complete it with [`Fill::json`] or through a [`Capture`];
+/// dropping it writes nothing (and lets identical requests waiting on it go upstream).
+pub struct Fill {
+    model: Arc<ModelCache>,
+    shared: Arc<Shared>,
+    key: Key,
+    team: Arc<str>,
+    ttl: Duration,
+    /// The answer is a stream (captured), not a JSON body.
+    stream: bool,
+    _leader: Option<flight::Leader>,
+}
+
+impl Cache {
+    /// Build from a config, keeping what `previous` had where its config did not change: the
+    /// shared tiers and writer when `cache:` is the same, a model's memory tier when its cache
+    /// config and upstream models are.
+    pub fn from_config(
+        config: &Config,
+        env: &dyn EnvSource,
+        previous: Option<&Cache>,
+    ) -> Result<Cache, String> {
+        let shared = match previous {
+            Some(p) if p.shared.config == config.cache => p.shared.clone(),
+            _ => Arc::new(Shared::new(config, env)?),
+        };
+        let mut models = HashMap::new();
+        for (name, m) in &config.models {
+            let Some(c) = &m.cache else { continue };
+            let upstream_models: Vec<String> = m
+                .targets
+                .iter()
+                .map(|t| {
+                    config
+                        .upstreams
+                        .get(&t.upstream)
+                        .and_then(|u| u.model.clone())
+                        .unwrap_or_else(|| name.clone())
+                })
+                .collect();
+            let kept = previous
+                .and_then(|p| p.models.get(name))
+                .filter(|old| old.config == *c && old.upstream_models == upstream_models)
+                .cloned();
+            let mc = match kept {
+                Some(k) => k,
+                None => Arc::new(ModelCache::new(name, c.clone(), upstream_models)),
+            };
+            models.insert(name.clone(), mc);
+        }
+        Ok(Cache { models, shared })
+    }
+
+    /// Look a request up: a hit, or a fill for its answer. Never an error.
+    pub async fn look_up(&self, req: &Request<'_>) -> Lookup {
+        let Some(model) = self.models.get(req.model) else {
+            return Lookup::Off;
+        };
+        let team_cfg = req.team_config;
+        let qualify = team_cfg
+            .and_then(|t| t.qualify)
+            .unwrap_or(model.config.qualify);
+        if team_cfg.is_some_and(|t| !t.enabled)
+            || req.directives.no_store
+            || (qualify == Qualify::Deterministic && !key::deterministic(req.endpoint, req.body))
+        {
+            return Lookup::Bypass;
+        }
+        let scope = key::Scope {
+            endpoint: req.endpoint,
+            model: req.model,
+            upstream_models: &model.upstream_models,
+            team: (!model.config.shared).then_some(req.team),
+            stream: req.stream,
+        };
+        let Some(key) = key::key(&scope, req.body) else {
+            return Lookup::Bypass;
+        };
+        let ttl = team_cfg.and_then(|t| t.ttl).unwrap_or(model.config.ttl).0;
+        let team: Arc<str> = if model.config.shared {
+            Arc::from("")
+        } else {
+            Arc::from(req.team)
+        };
+        let fill = |leader| Fill {
+            model: model.clone(),
+            shared: self.shared.clone(),
+            key,
+            team: team.clone(),
+            ttl,
+            stream: req.stream,
+            _leader: leader,
+        };
+        if req.directives.no_cache {
+            return Lookup::Refresh(fill(None));
+        }
+        let fresh = Freshness::new(req.directives.max_age);
+        if let Some(hit) = self.find(model, &key, &team, &fresh).await {
+            return Lookup::Hit(hit);
+        }
+        if !model.config.single_flight.enabled {
+            return Lookup::Miss(fill(None));
+        }
+        match self.shared.flights.join(key) {
+            flight::Joined::Leader(leader) => {
+                // An identical request may have finished between the lookup and now.
+                if let Some(hit) = model.memory_get(&key, &fresh) {
+                    self.shared.stats.hit(0);
+                    return Lookup::Hit(hit);
+                }
+                Lookup::Miss(fill(Some(leader)))
+            }
+            flight::Joined::Follower(rx) => {
+                let wait = model.config.single_flight.max_wait.0;
+                match flight::wait(rx, wait).await {
+                    Some(entry) => {
+                        self.shared.stats.hit(FLIGHT);
+                        Lookup::Hit(Hit {
+                            entry,
+                            tier: "flight",
+                        })
+                    }
+                    None => Lookup::Miss(fill(None)),
+                }
+            }
+        }
+    }
+
+    /// Memory, then Redis, then disk; a hit below fills the tiers above.
+    async fn find(
+        &self,
+        model: &Arc<ModelCache>,
+        key: &Key,
+        team: &str,
+        fresh: &Freshness,
+    ) -> Option<Hit> {
+        let stats = &self.shared.stats;
+        if model.memory.is_some() {
+            if let Some(hit) = model.memory_get(key, fresh) {
+                stats.hit(0);
+                return Some(hit);
+            }
+            stats.miss(0);
+        }
+        let tiers = &model.config.tiers;
+        if let (true, Some(r)) = (tiers.contains(&Tier::Redis), &self.shared.redis) {
+            match r.get(&model.name, team, key).await.filter(|e| fresh.ok(e)) {
+                Some(e) => {
+                    stats.hit(tier_index(Tier::Redis));
+                    return Some(self.promoted(model, key, e, Tier::Redis));
+                }
+                None => stats.miss(tier_index(Tier::Redis)),
+            }
+        }
+        if let (true, Some(d)) = (tiers.contains(&Tier::Disk), &self.shared.disk) {
+            match d.get(key, &model.name).await {
+                disk::Got::Entry(e) if fresh.ok(&e) => {
+                    stats.hit(tier_index(Tier::Disk));
+                    self.shared.queue(Write::Touch(*key));
+                    return Some(self.promoted(model, key, e, Tier::Disk));
+                }
+                disk::Got::Corrupt => {
+                    self.shared.queue(Write::Remove(*key));
+                    stats.miss(tier_index(Tier::Disk));
+                }
+                _ => stats.miss(tier_index(Tier::Disk)),
+            }
+        }
+        None
+    }
+
+    /// A lower tier's hit, copied into the tiers above it.
+    fn promoted(&self, model: &ModelCache, key: &Key, e: Entry, from: Tier) -> Hit {
+        let entry = Arc::new(e);
+        model.memory_put(key, &entry, &self.shared);
+        if from == Tier::Disk && model.config.tiers.contains(&Tier::Redis) {
+            self.shared.queue(Write::Put {
+                key: *key,
+                entry: entry.clone(),
+                disk_max_bytes: None,
+                redis: true,
+            });
+        }
+        Hit {
+            entry,
+            tier: from.label(),
+        }
+    }
+
+    /// A hit saved this much upstream spend.
+    pub fn saved(&self, usd: f64) {
+        if usd.is_finite() && usd > 0.0 {
+            self.shared.stats.saved_usd.increment(usd);
+        }
+    }
+
+    /// Sizes and counts per tier (`GET /admin/cache`).
+    pub async fn stats(&self) -> serde_json::Value {
+        let mut memory_bytes = 0;
+        let mut memory_entries = 0;
+        let mut models = serde_json::Map::new();
+        for (name, m) in &self.models {
+            if let Some(mem) = &m.memory {
+                mem.run_pending_tasks();
+                memory_bytes += mem.weighted_size();
+                memory_entries += mem.entry_count();
+            }
+            let tiers: Vec<&str> = m.config.tiers.iter().map(|t| t.label()).collect();
+            models.insert(name.clone(), serde_json::json!({ "tiers": tiers }));
+        }
+        let mut tiers = serde_json::Map::new();
+        for t in &self.shared.stats.tiers {
+            let hits = t.hits.load(Ordering::Relaxed);
+            let misses = t.misses.load(Ordering::Relaxed);
+            let ratio = if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            };
+            tiers.insert(
+                t.label.to_owned(),
+                serde_json::json!({"hits": hits, "misses": misses, "hit_ratio": ratio}),
+            );
+        }
+        let set = |tiers: &mut serde_json::Map<String, serde_json::Value>, t: &str, b: u64, n: u64| {
+            if let Some(serde_json::Value::Object(o)) = tiers.get_mut(t) {
+                o.insert("bytes".into(), serde_json::json!(b));
+                o.insert("entries".into(), serde_json::json!(n));
+            }
+        };
+        set(&mut tiers, "memory", memory_bytes, memory_entries);
+        if let Some(d) = &self.shared.disk {
+            let (b, n) = d.size().await;
+            set(&mut tiers, "disk", b.max(0) as u64, n.max(0) as u64);
+        }
+        serde_json::json!({ "tiers": tiers, "models": models })
+    }
+
+    /// Remove entries: all, or a model's, or a team's (or a model's for one team). Returns
+    /// whether every tier could be purged (Redis or disk may be unreachable).
+    pub async fn purge(&self, model: Option<&str>, team: Option<&str>) -> bool {
+        for (name, m) in &self.models {
+            if model.is_some_and(|want| want != name) {
+                continue;
+            }
+            if let Some(mem) = &m.memory {
+                match team {
+                    None => mem.invalidate_all(),
+                    Some(t) => {
+                        let t: Arc<str> = Arc::from(t);
+                        if mem.invalidate_entries_if(move |_, e| e.team == t).is_err() {
+                            mem.invalidate_all();
+                        }
+                    }
+                }
+            }
+        }
+        let mut ok = true;
+        if let Some(d) = &self.shared.disk {
+            ok &= d.purge(model, team).await;
+        }
+        if let Some(r) = &self.shared.redis {
+            ok &= r.purge(model, team).await;
+        }
+        ok
+    }
+}
+
+impl Shared {
+    fn new(config: &Config, env: &dyn EnvSource) -> Result<Shared, String> {
+        let cfg = &config.cache;
+        let models = config.models.values().filter_map(|m| m.cache.as_ref());
+        let (mut wants_disk, mut wants_redis) = (false, false);
+        for c in models {
+            wants_disk |= c.tiers.contains(&Tier::Disk);
+            wants_redis |= c.tiers.contains(&Tier::Redis);
+        }
+        let disk = wants_disk
+            .then(|| disk::Disk::open(&cfg.disk_path))
+            .transpose()?
+            .map(Arc::new);
+        let redis = match (&cfg.redis_url, wants_redis) {
+            (Some(url), true) => {
+                let url = url.resolve(env).map_err(|m| format!("cache.redis_url: {m}"))?;
+                Some(Arc::new(redis::RedisTier::new(
+                    url.expose(),
+                    &cfg.redis_prefix,
+                    cfg.redis_timeout.0,
+                )?))
+            }
+            _ => None,
+        };
+        let stats = Stats::new();
+        let writes = if disk.is_some() || redis.is_some() {
+            let (tx, rx) = mpsc::channel(cfg.write_queue);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(writer(rx, disk.clone(), redis.clone()));
+                    Some(tx)
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        Ok(Shared {
+            config: cfg.clone(),
+            writes,
+            disk,
+            redis,
+            flights: flight::Flights::default(),
+            stats,
+        })
+    }
+
+    /// Queue a write for the writer task; a full queue drops it (counted).
+    fn queue(&self, w: Write) {
+        if let Some(tx) = &self.writes {
+            if tx.try_send(w).is_err() {
+                self.stats.writes_dropped.increment(1);
+            }
+        }
+    }
+}
+
+/// The writer task: disk and Redis writes, in order, off the request path. Ends when the cache
+/// (every sender) is gone.
+async fn writer(
+    mut rx: mpsc::Receiver<Write>,
+    disk: Option<Arc<disk::Disk>>,
+    redis: Option<Arc<redis::RedisTier>>,
+) {
+    let written = metrics::counter!("tollgate_cache_writes_total");
+    while let Some(w) = rx.recv().await {
+        match w {
+            Write::Put {
+                key,
+                entry,
+                disk_max_bytes,
+                redis: to_redis,
+            } => {
+                if let (Some(max), Some(d)) = (disk_max_bytes, &disk) {
+                    d.put(&key, &entry, max).await;
+                }
+                if let (true, Some(r)) = (to_redis, &redis) {
+                    r.put(&key, &entry).await;
+                }
+                written.increment(1);
+            }
+            Write::Touch(key) => {
+                if let Some(d) = &disk {
+                    d.touch(&key).await;
+                }
+            }
+            Write::Remove(key) => {
+                if let Some(d) = &disk {
+                    d.remove(&key).await;
+                }
+            }
+        }
+    }
+}
+
+impl ModelCache {
+    fn new(name: &str, config: ModelCacheConfig, upstream_models: Vec<String>) -> ModelCache {
+        let memory = config.tiers.contains(&Tier::Memory).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.max_bytes.memory)
+                .weigher(|_k: &Key, e: &Arc<Entry>| {
+                    u32::try_from(e.weight()).unwrap_or(u32::MAX)
+                })
+                .time_to_live(config.ttl.0)
+                .support_invalidation_closures()
+                .build()
+        });
+        ModelCache {
+            name: Arc::from(name),
+            config,
+            upstream_models,
+            memory,
+        }
+    }
+
+    fn memory_get(&self, key: &Key, fresh: &Freshness) -> Option<Hit> {
+        let entry = self.memory.as_ref()?.get(key)?;
+        fresh.ok(&entry).then_some(Hit {
+            entry,
+            tier: "memory",
+        })
+    }
+
+    fn memory_put(&self, key: &Key, entry: &Arc<Entry>, shared: &Shared) {
+        if let Some(mem) = &self.memory {
+            mem.insert(*key, entry.clone());
+            shared.stats.memory_bytes.set(mem.weighted_size() as f64);
+        }
+    }
+}
+
+/// Which entries a request accepts: unexpired, and no older than its `max-age`.
+struct Freshness {
+    now_ms: u64,
+    max_age_ms: Option<u64>,
+}
+
+impl Freshness {
+    fn new(max_age: Option<u64>) -> Freshness {
+        Freshness {
+            now_ms: now_ms(),
+            max_age_ms: max_age.map(|s| s.saturating_mul(1000)),
+        }
+    }
+    fn ok(&self, e: &Entry) -> bool {
+        self.now_ms < e.expires_ms
+            && self
+                .max_age_ms
+                .is_none_or(|m| self.now_ms.saturating_sub(e.created_ms) <= m)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Fill {
+    /// Largest answer this fill keeps.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.model.config.max_entry_bytes
+    }
+
+    /// Write a whole non-stream answer (a 200 the upstream sent whole); nothing for a stream
+    /// request (an upstream that answered it with JSON).
+    pub fn json(self, body: Bytes, usage: Option<Usage>) {
+        if self.stream || body.len() as u64 > self.max_entry_bytes() {
+            return;
+        }
+        self.commit(Form::Json, body, Bytes::new(), usage);
+    }
+
+    /// Start capturing a stream (`None` for a non-stream request).
+    pub fn capture(self) -> Option<Capture> {
+        self.stream.then(|| Capture {
+            buf: BytesMut::new(),
+            usage_event: Bytes::new(),
+            finished: false,
+            done: false,
+            fill: Some(self),
+        })
+    }
+
+    fn commit(self, form: Form, body: Bytes, usage_event: Bytes, usage: Option<Usage>) {
+        let now = now_ms();
+        let entry = Arc::new(Entry {
+            form,
+            model: self.model.name.clone(),
+            team: self.team.clone(),
+            created_ms: now,
+            expires_ms: now.saturating_add(self.ttl.as_millis() as u64),
+            usage,
+            body,
+            usage_event,
+        });
+        self.model.memory_put(&self.key, &entry, &self.shared);
+        let tiers = &self.model.config.tiers;
+        let disk = tiers.contains(&Tier::Disk);
+        let redis = tiers.contains(&Tier::Redis);
+        if disk || redis {
+            self.shared.queue(Write::Put {
+                key: self.key,
+                entry: entry.clone(),
+                disk_max_bytes: disk.then_some(self.model.config.max_bytes.disk),
+                redis,
+            });
+        }
+        if let Some(l) = &self._leader {
+            l.done(entry);
+        }
+    }
+}
+
+/// A stream being captured for the cache: its events appended to one buffer, up to the model's
+/// `max_entry_bytes` (past it the capture stops and nothing is written).
+pub struct Capture {
+    fill: Option<Fill>,
+    buf: BytesMut,
+    usage_event: Bytes,
+    /// A choice's finish reason was seen.
+    finished: bool,
+    /// `[DONE]` came after it.
+    done: bool,
+}
+
+/// An SSE event as the relay read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A content chunk (or any other event); `finish`: it carries a finish reason.
+    Content { finish: bool },
+    /// The usage-only chunk (no choices).
+    UsageOnly,
+    Done,
+}
+
+impl Capture {
+    /// Note one whole event of the live stream.
+    pub fn event(&mut self, bytes: &[u8], kind: Event) {
+        let Some(fill) = &self.fill else { return };
+        let limit = fill.max_entry_bytes();
+        match kind {
+            Event::Done => {
+                self.done = self.finished;
+                return;
+            }
+            Event::UsageOnly => self.usage_event = Bytes::copy_from_slice(bytes),
+            Event::Content { finish } => {
+                self.finished |= finish;
+                self.buf.extend_from_slice(bytes);
+            }
+        }
+        if (self.buf.len() + self.usage_event.len()) as u64 > limit {
+            // Too big to keep: stop capturing, release the memory now.
+            self.fill = None;
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Whether it still captures.
+    pub fn active(&self) -> bool {
+        self.fill.is_some()
+    }
+
+    /// The stream ended cleanly: written when it was complete (`[DONE]` after a finish reason).
+    pub fn complete(&mut self, usage: Option<Usage>) {
+        let Some(fill) = self.fill.take() else { return };
+        if self.done {
+            let body = std::mem::take(&mut self.buf).freeze();
+            fill.commit(Form::Sse, body, std::mem::take(&mut self.usage_event), usage);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_from_either_header() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CACHE_CONTROL, "no-cache, max-age=60".parse().unwrap());
+        h.insert(X_CACHE, "max-age=10".parse().unwrap());
+        let d = Directives::read(&h);
+        assert!(d.no_cache && !d.no_store);
+        assert_eq!(d.max_age, Some(10));
+        let mut h = HeaderMap::new();
+        h.insert(X_CACHE, "No-Store".parse().unwrap());
+        assert!(Directives::read(&h).no_store);
+    }
+
+    #[test]
+    fn freshness_honours_expiry_and_max_age() {
+        let e = |created_ms, expires_ms| Entry {
+            form: Form::Json,
+            model: "m".into(),
+            team: "".into(),
+            created_ms,
+            expires_ms,
+            usage: None,
+            body: Bytes::new(),
+            usage_event: Bytes::new(),
+        };
+        let f = Freshness {
+            now_ms: 100_000,
+            max_age_ms: Some(10_000),
+        };
+        assert!(f.ok(&e(95_000, 200_000)));
+        assert!(!f.ok(&e(80_000, 200_000)));
+        assert!(!f.ok(&e(99_000, 100_000)));
+    }
+}
