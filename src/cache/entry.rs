@@ -185,7 +185,10 @@ mod tests {
         let e = entry();
         let with: Vec<u8> = e.replay(true).concat();
         let without: Vec<u8> = e.replay(false).concat();
-        assert_eq!(with, b"data: {}\n\ndata: {\"usage\":{}}\n\ndata: [DONE]\n\n");
+        assert_eq!(
+            with,
+            b"data: {}\n\ndata: {\"usage\":{}}\n\ndata: [DONE]\n\n"
+        );
         assert_eq!(without, b"data: {}\n\ndata: [DONE]\n\n");
     }
 }

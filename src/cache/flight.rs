@@ -97,8 +97,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn followers_get_the_leaders_answer() {
         let f = Flights::default();
-        let Joined::Leader(l) = f.join(Key([1; 32])) else { panic!("leader") };
-        let Joined::Follower(rx) = f.join(Key([1; 32])) else { panic!("follower") };
+        let Joined::Leader(l) = f.join(Key([1; 32])) else {
+            panic!("leader")
+        };
+        let Joined::Follower(rx) = f.join(Key([1; 32])) else {
+            panic!("follower")
+        };
         let waiting = tokio::spawn(wait(rx, Duration::from_secs(5)));
         l.done(entry());
         drop(l);
@@ -109,8 +113,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_that_fails_releases_its_followers_at_once() {
         let f = Flights::default();
-        let Joined::Leader(l) = f.join(Key([2; 32])) else { panic!("leader") };
-        let Joined::Follower(rx) = f.join(Key([2; 32])) else { panic!("follower") };
+        let Joined::Leader(l) = f.join(Key([2; 32])) else {
+            panic!("leader")
+        };
+        let Joined::Follower(rx) = f.join(Key([2; 32])) else {
+            panic!("follower")
+        };
         let waiting = tokio::spawn(wait(rx, Duration::from_secs(3600)));
         drop(l);
         assert!(waiting.await.unwrap().is_none());
@@ -119,8 +127,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_follower_waits_no_longer_than_max_wait() {
         let f = Flights::default();
-        let Joined::Leader(_l) = f.join(Key([3; 32])) else { panic!("leader") };
-        let Joined::Follower(rx) = f.join(Key([3; 32])) else { panic!("follower") };
+        let Joined::Leader(_l) = f.join(Key([3; 32])) else {
+            panic!("leader")
+        };
+        let Joined::Follower(rx) = f.join(Key([3; 32])) else {
+            panic!("follower")
+        };
         let t0 = tokio::time::Instant::now();
         assert!(wait(rx, Duration::from_secs(2)).await.is_none());
         assert_eq!(t0.elapsed(), Duration::from_secs(2));

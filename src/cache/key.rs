@@ -168,9 +168,18 @@ mod tests {
 
     #[test]
     fn key_order_and_number_spelling_do_not_matter() {
-        let a = k(r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#, None);
-        let b = k(r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0.0,"model":"m"}"#, None);
-        let c = k(r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0e3,"model":"m"}"#, None);
+        let a = k(
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+        );
+        let b = k(
+            r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0.0,"model":"m"}"#,
+            None,
+        );
+        let c = k(
+            r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0e3,"model":"m"}"#,
+            None,
+        );
         assert_eq!(a, b);
         assert_eq!(a, c);
     }
@@ -178,7 +187,10 @@ mod tests {
     #[test]
     fn user_stream_and_stream_options_do_not_matter_but_other_fields_do() {
         let a = k(r#"{"model":"m","messages":[]}"#, None);
-        let b = k(r#"{"model":"m","messages":[],"user":"u1","stream":false,"stream_options":{"include_usage":true}}"#, None);
+        let b = k(
+            r#"{"model":"m","messages":[],"user":"u1","stream":false,"stream_options":{"include_usage":true}}"#,
+            None,
+        );
         assert_eq!(a, b);
         assert_ne!(a, k(r#"{"model":"m","messages":[],"max_tokens":5}"#, None));
         assert_ne!(a, k(r#"{"model":"m","messages":[" "]}"#, None));
@@ -193,7 +205,12 @@ mod tests {
 
     #[test]
     fn deterministic_needs_zero_temperature_or_a_seed_and_one_completion() {
-        let d = |s: &str| deterministic(Endpoint::Chat, &Body::parse(Bytes::from(s.to_owned())).unwrap());
+        let d = |s: &str| {
+            deterministic(
+                Endpoint::Chat,
+                &Body::parse(Bytes::from(s.to_owned())).unwrap(),
+            )
+        };
         assert!(d(r#"{"temperature":0}"#));
         assert!(d(r#"{"seed":7,"temperature":0.9}"#));
         assert!(!d(r#"{"temperature":0.2}"#));

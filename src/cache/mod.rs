@@ -444,12 +444,13 @@ impl Cache {
                 serde_json::json!({"hits": hits, "misses": misses, "hit_ratio": ratio}),
             );
         }
-        let set = |tiers: &mut serde_json::Map<String, serde_json::Value>, t: &str, b: u64, n: u64| {
-            if let Some(serde_json::Value::Object(o)) = tiers.get_mut(t) {
-                o.insert("bytes".into(), serde_json::json!(b));
-                o.insert("entries".into(), serde_json::json!(n));
-            }
-        };
+        let set =
+            |tiers: &mut serde_json::Map<String, serde_json::Value>, t: &str, b: u64, n: u64| {
+                if let Some(serde_json::Value::Object(o)) = tiers.get_mut(t) {
+                    o.insert("bytes".into(), serde_json::json!(b));
+                    o.insert("entries".into(), serde_json::json!(n));
+                }
+            };
         set(&mut tiers, "memory", memory_bytes, memory_entries);
         if let Some(d) = &self.shared.disk {
             let (b, n) = d.size().await;
@@ -503,7 +504,9 @@ impl Shared {
             .map(Arc::new);
         let redis = match (&cfg.redis_url, wants_redis) {
             (Some(url), true) => {
-                let url = url.resolve(env).map_err(|m| format!("cache.redis_url: {m}"))?;
+                let url = url
+                    .resolve(env)
+                    .map_err(|m| format!("cache.redis_url: {m}"))?;
                 Some(Arc::new(redis::RedisTier::new(
                     url.expose(),
                     &cfg.redis_prefix,
@@ -588,9 +591,7 @@ impl ModelCache {
         let memory = config.tiers.contains(&Tier::Memory).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.max_bytes.memory)
-                .weigher(|_k: &Key, e: &Arc<Entry>| {
-                    u32::try_from(e.weight()).unwrap_or(u32::MAX)
-                })
+                .weigher(|_k: &Key, e: &Arc<Entry>| u32::try_from(e.weight()).unwrap_or(u32::MAX))
                 .time_to_live(config.ttl.0)
                 .support_invalidation_closures()
                 .build()
@@ -718,7 +719,9 @@ pub struct Capture {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// A content chunk (or any other event); `finish`: it carries a finish reason.
-    Content { finish: bool },
+    Content {
+        finish: bool,
+    },
     /// The usage-only chunk (no choices).
     UsageOnly,
     Done,
@@ -757,7 +760,12 @@ impl Capture {
         let Some(fill) = self.fill.take() else { return };
         if self.done {
             let body = std::mem::take(&mut self.buf).freeze();
-            fill.commit(Form::Sse, body, std::mem::take(&mut self.usage_event), usage);
+            fill.commit(
+                Form::Sse,
+                body,
+                std::mem::take(&mut self.usage_event),
+                usage,
+            );
         }
     }
 }
@@ -769,7 +777,10 @@ mod tests {
     #[test]
     fn directives_from_either_header() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::CACHE_CONTROL, "no-cache, max-age=60".parse().unwrap());
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "no-cache, max-age=60".parse().unwrap(),
+        );
         h.insert(X_CACHE, "max-age=10".parse().unwrap());
         let d = Directives::read(&h);
         assert!(d.no_cache && !d.no_store);

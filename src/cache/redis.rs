@@ -68,7 +68,9 @@ impl RedisTier {
     }
 
     pub(super) async fn get(&self, model: &str, team: &str, key: &Key) -> Option<Entry> {
-        let cmd = ::redis::cmd("GET").arg(self.name(model, team, key)).to_owned();
+        let cmd = ::redis::cmd("GET")
+            .arg(self.name(model, team, key))
+            .to_owned();
         let raw: Option<Vec<u8>> = self.run(&cmd).await.flatten();
         Entry::decode(raw?.into())
     }

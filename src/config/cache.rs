@@ -207,7 +207,10 @@ impl Config {
         for (name, t) in &self.teams {
             if let Some(ttl) = t.cache.as_ref().and_then(|c| c.ttl) {
                 if ttl.0 < Duration::from_secs(1) {
-                    return Err(err(format!("teams.{name}.cache.ttl"), "must be at least 1s"));
+                    return Err(err(
+                        format!("teams.{name}.cache.ttl"),
+                        "must be at least 1s",
+                    ));
                 }
             }
         }

@@ -58,7 +58,12 @@ pub(super) async fn look_up(
 }
 
 /// Answer a hit; the ledger accounts it (no tokens, no cost) as it drops here.
-pub(super) fn serve(snap: &Snapshot, hit: Hit, include_usage: bool, mut ledger: Ledger) -> Response {
+pub(super) fn serve(
+    snap: &Snapshot,
+    hit: Hit,
+    include_usage: bool,
+    mut ledger: Ledger,
+) -> Response {
     let e = &hit.entry;
     if let (Some(u), Some(price)) = (e.usage, snap.limiter.prices().get(&e.model)) {
         snap.cache.saved(price.cost_of(u) as f64 / 1e9);

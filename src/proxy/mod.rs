@@ -94,8 +94,16 @@ async fn run(
     ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
 
     // look up (cache): an exact-match answer ends the path here; a miss carries its fill.
-    let looked =
-        cached::look_up(&snap, endpoint, &caller.team, team, &shaped, &json, &parts.headers).await;
+    let looked = cached::look_up(
+        &snap,
+        endpoint,
+        &caller.team,
+        team,
+        &shaped,
+        &json,
+        &parts.headers,
+    )
+    .await;
     let cache = match looked {
         cached::Looked::Off => None,
         cached::Looked::Hit(hit) => {
@@ -187,6 +195,10 @@ fn refuse(e: ApiError, mut ledger: Ledger) -> Response {
     // Errors after admission carry the limiter's headers too.
     if let Some(rate) = ledger.rate_headers() {
         rate.apply(resp.headers_mut());
+    }
+    if let Some(c) = ledger.cache_label() {
+        resp.headers_mut()
+            .insert(crate::cache::X_CACHE, HeaderValue::from_static(c));
     }
     let attempts = ledger.attempts();
     if attempts > 0 {

@@ -82,7 +82,10 @@ fn event_len(buf: &[u8]) -> Option<usize> {
 
 pub(super) enum Seen {
     Content,
-    Usage { usage: Usage, usage_only: bool },
+    Usage {
+        usage: Usage,
+        usage_only: bool,
+    },
     /// `data: [DONE]`.
     Done,
     Other,
@@ -165,9 +168,15 @@ mod tests {
 
     #[test]
     fn finish_reason_is_a_string_not_null() {
-        assert!(finish_reason(br#"data: {"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
-        assert!(finish_reason(br#"data: {"choices":[{"finish_reason" : "length"}]}"#));
-        assert!(!finish_reason(br#"data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#));
+        assert!(finish_reason(
+            br#"data: {"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        ));
+        assert!(finish_reason(
+            br#"data: {"choices":[{"finish_reason" : "length"}]}"#
+        ));
+        assert!(!finish_reason(
+            br#"data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#
+        ));
         assert!(!finish_reason(b"data: [DONE]"));
     }
 
