@@ -448,3 +448,225 @@ async fn a_hit_writes_a_cache_hit_usage_row_with_no_tokens_and_no_cost() {
         "the miss is billed: {p} tokens, {cost} USD"
     );
 }
+
+// ---- the disk tier ----
+
+/// Poll `/metrics` at `base` (bounded: 200 polls 25 ms apart) until the cache's writer has
+/// made at least `n` writes.
+async fn await_writes(base: &str, n: f64) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        let text = match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_cache_writes_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if v >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the cache writer did not make {n} writes");
+}
+
+async fn post(base: &str, body: &Value) -> Reply {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(DEMO_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    Reply::read(r).await
+}
+
+#[tokio::test]
+async fn the_disk_tier_survives_a_restart() {
+    let m = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("cache.db");
+    let cfg = config(
+        &m.base_url(),
+        "[memory, disk]",
+        &format!("disk_path: \"{}\"", disk.display()),
+    );
+    let body = det("m", "remember me across restarts", true);
+    let (first_dir, second_dir) = (dir.path().join("1"), dir.path().join("2"));
+    std::fs::create_dir_all(&first_dir).unwrap();
+    std::fs::create_dir_all(&second_dir).unwrap();
+
+    let (mut child, addr_file) = common::serve_binary(&first_dir, &cfg);
+    let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
+    let live = post(&base, &body).await;
+    assert_eq!((live.status, cache_of(&live).0), (200, "miss"));
+    await_writes(&base, 1.0).await;
+    child.kill().await.unwrap();
+
+    let (_child, addr_file) = common::serve_binary(&second_dir, &cfg);
+    let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
+    let hit = post(&base, &body).await;
+    assert_eq!((hit.status, cache_of(&hit)), (200, ("hit", "disk")));
+    assert_eq!(hit.body, live.body);
+    // The disk hit filled memory.
+    let again = post(&base, &body).await;
+    assert_eq!(cache_of(&again), ("hit", "memory"));
+    assert_eq!(m.request_count(), 1);
+}
+
+/// A gateway whose model `m` caches on disk only, at `disk`, holding `max` bytes.
+async fn disk_only(m: &MockUpstream, disk: &std::path::Path, max: &str) -> Gateway {
+    let cfg = config(
+        &m.base_url(),
+        "[disk], max_bytes: { disk: MAX }, max_entry_bytes: 1024",
+        &format!("disk_path: \"{}\"", disk.display()),
+    )
+    .replace("MAX", max);
+    Gateway::start(&cfg).await
+}
+
+async fn sqlite(path: &std::path::Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_corrupt_disk_entry_is_a_miss_and_is_removed() {
+    let m = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("cache.db");
+    let gw = disk_only(&m, &disk, "1000000").await;
+    let base = gw.url("");
+    let body = det("m", "corrupt me", false);
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "miss");
+    await_writes(&base, 1.0).await;
+    assert_eq!(
+        cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await),
+        ("hit", "disk")
+    );
+    let db = sqlite(&disk).await;
+    sqlx::query("UPDATE cache_entries SET value = x'00ff'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let r = ask(&gw, DEMO_KEY, &body, &[]).await;
+    assert_eq!((r.status, cache_of(&r).0), (200, "miss"));
+    // The corrupt row is removed (then the miss's answer written again: 2 writes before).
+    await_writes(&base, 2.0).await;
+    for _ in 0..200 {
+        let values: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM cache_entries")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        if values.iter().all(|v| v.0 != [0x00, 0xff]) {
+            assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "hit");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the corrupt entry was not removed");
+}
+
+#[tokio::test]
+async fn the_disk_tier_is_bounded_in_bytes_and_evicts_the_least_recently_used() {
+    let m = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("cache.db");
+    // Each answer weighs ~500 bytes: room for about four.
+    let gw = disk_only(&m, &disk, "2200").await;
+    let base = gw.url("");
+    let body = |i: usize| det("m", &format!("entry number {i}"), false);
+    for i in 0..3 {
+        ask(&gw, DEMO_KEY, &body(i), &[]).await;
+    }
+    await_writes(&base, 3.0).await;
+    // Entry 0 is used again: entry 1 is now the least recently used.
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body(0), &[]).await).1, "disk");
+    for i in 3..8 {
+        ask(&gw, DEMO_KEY, &body(i), &[]).await;
+        await_writes(&base, i as f64 + 1.0).await;
+    }
+    let db = sqlite(&disk).await;
+    let (total,): (i64,) = sqlx::query_as("SELECT COALESCE(SUM(size), 0) FROM cache_entries")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM cache_entries")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(total <= 2200, "{total} bytes on disk");
+    assert!(total > 0);
+    // Six fit: the two least recently used (1, then 2) went; 0, used again, stayed.
+    assert_eq!(count, 6, "{total} bytes in {count} entries");
+    for (i, want) in [(7, "hit"), (0, "hit"), (3, "hit"), (1, "miss"), (2, "miss")] {
+        assert_eq!(
+            cache_of(&ask(&gw, DEMO_KEY, &body(i), &[]).await).0,
+            want,
+            "entry {i}"
+        );
+    }
+}
+
+// ---- the Redis tier ----
+
+fn redis_cache(url: &str, prefix: &str) -> String {
+    format!("redis_url: \"{url}\", redis_prefix: \"{prefix}\", redis_timeout: 2s")
+}
+
+#[tokio::test]
+async fn two_gateways_share_hits_through_redis() {
+    let m = mock().await;
+    let prefix = format!("tg-cache-test-{:016x}:", rand::random::<u64>());
+    let cfg = config(
+        &m.base_url(),
+        "[memory, redis]",
+        &redis_cache(&common::redis_url(), &prefix),
+    );
+    let (a, b) = (Gateway::start(&cfg).await, Gateway::start(&cfg).await);
+    for stream in [false, true] {
+        let body = det("m", &format!("shared through redis {stream}"), stream);
+        let live = ask(&a, DEMO_KEY, &body, &[]).await;
+        assert_eq!(cache_of(&live).0, "miss");
+        await_writes(&a.url(""), if stream { 2.0 } else { 1.0 }).await;
+        let hit = ask(&b, DEMO_KEY, &body, &[]).await;
+        assert_eq!((hit.status, cache_of(&hit)), (200, ("hit", "redis")));
+        assert_eq!(hit.body, live.body);
+        assert_eq!(
+            cache_of(&ask(&b, DEMO_KEY, &body, &[]).await),
+            ("hit", "memory")
+        );
+    }
+    assert_eq!(m.request_count(), 2);
+    // A purge through one gateway reaches Redis for both.
+    let del = b
+        .client
+        .delete(b.url("/admin/cache?model=m"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    let body = det("m", "shared through redis false", false);
+    let c = Gateway::start(&cfg).await;
+    assert_eq!(cache_of(&ask(&c, DEMO_KEY, &body, &[]).await).0, "miss");
+}
+
+#[tokio::test]
+async fn redis_unreachable_makes_misses_never_errors() {
+    let m = mock().await;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("redis://{}", l.local_addr().unwrap());
+    drop(l);
+    let cfg = config(&m.base_url(), "[redis]", &redis_cache(&dead, "tg-dead:"));
+    let gw = Gateway::start(&cfg).await;
+    for stream in [false, true, false] {
+        let r = ask(&gw, DEMO_KEY, &det("m", "nobody home", stream), &[]).await;
+        assert_eq!((r.status, cache_of(&r).0), (200, "miss"), "{}", r.body);
+    }
+    assert_eq!(m.request_count(), 3);
+}
