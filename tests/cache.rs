@@ -27,6 +27,11 @@ async fn mock() -> MockUpstream {
 /// Models `m`, `shared` and `det-all` on the mock at `url`; `cache` is the top-level `cache:`
 /// section's body and `tiers` the tier list of `m`.
 fn config(url: &str, tiers: &str, cache: &str) -> String {
+    config_with(url, tiers, cache, "", "")
+}
+
+/// [`config`] with more teams and keys (YAML lines, indented as list entries).
+fn config_with(url: &str, tiers: &str, cache: &str, teams: &str, keys: &str) -> String {
     format!(
         r#"
 upstreams:
@@ -40,11 +45,11 @@ teams:
   demo: {{ models: ["*"] }}
   other: {{ models: ["*"] }}
   optout: {{ models: ["*"], cache: {{ enabled: false }} }}
-keys:
+{teams}keys:
   - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
   - {{ name: other, team: other, sha256: {other} }}
   - {{ name: optout, team: optout, sha256: {optout} }}
-admin:
+{keys}admin:
   sha256: {admin}
 cache: {{ {cache} }}
 "#,
@@ -669,4 +674,60 @@ async fn redis_unreachable_makes_misses_never_errors() {
         assert_eq!((r.status, cache_of(&r).0), (200, "miss"), "{}", r.body);
     }
     assert_eq!(m.request_count(), 3);
+}
+
+#[tokio::test]
+async fn the_example_config_shows_a_miss_then_a_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string("examples/cache.yaml").unwrap();
+    let cfg = example.replace(
+        "disk_path: tollgate-cache.db",
+        &format!("disk_path: \"{}\"", dir.path().join("cache.db").display()),
+    );
+    assert_ne!(cfg, example, "the example names its disk file");
+    let (_child, addr_file) = common::serve_binary(dir.path(), &cfg);
+    let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
+    let body = json!({"model": "mock-gpt", "temperature": 0,
+                      "messages": [{"role": "user", "content": "hello"}]});
+    let first = post(&base, &body).await;
+    assert_eq!((first.status, cache_of(&first).0), (200, "miss"), "{}", first.body);
+    let second = post(&base, &body).await;
+    assert_eq!((second.status, cache_of(&second)), (200, ("hit", "memory")));
+    assert_eq!(second.body, first.body);
+}
+
+#[tokio::test]
+async fn hits_count_as_requests_but_not_as_tokens() {
+    let m = mock().await;
+    let limited = "sk-limited-team";
+    let frugal = "sk-frugal-team";
+    let teams = "  limited: { models: [\"*\"], requests_per_minute: 3 }\n  \
+                 frugal: { models: [\"*\"], tokens_per_minute: 200 }\n";
+    let keys = format!(
+        "  - {{ name: limited, team: limited, sha256: {} }}\n  \
+         - {{ name: frugal, team: frugal, sha256: {} }}\n",
+        sha256_hex(limited),
+        sha256_hex(frugal)
+    );
+    let cfg = config_with(&m.base_url(), "[memory]", "", teams, &keys);
+    let gw = Gateway::start(&cfg).await;
+    let mut body = det("m", "count me", false);
+    body["max_tokens"] = json!(20);
+    let statuses: Vec<(u16, String)> = {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let r = ask(&gw, limited, &body, &[]).await;
+            out.push((r.status, cache_of(&r).0.to_owned()));
+        }
+        out
+    };
+    // A hit is a request: the fourth is past 3 a minute.
+    assert_eq!(statuses[..3].iter().map(|s| s.0).collect::<Vec<_>>(), [200, 200, 200]);
+    assert_eq!(statuses[1].1, "hit");
+    assert_eq!(statuses[3].0, 429);
+    // Its tokens are given back: far more hits than 200 tokens a minute would allow.
+    for i in 0..20 {
+        let r = ask(&gw, frugal, &body, &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
 }
