@@ -690,7 +690,12 @@ async fn the_example_config_shows_a_miss_then_a_hit() {
     let body = json!({"model": "mock-gpt", "temperature": 0,
                       "messages": [{"role": "user", "content": "hello"}]});
     let first = post(&base, &body).await;
-    assert_eq!((first.status, cache_of(&first).0), (200, "miss"), "{}", first.body);
+    assert_eq!(
+        (first.status, cache_of(&first).0),
+        (200, "miss"),
+        "{}",
+        first.body
+    );
     let second = post(&base, &body).await;
     assert_eq!((second.status, cache_of(&second)), (200, ("hit", "memory")));
     assert_eq!(second.body, first.body);
@@ -722,7 +727,10 @@ async fn hits_count_as_requests_but_not_as_tokens() {
         out
     };
     // A hit is a request: the fourth is past 3 a minute.
-    assert_eq!(statuses[..3].iter().map(|s| s.0).collect::<Vec<_>>(), [200, 200, 200]);
+    assert_eq!(
+        statuses[..3].iter().map(|s| s.0).collect::<Vec<_>>(),
+        [200, 200, 200]
+    );
     assert_eq!(statuses[1].1, "hit");
     assert_eq!(statuses[3].0, 429);
     // Its tokens are given back: far more hits than 200 tokens a minute would allow.
@@ -730,4 +738,44 @@ async fn hits_count_as_requests_but_not_as_tokens() {
         let r = ask(&gw, frugal, &body, &[]).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
     }
+}
+
+#[tokio::test]
+async fn redis_hanging_or_stopped_mid_test_makes_misses_never_errors() {
+    let m = mock().await;
+    let target: std::net::SocketAddr = common::redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("the test Redis URL is host:port: {e}"));
+    let relay = common::Relay::start(target).await;
+    let prefix = format!("tg-cache-test-{:016x}:", rand::random::<u64>());
+    let cfg = config(
+        &m.base_url(),
+        "[redis]",
+        &format!(
+            "redis_url: \"redis://{}\", redis_prefix: \"{prefix}\", redis_timeout: 200ms",
+            relay.addr
+        ),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let body = det("m", "redis goes away", false);
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "miss");
+    await_writes(&gw.url(""), 1.0).await;
+    assert_eq!(
+        cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await),
+        ("hit", "redis")
+    );
+    // Redis hangs: each lookup waits at most redis_timeout, then it is a miss.
+    relay.hold();
+    let r = ask(&gw, DEMO_KEY, &body, &[]).await;
+    assert_eq!((r.status, cache_of(&r).0), (200, "miss"), "{}", r.body);
+    // Redis stops: misses, never errors.
+    relay.cut();
+    relay.release();
+    for stream in [false, true] {
+        let r = ask(&gw, DEMO_KEY, &det("m", "redis goes away", stream), &[]).await;
+        assert_eq!((r.status, cache_of(&r).0), (200, "miss"), "{}", r.body);
+    }
+    assert_eq!(m.request_count(), 4);
 }

@@ -22,6 +22,8 @@ pub(super) struct Disk {
     schema: OnceCell<bool>,
     /// Bytes per model, as the writer task last counted them (read from the file at first use).
     totals: Mutex<HashMap<String, i64>>,
+    /// `tollgate_cache_bytes{tier="disk"}`: the models' bytes this process last counted.
+    bytes: metrics::Gauge,
 }
 
 pub(super) enum Got {
@@ -59,6 +61,7 @@ impl Disk {
             pool,
             schema: OnceCell::new(),
             totals: Mutex::new(HashMap::new()),
+            bytes: metrics::gauge!("tollgate_cache_bytes", "tier" => "disk"),
         })
     }
 
@@ -144,6 +147,7 @@ impl Disk {
             total = self.evict(model, max).await;
         }
         totals.insert(model.to_owned(), total);
+        self.bytes.set(totals.values().sum::<i64>() as f64);
     }
 
     /// The model's bytes as the file has them.
