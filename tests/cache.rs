@@ -536,7 +536,7 @@ async fn disk_only(m: &MockUpstream, disk: &std::path::Path, max: &str) -> Gatew
 async fn sqlite(path: &std::path::Path) -> sqlx::SqlitePool {
     sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
 #[tokio::test]
@@ -778,4 +778,44 @@ async fn redis_hanging_or_stopped_mid_test_makes_misses_never_errors() {
         assert_eq!((r.status, cache_of(&r).0), (200, "miss"), "{}", r.body);
     }
     assert_eq!(m.request_count(), 4);
+}
+
+#[tokio::test]
+async fn an_answer_from_a_fallback_model_is_not_cached_under_the_first() {
+    let (a, b) = (mock().await, mock().await);
+    let cfg = format!(
+        r#"
+upstreams:
+  a: {{ provider: openai, base_url: "{}" }}
+  b: {{ provider: openai, base_url: "{}" }}
+models:
+  m: {{ targets: [ {{ upstream: a }} ], fallbacks: [f], retry: {{ max_attempts: 1 }}, cache: {{}} }}
+  f: {{ targets: [ {{ upstream: b }} ] }}
+teams:
+  demo: {{ models: ["*"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+"#,
+        a.base_url(),
+        b.base_url()
+    );
+    let gw = Gateway::start(&cfg).await;
+    a.push_fault(Fault::Status {
+        status: 503,
+        body: "{\"error\":{\"message\":\"down\",\"type\":\"x\",\"param\":null,\"code\":null}}"
+            .into(),
+        retry_after: None,
+    });
+    let body = det("m", "fall back", false);
+    let fell = ask(&gw, DEMO_KEY, &body, &[]).await;
+    assert_eq!(
+        (fell.status, cache_of(&fell).0),
+        (200, "miss"),
+        "{}",
+        fell.body
+    );
+    assert_eq!(fell.upstream(), Some("b"));
+    let own = ask(&gw, DEMO_KEY, &body, &[]).await;
+    assert_eq!((own.upstream(), cache_of(&own).0), (Some("a"), "miss"));
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "hit");
 }

@@ -122,7 +122,12 @@ pub struct ModelCache {
     name: Arc<str>,
     config: ModelCacheConfig,
     upstream_models: Vec<String>,
+    /// The upstreams (by name) whose answers are this model's: an answer from a fallback
+    /// model's upstream is not written under this model's key.
+    upstreams: Vec<String>,
     memory: Option<moka::sync::Cache<Key, Arc<Entry>>>,
+    /// `tollgate_cache_bytes{tier="memory",model}`.
+    memory_bytes: Gauge,
 }
 
 /// A write for the writer task.
@@ -142,7 +147,6 @@ struct Stats {
     tiers: [TierStats; 4],
     writes_dropped: Counter,
     saved_usd: Gauge,
-    memory_bytes: Gauge,
 }
 
 struct TierStats {
@@ -178,7 +182,6 @@ impl Stats {
             tiers: [tier("memory"), tier("redis"), tier("disk"), tier("flight")],
             writes_dropped: metrics::counter!("tollgate_cache_writes_dropped_total"),
             saved_usd: metrics::gauge!("tollgate_cache_saved_usd"),
-            memory_bytes: metrics::gauge!("tollgate_cache_bytes", "tier" => "memory"),
         }
     }
     fn hit(&self, i: usize) {
@@ -249,6 +252,7 @@ impl Cache {
         let mut models = HashMap::new();
         for (name, m) in &config.models {
             let Some(c) = &m.cache else { continue };
+            let upstreams: Vec<String> = m.targets.iter().map(|t| t.upstream.clone()).collect();
             let upstream_models: Vec<String> = m
                 .targets
                 .iter()
@@ -262,11 +266,15 @@ impl Cache {
                 .collect();
             let kept = previous
                 .and_then(|p| p.models.get(name))
-                .filter(|old| old.config == *c && old.upstream_models == upstream_models)
+                .filter(|old| {
+                    old.config == *c
+                        && old.upstream_models == upstream_models
+                        && old.upstreams == upstreams
+                })
                 .cloned();
             let mc = match kept {
                 Some(k) => k,
-                None => Arc::new(ModelCache::new(name, c.clone(), upstream_models)),
+                None => Arc::new(ModelCache::new(name, c.clone(), upstream_models, upstreams)),
             };
             models.insert(name.clone(), mc);
         }
@@ -394,7 +402,7 @@ impl Cache {
     /// A lower tier's hit, copied into the tiers above it.
     fn promoted(&self, model: &ModelCache, key: &Key, e: Entry, from: Tier) -> Hit {
         let entry = Arc::new(e);
-        model.memory_put(key, &entry, &self.shared);
+        model.memory_put(key, &entry);
         if from == Tier::Disk && model.config.tiers.contains(&Tier::Redis) {
             self.shared.queue(Write::Put {
                 key: *key,
@@ -587,7 +595,12 @@ async fn writer(
 }
 
 impl ModelCache {
-    fn new(name: &str, config: ModelCacheConfig, upstream_models: Vec<String>) -> ModelCache {
+    fn new(
+        name: &str,
+        config: ModelCacheConfig,
+        upstream_models: Vec<String>,
+        upstreams: Vec<String>,
+    ) -> ModelCache {
         let memory = config.tiers.contains(&Tier::Memory).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.max_bytes.memory)
@@ -600,7 +613,11 @@ impl ModelCache {
             name: Arc::from(name),
             config,
             upstream_models,
+            upstreams,
             memory,
+            memory_bytes: metrics::gauge!(
+                "tollgate_cache_bytes", "tier" => "memory", "model" => name.to_owned()
+            ),
         }
     }
 
@@ -612,10 +629,10 @@ impl ModelCache {
         })
     }
 
-    fn memory_put(&self, key: &Key, entry: &Arc<Entry>, shared: &Shared) {
+    fn memory_put(&self, key: &Key, entry: &Arc<Entry>) {
         if let Some(mem) = &self.memory {
             mem.insert(*key, entry.clone());
-            shared.stats.memory_bytes.set(mem.weighted_size() as f64);
+            self.memory_bytes.set(mem.weighted_size() as f64);
         }
     }
 }
@@ -648,6 +665,12 @@ fn now_ms() -> u64 {
 }
 
 impl Fill {
+    /// Whether an answer from `upstream` (by name) is this model's to keep: not one from a
+    /// fallback model's upstream.
+    pub fn serves(&self, upstream: &str) -> bool {
+        self.model.upstreams.iter().any(|u| u == upstream)
+    }
+
     /// Largest answer this fill keeps.
     pub fn max_entry_bytes(&self) -> u64 {
         self.model.config.max_entry_bytes
@@ -685,7 +708,7 @@ impl Fill {
             body,
             usage_event,
         });
-        self.model.memory_put(&self.key, &entry, &self.shared);
+        self.model.memory_put(&self.key, &entry);
         let tiers = &self.model.config.tiers;
         let disk = tiers.contains(&Tier::Disk);
         let redis = tiers.contains(&Tier::Redis);

@@ -64,6 +64,7 @@ pub(super) fn serve(
     include_usage: bool,
     mut ledger: Ledger,
 ) -> Response {
+    let rate = ledger.rate_headers().copied();
     let e = &hit.entry;
     if let (Some(u), Some(price)) = (e.usage, snap.limiter.prices().get(&e.model)) {
         snap.cache.saved(price.cost_of(u) as f64 / 1e9);
@@ -98,6 +99,9 @@ pub(super) fn serve(
     h.insert(cache::X_CACHE, HeaderValue::from_static("hit"));
     h.insert(cache::X_CACHE_TIER, HeaderValue::from_static(hit.tier));
     h.insert(super::relay::X_ATTEMPTS, HeaderValue::from(0));
+    if let Some(rate) = rate {
+        rate.apply(h);
+    }
     resp
 }
 

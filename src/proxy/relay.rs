@@ -46,6 +46,8 @@ pub fn respond(
     fill: Option<Fill>,
 ) -> Response {
     let headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
+    // An answer from a fallback model's upstream is not the cached model's answer.
+    let fill = fill.filter(|f| f.serves(&answer.upstream.name));
     ledger.status(answer.status.as_u16());
     ledger.first_byte();
     let body = match answer.body {
