@@ -499,27 +499,50 @@ async fn the_disk_tier_survives_a_restart() {
         "[memory, disk]",
         &format!("disk_path: \"{}\"", disk.display()),
     );
-    let body = det("m", "remember me across restarts", true);
-    let (first_dir, second_dir) = (dir.path().join("1"), dir.path().join("2"));
-    std::fs::create_dir_all(&first_dir).unwrap();
-    std::fs::create_dir_all(&second_dir).unwrap();
+    let a = det("m", "remember me across restarts", true);
+    let b = det("m", "written while shutting down", false);
+    let run = |n: usize| {
+        let d = dir.path().join(n.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        common::serve_binary(&d, &cfg)
+    };
 
-    let (mut child, addr_file) = common::serve_binary(&first_dir, &cfg);
+    // Killed (SIGKILL) once its write was made: the entry is on disk.
+    let (mut child, addr_file) = run(1);
     let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
-    let live = post(&base, &body).await;
+    let live = post(&base, &a).await;
     assert_eq!((live.status, cache_of(&live).0), (200, "miss"));
     await_writes(&base, 1.0).await;
     child.kill().await.unwrap();
 
-    let (_child, addr_file) = common::serve_binary(&second_dir, &cfg);
+    let (mut child, addr_file) = run(2);
     let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
-    let hit = post(&base, &body).await;
+    let hit = post(&base, &a).await;
     assert_eq!((hit.status, cache_of(&hit)), (200, ("hit", "disk")));
     assert_eq!(hit.body, live.body);
     // The disk hit filled memory.
-    let again = post(&base, &body).await;
-    assert_eq!(cache_of(&again), ("hit", "memory"));
-    assert_eq!(m.request_count(), 1);
+    assert_eq!(cache_of(&post(&base, &a).await), ("hit", "memory"));
+    // Stopped (SIGTERM) at once after a miss: the shutdown writes what is queued first.
+    let live_b = post(&base, &b).await;
+    assert_eq!(cache_of(&live_b).0, "miss");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    assert!(
+        exit.is_ok_and(|e| e.is_ok_and(|s| s.success())),
+        "clean exit"
+    );
+
+    let (_child, addr_file) = run(3);
+    let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
+    let hit_b = post(&base, &b).await;
+    assert_eq!(cache_of(&hit_b), ("hit", "disk"));
+    assert_eq!(hit_b.body, live_b.body);
+    assert_eq!(m.request_count(), 2);
 }
 
 /// A gateway whose model `m` caches on disk only, at `disk`, holding `max` bytes.

@@ -140,6 +140,8 @@ enum Write {
     },
     Touch(Key),
     Remove(Key),
+    /// Everything queued before this is written: answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Counts per tier (memory, redis, disk, flight) for `GET /admin/cache` and metrics.
@@ -417,6 +419,20 @@ impl Cache {
         }
     }
 
+    /// Wait (at most `within`) until the writes queued so far are made: at shutdown, so an
+    /// answer cached just before is on disk. False when they were not made in time.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let Some(tx) = &self.shared.writes else {
+            return true;
+        };
+        let (done, made) = tokio::sync::oneshot::channel();
+        let queued = tokio::time::timeout(within, tx.send(Write::Flush(done)));
+        let Ok(Ok(())) = queued.await else {
+            return false;
+        };
+        matches!(tokio::time::timeout(within, made).await, Ok(Ok(())))
+    }
+
     /// A hit saved this much upstream spend.
     pub fn saved(&self, usd: f64) {
         if usd.is_finite() && usd > 0.0 {
@@ -589,6 +605,9 @@ async fn writer(
                 if let Some(d) = &disk {
                     d.remove(&key).await;
                 }
+            }
+            Write::Flush(done) => {
+                let _ = done.send(());
             }
         }
     }
