@@ -15,25 +15,29 @@
 
 mod disk;
 pub mod entry;
+mod fill;
 mod flight;
 pub mod key;
 mod redis;
+mod stats;
+mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use metrics::{Counter, Gauge};
+use metrics::Gauge;
 use tokio::sync::mpsc;
 
 use crate::config::{CacheStoreConfig, Config, ModelCacheConfig, Qualify, TeamCacheConfig, Tier};
-use crate::openai::{Body, Endpoint, Usage};
+use crate::openai::{Body, Endpoint};
 use crate::secret::EnvSource;
 pub use entry::{Entry, Form};
+pub use fill::{Capture, Event, Fill};
 pub use key::Key;
+use stats::{tier_index, Stats, FLIGHT};
+use writer::{writer, Write};
 
 /// What the cache did for a request (`x-tollgate-cache`, the log line, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,72 +134,6 @@ pub struct ModelCache {
     memory_bytes: Gauge,
 }
 
-/// A write for the writer task.
-enum Write {
-    Put {
-        key: Key,
-        entry: Arc<Entry>,
-        disk_max_bytes: Option<u64>,
-        redis: bool,
-    },
-    Touch(Key),
-    Remove(Key),
-    /// Everything queued before this is written: answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Counts per tier (memory, redis, disk, flight) for `GET /admin/cache` and metrics.
-struct Stats {
-    tiers: [TierStats; 4],
-    writes_dropped: Counter,
-    saved_usd: Gauge,
-}
-
-struct TierStats {
-    label: &'static str,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    hit_counter: Counter,
-    miss_counter: Counter,
-}
-
-const FLIGHT: usize = 3;
-
-fn tier_index(t: Tier) -> usize {
-    match t {
-        Tier::Memory => 0,
-        Tier::Redis => 1,
-        Tier::Disk => 2,
-    }
-}
-
-impl Stats {
-    fn new() -> Stats {
-        // Handles made once per `cache:` config; the recorder is installed first.
-        let _ = crate::telemetry::Metrics::global();
-        let tier = |label: &'static str| TierStats {
-            label,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            hit_counter: metrics::counter!("tollgate_cache_hits_total", "tier" => label),
-            miss_counter: metrics::counter!("tollgate_cache_misses_total", "tier" => label),
-        };
-        Stats {
-            tiers: [tier("memory"), tier("redis"), tier("disk"), tier("flight")],
-            writes_dropped: metrics::counter!("tollgate_cache_writes_dropped_total"),
-            saved_usd: metrics::gauge!("tollgate_cache_saved_usd"),
-        }
-    }
-    fn hit(&self, i: usize) {
-        self.tiers[i].hits.fetch_add(1, Ordering::Relaxed);
-        self.tiers[i].hit_counter.increment(1);
-    }
-    fn miss(&self, i: usize) {
-        self.tiers[i].misses.fetch_add(1, Ordering::Relaxed);
-        self.tiers[i].miss_counter.increment(1);
-    }
-}
-
 /// A request as the cache sees it (after shaping).
 pub struct Request<'a> {
     pub endpoint: Endpoint,
@@ -223,19 +161,6 @@ pub struct Hit {
     pub entry: Arc<Entry>,
     /// Where it came from: `memory`, `redis`, `disk` or `flight` (an identical request's answer).
     pub tier: &'static str,
-}
-
-/// A ticket to write a missed answer: complete it with [`Fill::json`] or through a [`Capture`];
-/// dropping it writes nothing (and lets identical requests waiting on it go upstream).
-pub struct Fill {
-    model: Arc<ModelCache>,
-    shared: Arc<Shared>,
-    key: Key,
-    team: Arc<str>,
-    ttl: Duration,
-    /// The answer is a stream (captured), not a JSON body.
-    stream: bool,
-    _leader: Option<flight::Leader>,
 }
 
 impl Cache {
@@ -288,6 +213,25 @@ impl Cache {
         let Some(model) = self.models.get(req.model) else {
             return Lookup::Off;
         };
+        let Some(fill) = self.ticket(model, req) else {
+            return Lookup::Bypass;
+        };
+        if req.directives.no_cache {
+            return Lookup::Refresh(fill);
+        }
+        let fresh = Freshness::new(req.directives.max_age);
+        if let Some(hit) = self.find(model, &fill.key, &fill.team, &fresh).await {
+            return Lookup::Hit(hit);
+        }
+        if !model.config.single_flight.enabled {
+            return Lookup::Miss(fill);
+        }
+        self.single_flight(model, fill, &fresh).await
+    }
+
+    /// The fill of a request that qualifies (its key, team and TTL); `None`: a bypass (the
+    /// team opted out, the client said `no-store`, or the request does not qualify).
+    fn ticket(&self, model: &Arc<ModelCache>, req: &Request<'_>) -> Option<Fill> {
         let team_cfg = req.team_config;
         let qualify = team_cfg
             .and_then(|t| t.qualify)
@@ -296,55 +240,43 @@ impl Cache {
             || req.directives.no_store
             || (qualify == Qualify::Deterministic && !key::deterministic(req.endpoint, req.body))
         {
-            return Lookup::Bypass;
+            return None;
         }
+        let shared = model.config.shared;
         let scope = key::Scope {
             endpoint: req.endpoint,
             model: req.model,
             upstream_models: &model.upstream_models,
-            team: (!model.config.shared).then_some(req.team),
+            team: (!shared).then_some(req.team),
             stream: req.stream,
         };
-        let Some(key) = key::key(&scope, req.body) else {
-            return Lookup::Bypass;
-        };
-        let ttl = team_cfg.and_then(|t| t.ttl).unwrap_or(model.config.ttl).0;
-        let team: Arc<str> = if model.config.shared {
-            Arc::from("")
-        } else {
-            Arc::from(req.team)
-        };
-        let fill = |leader| Fill {
+        Some(Fill {
             model: model.clone(),
             shared: self.shared.clone(),
-            key,
-            team: team.clone(),
-            ttl,
+            key: key::key(&scope, req.body)?,
+            team: Arc::from(if shared { "" } else { req.team }),
+            ttl: team_cfg.and_then(|t| t.ttl).unwrap_or(model.config.ttl).0,
             stream: req.stream,
-            _leader: leader,
-        };
-        if req.directives.no_cache {
-            return Lookup::Refresh(fill(None));
-        }
-        let fresh = Freshness::new(req.directives.max_age);
-        if let Some(hit) = self.find(model, &key, &team, &fresh).await {
-            return Lookup::Hit(hit);
-        }
-        if !model.config.single_flight.enabled {
-            return Lookup::Miss(fill(None));
-        }
-        match self.shared.flights.join(key) {
+            leader: None,
+        })
+    }
+
+    /// A miss with single flight: the first request of its key goes upstream (its fill leads
+    /// the flight); the others wait for its answer, or go upstream themselves when it fails or
+    /// `max_wait` passes.
+    async fn single_flight(&self, model: &ModelCache, mut fill: Fill, fresh: &Freshness) -> Lookup {
+        match self.shared.flights.join(fill.key) {
             flight::Joined::Leader(leader) => {
                 // An identical request may have finished between the lookup and now.
-                if let Some(hit) = model.memory_get(&key, &fresh) {
+                if let Some(hit) = model.memory_get(&fill.key, fresh) {
                     self.shared.stats.hit(0);
                     return Lookup::Hit(hit);
                 }
-                Lookup::Miss(fill(Some(leader)))
+                fill.leader = Some(leader);
+                Lookup::Miss(fill)
             }
             flight::Joined::Follower(rx) => {
-                let wait = model.config.single_flight.max_wait.0;
-                match flight::wait(rx, wait).await {
+                match flight::wait(rx, model.config.single_flight.max_wait.0).await {
                     Some(entry) => {
                         self.shared.stats.hit(FLIGHT);
                         Lookup::Hit(Hit {
@@ -352,7 +284,7 @@ impl Cache {
                             tier: "flight",
                         })
                     }
-                    None => Lookup::Miss(fill(None)),
+                    None => Lookup::Miss(fill),
                 }
             }
         }
@@ -436,7 +368,7 @@ impl Cache {
     /// A hit saved this much upstream spend.
     pub fn saved(&self, usd: f64) {
         if usd.is_finite() && usd > 0.0 {
-            self.shared.stats.saved_usd.increment(usd);
+            self.shared.stats.saved(usd);
         }
     }
 
@@ -454,20 +386,7 @@ impl Cache {
             let tiers: Vec<&str> = m.config.tiers.iter().map(|t| t.label()).collect();
             models.insert(name.clone(), serde_json::json!({ "tiers": tiers }));
         }
-        let mut tiers = serde_json::Map::new();
-        for t in &self.shared.stats.tiers {
-            let hits = t.hits.load(Ordering::Relaxed);
-            let misses = t.misses.load(Ordering::Relaxed);
-            let ratio = if hits + misses == 0 {
-                0.0
-            } else {
-                hits as f64 / (hits + misses) as f64
-            };
-            tiers.insert(
-                t.label.to_owned(),
-                serde_json::json!({"hits": hits, "misses": misses, "hit_ratio": ratio}),
-            );
-        }
+        let mut tiers = self.shared.stats.per_tier();
         let set =
             |tiers: &mut serde_json::Map<String, serde_json::Value>, t: &str, b: u64, n: u64| {
                 if let Some(serde_json::Value::Object(o)) = tiers.get_mut(t) {
@@ -566,48 +485,7 @@ impl Shared {
     fn queue(&self, w: Write) {
         if let Some(tx) = &self.writes {
             if tx.try_send(w).is_err() {
-                self.stats.writes_dropped.increment(1);
-            }
-        }
-    }
-}
-
-/// The writer task: disk and Redis writes, in order, off the request path. Ends when the cache
-/// (every sender) is gone.
-async fn writer(
-    mut rx: mpsc::Receiver<Write>,
-    disk: Option<Arc<disk::Disk>>,
-    redis: Option<Arc<redis::RedisTier>>,
-) {
-    let written = metrics::counter!("tollgate_cache_writes_total");
-    while let Some(w) = rx.recv().await {
-        match w {
-            Write::Put {
-                key,
-                entry,
-                disk_max_bytes,
-                redis: to_redis,
-            } => {
-                if let (Some(max), Some(d)) = (disk_max_bytes, &disk) {
-                    d.put(&key, &entry, max).await;
-                }
-                if let (true, Some(r)) = (to_redis, &redis) {
-                    r.put(&key, &entry).await;
-                }
-                written.increment(1);
-            }
-            Write::Touch(key) => {
-                if let Some(d) = &disk {
-                    d.touch(&key).await;
-                }
-            }
-            Write::Remove(key) => {
-                if let Some(d) = &disk {
-                    d.remove(&key).await;
-                }
-            }
-            Write::Flush(done) => {
-                let _ = done.send(());
+                self.stats.dropped();
             }
         }
     }
@@ -683,138 +561,10 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Fill {
-    /// Whether an answer from `upstream` (by name) is this model's to keep: not one from a
-    /// fallback model's upstream.
-    pub fn serves(&self, upstream: &str) -> bool {
-        self.model.upstreams.iter().any(|u| u == upstream)
-    }
-
-    /// Largest answer this fill keeps.
-    pub fn max_entry_bytes(&self) -> u64 {
-        self.model.config.max_entry_bytes
-    }
-
-    /// Write a whole non-stream answer (a 200 the upstream sent whole); nothing for a stream
-    /// request (an upstream that answered it with JSON).
-    pub fn json(self, body: Bytes, usage: Option<Usage>) {
-        if self.stream || body.len() as u64 > self.max_entry_bytes() {
-            return;
-        }
-        self.commit(Form::Json, body, Bytes::new(), usage);
-    }
-
-    /// Start capturing a stream (`None` for a non-stream request).
-    pub fn capture(self) -> Option<Capture> {
-        self.stream.then(|| Capture {
-            buf: BytesMut::new(),
-            usage_event: Bytes::new(),
-            finished: false,
-            done: false,
-            fill: Some(self),
-        })
-    }
-
-    fn commit(self, form: Form, body: Bytes, usage_event: Bytes, usage: Option<Usage>) {
-        let now = now_ms();
-        let entry = Arc::new(Entry {
-            form,
-            model: self.model.name.clone(),
-            team: self.team.clone(),
-            created_ms: now,
-            expires_ms: now.saturating_add(self.ttl.as_millis() as u64),
-            usage,
-            body,
-            usage_event,
-        });
-        self.model.memory_put(&self.key, &entry);
-        let tiers = &self.model.config.tiers;
-        let disk = tiers.contains(&Tier::Disk);
-        let redis = tiers.contains(&Tier::Redis);
-        if disk || redis {
-            self.shared.queue(Write::Put {
-                key: self.key,
-                entry: entry.clone(),
-                disk_max_bytes: disk.then_some(self.model.config.max_bytes.disk),
-                redis,
-            });
-        }
-        if let Some(l) = &self._leader {
-            l.done(entry);
-        }
-    }
-}
-
-/// A stream being captured for the cache: its events appended to one buffer, up to the model's
-/// `max_entry_bytes` (past it the capture stops and nothing is written).
-pub struct Capture {
-    fill: Option<Fill>,
-    buf: BytesMut,
-    usage_event: Bytes,
-    /// A choice's finish reason was seen.
-    finished: bool,
-    /// `[DONE]` came after it.
-    done: bool,
-}
-
-/// An SSE event as the relay read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A content chunk (or any other event); `finish`: it carries a finish reason.
-    Content {
-        finish: bool,
-    },
-    /// The usage-only chunk (no choices).
-    UsageOnly,
-    Done,
-}
-
-impl Capture {
-    /// Note one whole event of the live stream.
-    pub fn event(&mut self, bytes: &[u8], kind: Event) {
-        let Some(fill) = &self.fill else { return };
-        let limit = fill.max_entry_bytes();
-        match kind {
-            Event::Done => {
-                self.done = self.finished;
-                return;
-            }
-            Event::UsageOnly => self.usage_event = Bytes::copy_from_slice(bytes),
-            Event::Content { finish } => {
-                self.finished |= finish;
-                self.buf.extend_from_slice(bytes);
-            }
-        }
-        if (self.buf.len() + self.usage_event.len()) as u64 > limit {
-            // Too big to keep: stop capturing, release the memory now.
-            self.fill = None;
-            self.buf = BytesMut::new();
-        }
-    }
-
-    /// Whether it still captures.
-    pub fn active(&self) -> bool {
-        self.fill.is_some()
-    }
-
-    /// The stream ended cleanly: written when it was complete (`[DONE]` after a finish reason).
-    pub fn complete(&mut self, usage: Option<Usage>) {
-        let Some(fill) = self.fill.take() else { return };
-        if self.done {
-            let body = std::mem::take(&mut self.buf).freeze();
-            fill.commit(
-                Form::Sse,
-                body,
-                std::mem::take(&mut self.usage_event),
-                usage,
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn directives_from_either_header() {
