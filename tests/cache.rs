@@ -109,6 +109,10 @@ async fn a_miss_then_a_hit_calls_the_upstream_once() {
     let third = ask(&gw, DEMO_KEY, &respelled, &[]).await;
     assert_eq!(cache_of(&third), ("hit", "memory"));
     assert_eq!(m.request_count(), 1);
+    let hits = r#"tollgate_cache_hits_total{tier="memory"}"#;
+    let misses = r#"tollgate_cache_misses_total{tier="memory"}"#;
+    assert_eq!(common::metric_value(&gw, hits).await, 2.0);
+    assert_eq!(common::metric_value(&gw, misses).await, 1.0);
 }
 
 #[tokio::test]

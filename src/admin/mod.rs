@@ -6,7 +6,8 @@
 //! the gate, the route table, and the thin handlers over the admin operations of [`ops`] (shared
 //! with the CLI: they check requests against the config and ask the store), which add the status
 //! codes and drop changed keys from this replica's key cache at once. Without a store those routes answer
-//! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`.
+//! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`, except a
+//! purge of the response cache (`/admin/cache`), which changes no record.
 
 pub mod ops;
 

@@ -208,6 +208,11 @@ impl Cache {
         Ok(Cache { models, shared })
     }
 
+    /// Whether `model` has a cache (nothing else of the request is read when not).
+    pub fn covers(&self, model: &str) -> bool {
+        self.models.contains_key(model)
+    }
+
     /// Look a request up: a hit, or a fill for its answer. Never an error.
     pub async fn look_up(&self, req: &Request<'_>) -> Lookup {
         let Some(model) = self.models.get(req.model) else {

@@ -39,6 +39,9 @@ pub(super) async fn look_up(
     json: &JsonBody,
     headers: &HeaderMap,
 ) -> Looked {
+    if !snap.cache.covers(&shaped.model) {
+        return Looked::Off;
+    }
     let req = cache::Request {
         endpoint,
         model: &shaped.model,
