@@ -846,3 +846,30 @@ keys:
     assert_eq!((own.upstream(), cache_of(&own).0), (Some("a"), "miss"));
     assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "hit");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_a_models_entries_unless_its_cache_config_changed() {
+    let m = mock().await;
+    let cfg = config(&m.base_url(), "[memory]", "");
+    let gw = Gateway::start(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfg.yaml");
+    let body = det("m", "kept over a reload", false);
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "miss");
+    // Another team added: the model's cache is the same, its entries stay.
+    let more_teams = config_with(
+        &m.base_url(),
+        "[memory]",
+        "",
+        "  more: { models: [\"*\"] }\n",
+        "",
+    );
+    std::fs::write(&path, &more_teams).unwrap();
+    tollgate::reload::reload_now(&gw.state, &path).unwrap();
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "hit");
+    // The model's ttl changed: a new memory tier.
+    std::fs::write(&path, more_teams.replace("ttl: 60s", "ttl: 120s")).unwrap();
+    tollgate::reload::reload_now(&gw.state, &path).unwrap();
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "miss");
+    assert_eq!(m.request_count(), 2);
+}
