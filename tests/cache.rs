@@ -873,3 +873,30 @@ async fn a_reload_keeps_a_models_entries_unless_its_cache_config_changed() {
     assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "miss");
     assert_eq!(m.request_count(), 2);
 }
+
+#[tokio::test]
+async fn an_answer_larger_than_max_entry_bytes_is_relayed_whole_but_not_cached() {
+    let m = mock().await;
+    let gw = Gateway::start(&config(
+        &m.base_url(),
+        "[memory], max_entry_bytes: 2500",
+        "",
+    ))
+    .await;
+    let long = "many words in this prompt make a long answer ".repeat(60);
+    for stream in [true, false] {
+        let body = det("m", &long, stream);
+        let first = ask(&gw, DEMO_KEY, &body, &[]).await;
+        let second = ask(&gw, DEMO_KEY, &body, &[]).await;
+        for r in [&first, &second] {
+            assert_eq!((r.status, cache_of(r).0), (200, "miss"), "stream: {stream}");
+            assert_eq!(r.content(), format!("echo: {}", long.trim_end()));
+        }
+        assert!(first.body.len() > 2500);
+    }
+    assert_eq!(m.request_count(), 4);
+    // A short answer of the same model is cached.
+    let short = det("m", "short", true);
+    ask(&gw, DEMO_KEY, &short, &[]).await;
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &short, &[]).await).0, "hit");
+}

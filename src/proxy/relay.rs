@@ -245,6 +245,10 @@ impl SseRelay {
             let seen = inspect(event);
             if let Some(c) = &mut self.capture {
                 c.event(event, cache_event(event, &seen));
+                if !c.active() {
+                    // Past max_entry_bytes: nothing more to look at for the cache.
+                    self.capture = None;
+                }
             }
             match seen {
                 Seen::Content => self.content_events += 1,
