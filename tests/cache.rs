@@ -900,3 +900,29 @@ async fn an_answer_larger_than_max_entry_bytes_is_relayed_whole_but_not_cached()
     ask(&gw, DEMO_KEY, &short, &[]).await;
     assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &short, &[]).await).0, "hit");
 }
+
+#[tokio::test]
+async fn a_team_ttl_overrides_the_models() {
+    let m = mock().await;
+    let brief = "sk-brief-team";
+    let cfg = config_with(
+        &m.base_url(),
+        "[memory]",
+        "",
+        "  brief: { models: [\"*\"], cache: { ttl: 1s } }\n",
+        &format!(
+            "  - {{ name: brief, team: brief, sha256: {} }}\n",
+            sha256_hex(brief)
+        ),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let body = det("m", "short lived", false);
+    for key in [brief, DEMO_KEY] {
+        assert_eq!(cache_of(&ask(&gw, key, &body, &[]).await).0, "miss");
+        assert_eq!(cache_of(&ask(&gw, key, &body, &[]).await).0, "hit");
+    }
+    // Past the team's 1 s TTL (the model's is 60 s): only the team's entry is gone.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cache_of(&ask(&gw, brief, &body, &[]).await).0, "miss");
+    assert_eq!(cache_of(&ask(&gw, DEMO_KEY, &body, &[]).await).0, "hit");
+}

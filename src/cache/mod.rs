@@ -507,7 +507,7 @@ impl ModelCache {
             moka::sync::Cache::builder()
                 .max_capacity(config.max_bytes.memory)
                 .weigher(|_k: &Key, e: &Arc<Entry>| u32::try_from(e.weight()).unwrap_or(u32::MAX))
-                .time_to_live(config.ttl.0)
+                .expire_after(UntilExpiry)
                 .support_invalidation_closures()
                 .build()
         });
@@ -536,6 +536,22 @@ impl ModelCache {
             mem.insert(*key, entry.clone());
             self.memory_bytes.set(mem.weighted_size() as f64);
         }
+    }
+}
+
+/// A memory entry leaves when the entry expires (its TTL: the model's, or the writing team's).
+struct UntilExpiry;
+
+impl moka::Expiry<Key, Arc<Entry>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        entry: &Arc<Entry>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(
+            entry.expires_ms.saturating_sub(now_ms()),
+        ))
     }
 }
 
