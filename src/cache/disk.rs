@@ -41,6 +41,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS cache_entries (
 );
 CREATE INDEX IF NOT EXISTS cache_entries_lru ON cache_entries (model, last_used);";
 
+/// Longest a lookup waits for the file (a busy pool, a slow disk); then it is a miss.
+const READ_WAIT: Duration = Duration::from_millis(500);
+
 /// Rows looked at per eviction round.
 const EVICT_BATCH: i64 = 64;
 
@@ -62,7 +65,8 @@ impl Disk {
         })
     }
 
-    /// The table exists (made at first use); false if the file cannot be used.
+    /// The table exists (made at first use, by whichever comes first); false if the file cannot
+    /// be used.
     async fn ready(&self) -> bool {
         *self
             .schema
@@ -78,7 +82,14 @@ impl Disk {
             .await
     }
 
+    /// A lookup, within [`READ_WAIT`].
     pub(super) async fn get(&self, key: &Key, model: &str) -> Got {
+        tokio::time::timeout(READ_WAIT, self.read(key, model))
+            .await
+            .unwrap_or(Got::Missing)
+    }
+
+    async fn read(&self, key: &Key, model: &str) -> Got {
         if !self.ready().await {
             return Got::Missing;
         }
