@@ -218,4 +218,91 @@ mod tests {
         assert!(!d(r#"{"temperature":0,"n":2}"#));
         assert!(d(r#"{"temperature":0,"n":1}"#));
     }
+
+    mod respelled {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i32>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "[a-z \"\\\\\u{7f}-\u{3000}\u{1F600}]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-z\u{e9}\"]{0,6}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// `v` as JSON text spelled another way: object keys in reverse order, whole numbers
+        /// as `N.0`, spaces after separators.
+        fn respell(v: &Value, out: &mut String) {
+            match v {
+                Value::Number(n) if n.as_i64().is_some() => {
+                    out.push_str(&format!("{}.0", n.as_i64().unwrap_or(0)));
+                }
+                Value::Array(a) => {
+                    out.push_str("[ ");
+                    for (i, e) in a.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(" , ");
+                        }
+                        respell(e, out);
+                    }
+                    out.push_str(" ]");
+                }
+                Value::Object(m) => {
+                    out.push('{');
+                    let mut entries: Vec<_> = m.iter().collect();
+                    entries.sort_by(|a, b| b.0.cmp(a.0));
+                    for (i, (k, e)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        out.push_str(&Value::from(k.as_str()).to_string());
+                        out.push_str(" : ");
+                        respell(e, out);
+                    }
+                    out.push('}');
+                }
+                other => out.push_str(&other.to_string()),
+            }
+        }
+
+        proptest! {
+            /// However a body is spelled (key order at every depth, number spelling,
+            /// whitespace), its key is the same; a changed value changes it.
+            #[test]
+            fn the_key_ignores_spelling_only(
+                fields in proptest::collection::btree_map("[a-z_]{1,8}", json(), 0..6),
+            ) {
+                let plain = Value::Object(fields.clone().into_iter().collect()).to_string();
+                let mut other = String::new();
+                respell(&Value::Object(fields.into_iter().collect()), &mut other);
+                let a = Body::parse(Bytes::from(plain.clone()));
+                let b = Body::parse(Bytes::from(other.clone()));
+                prop_assert!(a.is_ok() && b.is_ok(), "{} / {}", plain, other);
+                let ups = vec!["u".to_owned()];
+                let scope = Scope {
+                    endpoint: Endpoint::Chat,
+                    model: "m",
+                    upstream_models: &ups,
+                    team: Some("t"),
+                    stream: true,
+                };
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    prop_assert_eq!(key(&scope, &a), key(&scope, &b), "{} / {}", plain, other);
+                    let mut changed = a.clone();
+                    changed.insert("extra_field_never_generated", Value::from(1));
+                    prop_assert_ne!(key(&scope, &a), key(&scope, &changed));
+                }
+            }
+        }
+    }
 }
