@@ -571,6 +571,11 @@ async fn serve(
     if let Err(e) = state.snapshot.load().limiter.flush() {
         tracing::warn!(error = %e, "limits state not saved");
     }
+    // The response cache's queued disk and Redis writes (bounded by the shutdown grace).
+    let cache = state.snapshot.load().cache.clone();
+    if !cache.flush(server_cfg.shutdown_grace.0).await {
+        tracing::warn!("response cache writes still queued at shutdown were dropped");
+    }
     // Connections are drained: write the usage rows still queued, then close the pool.
     if let Some(w) = writer {
         w.close().await;

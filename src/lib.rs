@@ -13,6 +13,7 @@
 //! authenticate  (auth)         key -> caller (key id, team)              -> 401
 //! shape         (policy)       team defaults and caps, model allowed       -> 400 / 403 / 404
 //! admit         (limits)       rate limits, concurrency, budget            -> 429
+//! look up       (cache)        exact-match answer -> served; a miss carries its fill to the relay
 //! plan          (routing)      model -> ordered attempts over upstreams
 //! attempt       (proxy)        credential -> provider request -> send -> first byte
 //! relay         (proxy::relay) bytes to the client as they come; usage captured on the way
@@ -27,7 +28,7 @@
 //!
 //! ```text
 //! ground    secret  server  telemetry  config  error  openai (wire types)
-//! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth
+//! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth  cache
 //! assembly  state (the snapshot built from config and the domain)
 //! edges     proxy  admin  app  reload  cli  testkit
 //! ```
@@ -38,12 +39,13 @@
 //! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
-//! [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
+//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
 //! [`secret`], and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub limiter: Arc<Limiter>,
     /// Metric handles of this config's models and teams (upstreams and routes hold their own).
     pub meters: Arc<Meters>,
+    /// The response cache (`models.<m>.cache`, `cache:`); its tiers are carried over by a
+    /// reload that leaves their config unchanged.
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl Snapshot {
@@ -124,6 +127,11 @@ impl Snapshot {
             let route = Route::new(name.clone(), targets, m.clone(), meters.model(index, &name));
             routes.insert(name.to_string(), route);
         }
+        let cache = Arc::new(crate::cache::Cache::from_config(
+            &config,
+            env,
+            previous.map(|p| &*p.cache),
+        )?);
         let forward_headers = config
             .server
             .forward_headers
@@ -141,6 +149,7 @@ impl Snapshot {
             forward_headers,
             limiter,
             meters,
+            cache,
         })
     }
 }

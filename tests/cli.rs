@@ -34,11 +34,10 @@ teams:
 
 #[test]
 fn the_quickstart_and_a_good_config_pass() {
-    let (code, out, _) = check(
-        &std::fs::read_to_string("examples/quickstart.yaml").unwrap_or_default(),
-        &[],
-    );
-    assert_eq!(code, 0, "{out}");
+    for example in ["examples/quickstart.yaml", "examples/cache.yaml"] {
+        let (code, out, _) = check(&std::fs::read_to_string(example).unwrap_or_default(), &[]);
+        assert_eq!(code, 0, "{example}: {out}");
+    }
     let (code, out, err) = check(GOOD, &[("TG_UP", "secret")]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": ok"), "{out}");
@@ -64,6 +63,13 @@ fn each_error_names_its_field_and_exits_64() {
         (
             GOOD.replace("credential: up", "credential: other"),
             "upstreams.u.credential: credential 'other' is not defined under credentials",
+        ),
+        (
+            GOOD.replace(
+                "upstream: u } ] }",
+                "upstream: u } ], cache: { tiers: [disk, redis] } }",
+            ),
+            "cache.redis_url: is required when a model's cache lists the redis tier",
         ),
     ];
     for (yaml, expected) in cases {

@@ -6,7 +6,8 @@
 //! the gate, the route table, and the thin handlers over the admin operations of [`ops`] (shared
 //! with the CLI: they check requests against the config and ask the store), which add the status
 //! codes and drop changed keys from this replica's key cache at once. Without a store those routes answer
-//! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`.
+//! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`, except a
+//! purge of the response cache (`/admin/cache`), which changes no record.
 
 pub mod ops;
 
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/teams/{name}", patch(update_team))
         .route("/admin/usage", get(usage))
         .route("/admin/audit", get(audit))
+        .route("/admin/cache", get(cache_stats).delete(cache_purge))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -217,6 +219,35 @@ async fn audit(
         .clamp(1, 1000);
     let entries = store(&s)?.db.audit(limit).await?;
     Ok(Json(json!({"object": "list", "data": entries})).into_response())
+}
+
+/// The response cache of this replica: bytes, entries, hits and misses per tier.
+async fn cache_stats(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.load_full();
+    Json(snap.cache.stats().await).into_response()
+}
+
+/// Purge the response cache: everything, or `?model=`, `?team=` (or both). Memory is purged on
+/// this replica; disk and Redis for every replica that shares them. `complete: false` when a
+/// shared tier could not be reached.
+async fn cache_purge(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "model" | "team")) {
+        return Err(ApiError::invalid(
+            format!("unknown parameter '{k}': use model or team"),
+            Some(k),
+        ));
+    }
+    let snap = s.snapshot.load_full();
+    let model = q.get("model").map(String::as_str);
+    let team = q.get("team").map(String::as_str);
+    let complete = snap.cache.purge(model, team).await;
+    Ok(
+        Json(json!({"purged": true, "model": model, "team": team, "complete": complete}))
+            .into_response(),
+    )
 }
 
 /// Upstreams with their health, models and teams: what this replica is serving.

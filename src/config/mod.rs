@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::secret::{EnvSource, SecretRef};
 
+mod cache;
 mod checks;
 pub use checks::check_limits;
 use checks::{
@@ -29,6 +30,7 @@ mod teams;
 mod tests;
 mod upstreams;
 
+pub use cache::*;
 pub use credentials::*;
 pub use limits::*;
 pub use store::*;
@@ -111,6 +113,10 @@ pub struct Config {
     /// config keys work and no usage rows are written.
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// Where the response cache's shared tiers (disk, Redis) live; what is cached is set per
+    /// model (`models.<m>.cache`). See docs/CACHE.md.
+    #[serde(default)]
+    pub cache: CacheStoreConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,6 +450,7 @@ impl Config {
         }
         check_admin_key_is_not_a_client_key(self, env)?;
         self.validate_limits(env, &mut warnings)?;
+        self.validate_cache(env, &mut warnings)?;
         Ok(warnings)
     }
 }

@@ -19,6 +19,8 @@ pub struct TeamConfig {
     pub limits: Limits,
     /// Highest queue priority this team's requests may ask for (`x-tollgate-priority`).
     pub max_priority: Option<Priority>,
+    /// This team's use of the response cache (`enabled: false` opts out).
+    pub cache: Option<TeamCacheConfig>,
 }
 
 /// Queue priority of a request waiting for an upstream slot.

@@ -235,3 +235,70 @@ fn the_metrics_key_and_listener_are_checked() {
     let t = format!("server: {{ metrics_listen: \"127.0.0.1:9100\" }}\n{BASE}");
     assert!(check(&t).is_ok());
 }
+
+#[test]
+fn the_cache_is_validated_with_field_paths() {
+    let with = |cache: &str| {
+        BASE.replace(
+            "targets: [ { upstream: m } ] }",
+            &format!("targets: [ {{ upstream: m }} ], cache: {cache} }}"),
+        )
+    };
+    assert!(check(&with("{}")).is_ok());
+    assert!(check(&with(
+        "{ tiers: [memory, disk], ttl: 10m, qualify: all, shared: true }"
+    ))
+    .is_ok());
+    let cases = [
+        (
+            "{ tiers: [] }",
+            "models.mock-gpt.cache.tiers: needs at least one tier",
+        ),
+        (
+            "{ tiers: [memory, memory] }",
+            "models.mock-gpt.cache.tiers[1]: tier 'memory' is listed twice",
+        ),
+        (
+            "{ ttl: 500ms }",
+            "models.mock-gpt.cache.ttl: must be at least 1s",
+        ),
+        (
+            "{ max_entry_bytes: 0 }",
+            "models.mock-gpt.cache.max_entry_bytes: must be greater than 0",
+        ),
+        (
+            "{ max_bytes: { memory: 10 }, max_entry_bytes: 100 }",
+            "models.mock-gpt.cache.max_bytes.memory: must be at least max_entry_bytes",
+        ),
+        (
+            "{ single_flight: { enabled: true, max_wait: 0s } }",
+            "models.mock-gpt.cache.single_flight.max_wait: must be greater than 0",
+        ),
+        (
+            "{ tiers: [redis] }",
+            "cache.redis_url: is required when a model's cache lists the redis tier",
+        ),
+    ];
+    for (cache, want) in cases {
+        assert_eq!(check(&with(cache)).err().as_deref(), Some(want), "{cache}");
+    }
+    assert!(check(&with("{ tiers: [tape] }")).is_err_and(|e| e.contains("tape")));
+    let t = format!(
+        "{}cache: {{ redis_url: \"http://x\" }}\n",
+        with("{ tiers: [redis] }")
+    );
+    assert!(check(&t).is_err_and(|e| e.starts_with("cache.redis_url: must start")));
+    let t = format!("{}cache: {{ write_queue: 0 }}\n", with("{}"));
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("cache.write_queue: must be greater than 0")
+    );
+    let t = with("{}").replace(
+        r#"t: { models: ["*"] }"#,
+        r#"t: { models: ["*"], cache: { enabled: false, ttl: 0s } }"#,
+    );
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("teams.t.cache.ttl: must be at least 1s")
+    );
+}

@@ -148,6 +148,9 @@ pub struct ModelConfig {
     /// Overall deadline for one request to this model, retries and fallbacks included.
     #[serde(default = "default_deadline")]
     pub deadline: Dur,
+    /// The response cache for this model; none: answers are never cached.
+    #[serde(default)]
+    pub cache: Option<ModelCacheConfig>,
 }
 
 fn default_deadline() -> Dur {

@@ -217,6 +217,13 @@ impl Body {
         Some(seed.deserialize(&mut serde_json::Deserializer::from_slice(raw)))
     }
 
+    /// Every field as (name, raw JSON text), in order (the response cache's key reads them all).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|f| (self.key(&f.key), self.json(&f.value)))
+    }
+
     fn find(&self, key: &str) -> Option<usize> {
         let key = key.as_bytes();
         self.fields.iter().position(|f| self.key(&f.key) == key)

@@ -141,6 +141,14 @@ impl Ledger {
     pub fn cache_hit(&mut self) {
         self.rec.cache_hit = true;
     }
+    /// What the response cache did (`hit`, `miss`, `bypass`, `refresh`), for the log line.
+    pub fn cache_status(&mut self, status: &'static str) {
+        self.rec.cache = Some(status);
+    }
+    /// What the response cache did, if the model has a cache.
+    pub fn cache_label(&self) -> Option<&'static str> {
+        self.rec.cache
+    }
     /// A stream broke after it started: the status stays, the kind says what happened.
     pub fn broken(&mut self, kind: &'static str) {
         self.rec.error_kind = Some(kind);

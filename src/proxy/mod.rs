@@ -6,6 +6,7 @@
 //! config, hash keys or format errors: those belong to their modules.
 
 mod attempt;
+mod cached;
 pub mod ledger;
 pub mod relay;
 mod sse;
@@ -40,7 +41,12 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
     let usage = state.store.as_ref().map(|s| s.usage.clone());
     let mut ledger = Ledger::start(request_id, endpoint.label(), usage);
     match run(&state, endpoint, req, &mut ledger).await {
-        Ok(ready) => ready.relay(ledger),
+        Ok(Ready::Cached {
+            snap,
+            hit,
+            include_usage,
+        }) => cached::serve(&snap, hit, include_usage, ledger),
+        Ok(Ready::Upstream(relayed)) => relayed.relay(ledger),
         Err(e) => refuse(e, ledger),
     }
 }
@@ -82,6 +88,32 @@ async fn run(
     let estimate = snap.limiter.estimate(endpoint, shaped.ask(), &json);
     ledger.admitted(snap.limiter.admit(caller.subject(), &estimate).await?);
 
+    // look up (cache): an exact-match answer ends the path here; a miss carries its fill.
+    let looked = cached::look_up(
+        &snap,
+        endpoint,
+        &caller.team,
+        team,
+        &shaped,
+        &json,
+        &parts.headers,
+    )
+    .await;
+    let cache = match looked {
+        cached::Looked::Off => None,
+        cached::Looked::Hit(hit) => {
+            return Ok(Ready::Cached {
+                include_usage: shaped.client_wants_usage,
+                snap,
+                hit,
+            })
+        }
+        cached::Looked::Go(status, fill) => {
+            ledger.cache_status(status.label());
+            Some((status, fill))
+        }
+    };
+
     // Only now, authenticated and within its own limits, may the caller take one of the
     // process's shared in-flight slots: a caller cannot hold them while it trickles a body in
     // or past its own concurrency.
@@ -104,28 +136,48 @@ async fn run(
         max_attempts: shaped.max_attempts,
     };
     let answer = attempt::dispatch(&snap, route, &mut json, &request, wishes, ledger).await?;
-    Ok(Ready {
+    Ok(Ready::Upstream(Relayed {
         answer,
         strip_usage: shaped.stream && !shaped.client_wants_usage,
         in_flight,
-    })
+        cache,
+    }))
 }
 
-/// An answer that passed every step, with what its relay holds.
-struct Ready {
+/// What passed every step: an upstream answer to relay, or a cached one. Made once per request
+/// and moved straight into its answer, so the size difference between the two does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Ready {
+    Upstream(Relayed),
+    Cached {
+        snap: Arc<Snapshot>,
+        hit: crate::cache::Hit,
+        /// The client asked for the usage chunk of its stream.
+        include_usage: bool,
+    },
+}
+
+/// An upstream answer, with what its relay holds.
+struct Relayed {
     answer: attempt::Answer,
     /// The client did not ask for the usage chunk of its stream.
     strip_usage: bool,
     in_flight: tokio::sync::OwnedSemaphorePermit,
+    /// What the cache did, and where the answer is written if it is to be.
+    cache: Option<(crate::cache::Status, Option<crate::cache::Fill>)>,
 }
 
-impl Ready {
+impl Relayed {
     /// relay: bytes to the client as they come; the ledger accounts when the body ends.
     fn relay(self, ledger: Ledger) -> Response {
         let rate = ledger.rate_headers().copied();
-        let mut resp = relay::respond(self.answer, self.strip_usage, self.in_flight, ledger);
+        let (status, fill) = self.cache.map_or((None, None), |(s, f)| (Some(s), f));
+        let mut resp = relay::respond(self.answer, self.strip_usage, self.in_flight, ledger, fill);
         if let Some(rate) = rate {
             rate.apply(resp.headers_mut());
+        }
+        if let Some(s) = status {
+            cached::mark(&mut resp, s);
         }
         resp
     }
@@ -138,6 +190,10 @@ fn refuse(e: ApiError, mut ledger: Ledger) -> Response {
     // Errors after admission carry the limiter's headers too.
     if let Some(rate) = ledger.rate_headers() {
         rate.apply(resp.headers_mut());
+    }
+    if let Some(c) = ledger.cache_label() {
+        resp.headers_mut()
+            .insert(crate::cache::X_CACHE, HeaderValue::from_static(c));
     }
     let attempts = ledger.attempts();
     if attempts > 0 {

@@ -16,12 +16,13 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::attempt::{Answer, AnswerBody};
 use super::ledger::Ledger;
-use super::sse::{inspect, Events, Seen};
+use super::sse::{finish_reason, inspect, Events, Seen};
+use crate::cache::{Capture, Event, Fill};
 use crate::error::error_json;
 use crate::providers::reading::{Break, Health};
 use crate::providers::{BodyStream, Usage};
@@ -42,14 +43,21 @@ pub fn respond(
     strip_usage: bool,
     in_flight: OwnedSemaphorePermit,
     mut ledger: Ledger,
+    fill: Option<Fill>,
 ) -> Response {
     let headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
+    // An answer from a fallback model's upstream is not the cached model's answer.
+    let fill = fill.filter(|f| f.serves(&answer.upstream.name));
     ledger.status(answer.status.as_u16());
     ledger.first_byte();
     let body = match answer.body {
         AnswerBody::Full(bytes, usage) => {
             if let Some(u) = usage {
                 ledger.usage(u);
+            }
+            // Only a whole 200 is cached (errors never reach here as an answer).
+            if let (Some(f), StatusCode::OK) = (fill, answer.status) {
+                f.json(bytes.clone(), usage);
             }
             ledger.finish();
             drop(in_flight);
@@ -70,6 +78,9 @@ pub fn respond(
                 usage: None,
                 content_events: 0,
                 ended: false,
+                capture: fill
+                    .filter(|_| answer.status == StatusCode::OK)
+                    .and_then(Fill::capture),
                 ledger,
                 _held: (in_flight, slot),
             };
@@ -168,6 +179,8 @@ struct SseRelay {
     /// Content events seen; estimates completion tokens when the upstream sends no usage.
     content_events: u64,
     ended: bool,
+    /// The stream as it is captured for the response cache (a miss of a cached model).
+    capture: Option<Capture>,
     ledger: Ledger,
     /// Held until the stream ends: the global in-flight slot and the upstream's.
     _held: (OwnedSemaphorePermit, Slot),
@@ -229,7 +242,15 @@ impl SseRelay {
             let start = events.consumed();
             let Some(event) = events.next() else { break };
             let len = event.len();
-            match inspect(event) {
+            let seen = inspect(event);
+            if let Some(c) = &mut self.capture {
+                c.event(event, cache_event(event, &seen));
+                if !c.active() {
+                    // Past max_entry_bytes: nothing more to look at for the cache.
+                    self.capture = None;
+                }
+            }
+            match seen {
                 Seen::Content => self.content_events += 1,
                 Seen::Usage { usage, usage_only } => {
                     self.usage = Some(usage);
@@ -237,7 +258,7 @@ impl SseRelay {
                         cut = Some((start, start + len));
                     }
                 }
-                Seen::Other => {}
+                Seen::Other | Seen::Done => {}
             }
         }
         let pos = events.consumed();
@@ -256,6 +277,10 @@ impl SseRelay {
 
     fn finish(&mut self) {
         self.ended = true;
+        // Written only when complete; a broken stream dropped its capture first.
+        if let Some(mut c) = self.capture.take() {
+            c.complete(self.usage);
+        }
         self.ledger.upstream_time(self.sent_at.elapsed());
         match self.usage {
             Some(u) => self.ledger.usage(u),
@@ -270,6 +295,7 @@ impl SseRelay {
     /// upstream's health for its breaker.
     fn end(&mut self, why: Break) -> Bytes {
         let (code, message, health) = why.read();
+        self.capture = None;
         self.finish();
         self.ledger.broken(code);
         if health == Health::Down {
@@ -287,5 +313,19 @@ impl SseRelay {
         out.extend_from_slice(&error_json(message, "upstream_error", None, code));
         out.extend_from_slice(b"\n\n");
         out.freeze()
+    }
+}
+
+/// How the cache's capture reads an event the relay already inspected.
+fn cache_event(event: &[u8], seen: &Seen) -> Event {
+    match seen {
+        Seen::Done => Event::Done,
+        Seen::Usage {
+            usage_only: true, ..
+        } => Event::UsageOnly,
+        Seen::Content | Seen::Usage { .. } => Event::Content {
+            finish: finish_reason(event),
+        },
+        Seen::Other => Event::Content { finish: false },
     }
 }

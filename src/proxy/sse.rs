@@ -82,7 +82,12 @@ fn event_len(buf: &[u8]) -> Option<usize> {
 
 pub(super) enum Seen {
     Content,
-    Usage { usage: Usage, usage_only: bool },
+    Usage {
+        usage: Usage,
+        usage_only: bool,
+    },
+    /// `data: [DONE]`.
+    Done,
     Other,
 }
 
@@ -92,7 +97,7 @@ pub(super) fn inspect(event: &[u8]) -> Seen {
     };
     let data = data.trim_ascii();
     if data == b"[DONE]" {
-        return Seen::Other;
+        return Seen::Done;
     }
     if memfind(data, b"\"usage\"") {
         #[derive(serde::Deserialize)]
@@ -113,6 +118,23 @@ pub(super) fn inspect(event: &[u8]) -> Seen {
         }
     }
     Seen::Content
+}
+
+/// Whether an event carries a finish reason (`"finish_reason"` with a string, not `null`).
+pub(super) fn finish_reason(event: &[u8]) -> bool {
+    const FIELD: &[u8] = b"\"finish_reason\"";
+    let mut rest = event;
+    while let Some(at) = rest.windows(FIELD.len()).position(|w| w == FIELD) {
+        rest = &rest[at + FIELD.len()..];
+        let value = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b':'))
+            .map(|i| &rest[i..]);
+        if value.is_some_and(|v| v.first() == Some(&b'"')) {
+            return true;
+        }
+    }
+    false
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
@@ -143,6 +165,20 @@ fn data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finish_reason_is_a_string_not_null() {
+        assert!(finish_reason(
+            br#"data: {"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        ));
+        assert!(finish_reason(
+            br#"data: {"choices":[{"finish_reason" : "length"}]}"#
+        ));
+        assert!(!finish_reason(
+            br#"data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#
+        ));
+        assert!(!finish_reason(b"data: [DONE]"));
+    }
 
     #[test]
     fn event_boundaries() {
@@ -262,7 +298,7 @@ mod tests {
             }
             _ => panic!("usage not seen"),
         }
-        assert!(matches!(inspect(b"data: [DONE]"), Seen::Other));
+        assert!(matches!(inspect(b"data: [DONE]"), Seen::Done));
     }
 
     #[test]

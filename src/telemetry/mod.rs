@@ -208,6 +208,9 @@ pub struct RequestRecord {
     pub attempt_log: String,
     /// Answered from the response cache.
     pub cache_hit: bool,
+    /// What the response cache did (`hit`, `miss`, `bypass`, `refresh`); `None` for a model
+    /// without a cache.
+    pub cache: Option<&'static str>,
 }
 
 /// Write the request log line and update the metrics.
@@ -248,6 +251,7 @@ fn trace_line(r: &RequestRecord) {
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
         attempt_log = %r.attempt_log,
+        cache = r.cache,
     );
 }
 
@@ -377,6 +381,7 @@ mod tests {
             client_disconnected: false,
             attempts: 2,
             attempt_log: "a:upstream_server_error:0.4ms,mock:ok:1.2ms".into(),
+            cache: Some("miss"),
             ..RequestRecord::default()
         };
         let refused = RequestRecord {

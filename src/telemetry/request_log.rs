@@ -153,6 +153,9 @@ pub(super) fn format(r: &RequestRecord, now: SystemTime, out: &mut Vec<u8>) {
     bool_field(out, "client_disconnected", r.client_disconnected);
     int_field(out, "attempts", u64::from(r.attempts));
     string_field(out, "attempt_log", &r.attempt_log);
+    if let Some(c) = r.cache {
+        string_field(out, "cache", c);
+    }
     out.extend_from_slice(b",\"target\":\"tollgate::request\"}\n");
 }
 
