@@ -26,7 +26,7 @@
 //! layer or lower ones, and no two modules use each other:
 //!
 //! ```text
-//! ground    secret  server  telemetry  config  error  openai (wire types)
+//! ground    secret  server  telemetry  config  error  openai (wire types)  egress
 //! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth
 //! assembly  state (the snapshot built from config and the domain)
 //! edges     proxy  admin  app  reload  cli  testkit
@@ -39,7 +39,7 @@
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
 //! [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
-//! [`secret`], and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
+//! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
 pub mod app;
@@ -47,6 +47,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod error;
 pub mod limits;
 pub mod openai;

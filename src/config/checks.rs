@@ -202,6 +202,12 @@ pub(super) fn check_credential(
                 warnings,
             )?;
             check_placement(&o.placement, &format!("{path}.placement"))?;
+            if let Some(t) = &o.tls {
+                t.validate(&format!("{path}.tls"), env, warnings)?;
+            }
+            if let Some(p) = &o.proxy {
+                p.validate(&format!("{path}.proxy"), env, warnings)?;
+            }
             if o.token_method == TokenMethod::Get && o.client_auth != ClientAuth::Query {
                 return Err(err(
                     format!("{path}.token_method"),

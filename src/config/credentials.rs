@@ -117,6 +117,12 @@ pub struct OAuth2Config {
     /// After a permanent failure (`invalid_client`, `invalid_grant`), retry this slowly.
     #[serde(default = "default_failed_retry_interval")]
     pub failed_retry_interval: Dur,
+    /// TLS towards the token endpoint (same options as an upstream's `tls:`).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// The egress proxy for the token endpoint; replaces the gateway-wide `proxy:` (`{}`: direct).
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
 }
 
 fn default_renew_margin() -> Dur {

@@ -26,12 +26,14 @@ mod store;
 mod teams;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod upstreams;
 
 pub use credentials::*;
 pub use limits::*;
 pub use store::*;
 pub use teams::*;
+pub use tls::*;
 pub use upstreams::*;
 
 /// A duration written as `250ms`, `2s`, `5m` or `1h`.
@@ -110,6 +112,9 @@ pub struct Config {
     /// config keys work and no usage rows are written.
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// The egress proxy for upstreams and token endpoints that set none of their own.
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +163,9 @@ pub struct ServerConfig {
     pub metrics_key: Option<SecretRef>,
     /// Serve `/metrics` on this address only (not on `listen`); read at start.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on `listen` (HTTPS, HTTP/2 by ALPN); read at start, the files reloaded when they
+    /// change. Unset: plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +210,7 @@ impl Default for ServerConfig {
             http2: Http2Config::default(),
             metrics_key: None,
             metrics_listen: None,
+            tls: None,
         }
     }
 }
@@ -304,6 +313,12 @@ impl Config {
             ));
         }
         check_forward_headers(&s.forward_headers)?;
+        if let Some(t) = &s.tls {
+            t.validate()?;
+        }
+        if let Some(p) = &self.proxy {
+            p.validate("proxy", env, &mut warnings)?;
+        }
         if let Some(k) = &s.metrics_key {
             check_secret(k, "server.metrics_key", env, &mut warnings)?;
         }
@@ -334,6 +349,12 @@ impl Config {
                         }
                     }
                 }
+            }
+            if let Some(t) = &u.tls {
+                t.validate(&format!("{path}.tls"), env, &mut warnings)?;
+            }
+            if let Some(p) = &u.proxy {
+                p.validate(&format!("{path}.proxy"), env, &mut warnings)?;
             }
             if let Some(c) = &u.credential {
                 if !self.credentials.contains_key(c) {
