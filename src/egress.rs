@@ -340,13 +340,44 @@ pub fn failure(e: &(dyn std::error::Error + 'static)) -> Option<ConnectFailure> 
         if let Some(p) = err.downcast_ref::<ProxyError>() {
             return Some(p.failure);
         }
+        // A TLS 1.3 server refuses a client certificate after the client finished its
+        // handshake, so the alert arrives on the first read; over HTTP/2 the h2 crate keeps
+        // only the text of that I/O error. rustls writes it as `received fatal alert: Name`.
+        if let Some(f) = alert_in_text(&err.to_string()) {
+            return Some(f);
+        }
         // `io::Error::source` skips the error it wraps: look at that one first.
-        next = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => err.source(),
         };
     }
     None
+}
+
+/// The alert of a rustls `received fatal alert: Name` message, named.
+fn alert_in_text(text: &str) -> Option<ConnectFailure> {
+    let (_, name) = text.split_once("received fatal alert: ")?;
+    let name: String = name
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let known = [
+        AlertDescription::CertificateRequired,
+        AlertDescription::BadCertificate,
+        AlertDescription::UnknownCA,
+        AlertDescription::CertificateUnknown,
+        AlertDescription::CertificateExpired,
+        AlertDescription::CertificateRevoked,
+        AlertDescription::UnsupportedCertificate,
+        AlertDescription::AccessDenied,
+        AlertDescription::HandshakeFailure,
+    ];
+    let alert = known.into_iter().find(|a| format!("{a:?}") == name)?;
+    Some(tls_failure(&rustls::Error::AlertReceived(alert)))
 }
 
 fn tls_failure(e: &rustls::Error) -> ConnectFailure {
@@ -410,7 +441,10 @@ mod tests {
     #[test]
     fn the_environment_counts_only_when_the_config_says_so() {
         let env: HashMap<String, String> = [
-            ("HTTPS_PROXY".to_string(), "http://envproxy:8080".to_string()),
+            (
+                "HTTPS_PROXY".to_string(),
+                "http://envproxy:8080".to_string(),
+            ),
             ("NO_PROXY".to_string(), "skip.example".to_string()),
         ]
         .into();
@@ -438,5 +472,8 @@ mod tests {
         assert_eq!(failure(&alert), Some(ConnectFailure::ClientCertRequired));
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(failure(&plain), None);
+        // As h2 hands it on: the text only.
+        let text = std::io::Error::other("received fatal alert: BadCertificate");
+        assert_eq!(failure(&text), Some(ConnectFailure::ClientCertRejected));
     }
 }

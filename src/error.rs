@@ -378,16 +378,16 @@ impl std::fmt::Display for ConnectFailure {
             };
         }
         f.write_str(match self {
-            UnknownCa => "TLS handshake failed: the server's certificate is signed by an unknown CA",
+            UnknownCa => {
+                "TLS handshake failed: the server's certificate is signed by an unknown CA"
+            }
             NameMismatch => {
                 "TLS handshake failed: the server's certificate does not match its name"
             }
             CertificateExpired => {
                 "TLS handshake failed: the server's certificate is expired or not yet valid"
             }
-            ClientCertRequired => {
-                "TLS handshake failed: the server requires a client certificate"
-            }
+            ClientCertRequired => "TLS handshake failed: the server requires a client certificate",
             ClientCertRejected => {
                 "TLS handshake failed: the server refused the gateway's client certificate"
             }

@@ -677,8 +677,8 @@ fn token_client(
         .parse()
         .map_err(|e| format!("{path}.token_url: {e}"))?;
     if let Some(route) = crate::egress::proxy_route(proxy, &dst, &proxy_path, env)? {
-        let mut p = reqwest::Proxy::all(route.uri.to_string())
-            .map_err(|e| format!("{proxy_path}: {e}"))?;
+        let mut p =
+            reqwest::Proxy::all(route.uri.to_string()).map_err(|e| format!("{proxy_path}: {e}"))?;
         if let Some(auth) = route.auth {
             p = p.custom_http_auth(auth);
         }

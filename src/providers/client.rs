@@ -62,9 +62,9 @@ pub fn build(opts: ClientOptions) -> Client {
         .with_tls_config(opts.tls)
         .https_or_http();
     let builder = match opts.server_name {
-        Some(name) => builder.with_server_name_resolver(
-            hyper_rustls::FixedServerNameResolver::new(name),
-        ),
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
         None => builder,
     };
     let tls = builder.enable_http1().enable_http2().wrap_connector(egress);
@@ -77,7 +77,8 @@ pub fn build(opts: ClientOptions) -> Client {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
 
 /// The TCP connection under TLS: straight to the upstream, or a CONNECT tunnel through the
 /// egress proxy (for `http` upstreams too). Called once per new connection, not per request.
@@ -128,7 +129,11 @@ fn authority(dst: &Uri) -> Result<String, BoxError> {
     let host = dst.host().ok_or("the upstream URL has no host")?;
     let port = dst
         .port_u16()
-        .unwrap_or(if dst.scheme_str() == Some("http") { 80 } else { 443 });
+        .unwrap_or(if dst.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
     Ok(format!("{host}:{port}"))
 }
 

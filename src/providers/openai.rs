@@ -10,8 +10,8 @@
 use http::{header, HeaderValue, Method, Uri};
 use http_body_util::Full;
 
-use super::client::{body_stream, classify, endpoint_uri, with_query, Client};
 pub use super::client::ClientOptions;
+use super::client::{body_stream, classify, endpoint_uri, with_query, Client};
 use super::{UpstreamRequest, UpstreamResponse};
 use crate::credentials::Placed;
 use crate::error::ApiError;

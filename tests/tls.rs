@@ -1,0 +1,518 @@
+//! TLS on every hop, through real sockets with certificates made at test time (rcgen): an
+//! upstream behind a private CA (refused without the bundle, served with it, over HTTP/2), an
+//! upstream that requires a client certificate, a wrong server name and its override, a
+//! minimum TLS version, a token endpoint behind a private CA, and the egress proxy (the test
+//! kit's CONNECT proxy counts what passed; its refusals are clear 502s).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{chat, Gateway, Reply, DEMO_KEY_SHA256};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tollgate::testkit::{ConnectProxy, MockOAuth, MockUpstream};
+
+/// A test certificate authority.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf for `names` (DNS names or IPs), for a server or a client.
+    fn leaf(&self, names: &[&str], client: bool) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, if client { "client" } else { "server" });
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Leaf {
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server config for `leaf`, offering h2 and http/1.1; with `client_ca`, a client
+/// certificate from it is required.
+fn server_tls(
+    leaf: &Leaf,
+    client_ca: Option<&Ca>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.issuer.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(leaf.chain(), leaf.key()).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+const ALL: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Model `gpt` on upstream `up` at `base_url` with `extra` lines under the upstream (indented
+/// four spaces) and `top` at the top level; one attempt per request.
+fn config(base_url: &str, extra: &str, top: &str) -> String {
+    format!(
+        r#"
+upstreams:
+  up:
+    provider: openai
+    base_url: {base_url}
+    timeouts: {{ connect: 2s, first_byte: 5s }}
+{extra}
+models:
+  gpt: {{ targets: [ {{ upstream: up }} ], retry: {{ max_attempts: 1 }} }}
+teams:
+  demo: {{ models: ["*"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+{top}
+"#
+    )
+}
+
+async fn ask(gw: &Gateway) -> Reply {
+    Reply::read(
+        gw.post("/v1/chat/completions", chat("gpt", "hello", false))
+            .await,
+    )
+    .await
+}
+
+async fn tls_upstream(leaf: &Leaf, client_ca: Option<&Ca>) -> MockUpstream {
+    MockUpstream::start_tls(server_tls(leaf, client_ca, ALL))
+        .await
+        .unwrap()
+}
+
+/// The 502 a client sees when the upstream hop fails: OpenAI-shaped, naming the upstream and
+/// the cause.
+fn assert_connect_502(r: &Reply, code: &str, cause: &str) {
+    assert_eq!(r.status, 502, "{}", r.body);
+    let e = r.error();
+    assert_eq!(e["code"], code, "{}", r.body);
+    assert_eq!(e["type"], "api_error", "{}", r.body);
+    let msg = e["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("'up'"), "{msg}");
+    assert!(msg.contains(cause), "{msg}");
+}
+
+#[tokio::test]
+async fn a_private_ca_is_refused_without_its_bundle_and_served_with_it_over_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private CA");
+    let mock = tls_upstream(&ca.leaf(&["127.0.0.1"], false), None).await;
+
+    let gw = Gateway::start(&config(&mock.base_url(), "", "")).await;
+    let r = ask(&gw).await;
+    assert_connect_502(&r, "upstream_tls_error", "unknown CA");
+    assert_eq!(mock.request_count(), 0);
+    gw.stop().await;
+
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let tls = format!("    tls: {{ ca_file: {} }}", ca_file.display());
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.content().is_empty());
+    let got = mock.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].version, http::Version::HTTP_2, "h2 by ALPN");
+    gw.stop().await;
+
+    // Only the private CA: still served; a CA that did not sign it: refused.
+    let tls = format!(
+        "    tls: {{ ca_file: {}, public_roots: false }}",
+        ca_file.display()
+    );
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_eq!(ask(&gw).await.status, 200);
+    gw.stop().await;
+    let other = write(dir.path(), "other.pem", &Ca::new("other").pem());
+    let tls = format!("    tls: {{ ca_file: {} }}", other.display());
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_connect_502(&ask(&gw).await, "upstream_tls_error", "unknown CA");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_requires_a_client_certificate_gets_the_configured_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let mock = tls_upstream(&ca.leaf(&["127.0.0.1"], false), Some(&client_ca)).await;
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+
+    // No client certificate: the upstream's refusal is named.
+    let tls = format!("    tls: {{ ca_file: {} }}", ca_file.display());
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_connect_502(
+        &ask(&gw).await,
+        "upstream_tls_error",
+        "requires a client certificate",
+    );
+    gw.stop().await;
+
+    // A certificate from a CA the upstream does not trust: refused as such.
+    let stranger = Ca::new("stranger").leaf(&["tollgate"], true);
+    let cert = write(dir.path(), "bad.pem", &stranger.cert_pem);
+    let key = write(dir.path(), "bad.key", &stranger.key_pem);
+    let tls = format!(
+        "    tls: {{ ca_file: {}, client_cert_file: {}, client_key: \"file:{}\" }}",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_connect_502(
+        &ask(&gw).await,
+        "upstream_tls_error",
+        "refused the gateway's client certificate",
+    );
+    gw.stop().await;
+
+    // The right one, its key from the environment: served.
+    let leaf = client_ca.leaf(&["tollgate"], true);
+    let cert = write(dir.path(), "client.pem", &leaf.cert_pem);
+    let tls = format!(
+        "    tls: {{ ca_file: {}, client_cert_file: {}, client_key: \"${{CLIENT_KEY}}\" }}",
+        ca_file.display(),
+        cert.display()
+    );
+    let env: HashMap<String, String> = [("CLIENT_KEY".to_string(), leaf.key_pem.clone())].into();
+    let gw = Gateway::start_with_env(&config(&mock.base_url(), &tls, ""), env).await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_server_name_is_refused_and_server_name_overrides_the_urls_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private CA");
+    let mock = tls_upstream(&ca.leaf(&["vllm.internal"], false), None).await;
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+
+    let tls = format!("    tls: {{ ca_file: {} }}", ca_file.display());
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_connect_502(
+        &ask(&gw).await,
+        "upstream_tls_error",
+        "does not match its name",
+    );
+    gw.stop().await;
+
+    let tls = format!(
+        "    tls: {{ ca_file: {}, server_name: vllm.internal }}",
+        ca_file.display()
+    );
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn min_version_1_3_refuses_an_upstream_that_speaks_only_tls_1_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private CA");
+    let leaf = ca.leaf(&["127.0.0.1"], false);
+    let mock = MockUpstream::start_tls(server_tls(&leaf, None, &[&rustls::version::TLS12]))
+        .await
+        .unwrap();
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+
+    let tls = format!("    tls: {{ ca_file: {} }}", ca_file.display());
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_eq!(ask(&gw).await.status, 200);
+    gw.stop().await;
+
+    let tls = format!(
+        "    tls: {{ ca_file: {}, min_version: \"1.3\" }}",
+        ca_file.display()
+    );
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, "")).await;
+    assert_connect_502(
+        &ask(&gw).await,
+        "upstream_tls_error",
+        "TLS handshake failed",
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_endpoint_behind_a_private_ca_is_trusted_through_its_tls_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("auth CA");
+    let oauth = MockOAuth::start_tls(server_tls(&ca.leaf(&["127.0.0.1"], false), None, ALL))
+        .await
+        .unwrap();
+    oauth.add_client("cid", "cs-1");
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_auth_check(Some(oauth.bearer_check()));
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let top = format!(
+        r#"credentials:
+  cred:
+    kind: oauth2
+    token_url: {}
+    client_id: cid
+    client_secret: "${{OA_SECRET}}"
+    lease_timeout: 5s
+    tls: {{ ca_file: {} }}
+"#,
+        oauth.token_url(),
+        ca_file.display()
+    );
+    let env: HashMap<String, String> = [("OA_SECRET".to_string(), "cs-1".to_string())].into();
+    let gw =
+        Gateway::start_with_env(&config(&mock.base_url(), "    credential: cred", &top), env).await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(oauth.token_requests() >= 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_egress_proxy_carries_upstream_traffic_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private CA");
+    let mock = tls_upstream(&ca.leaf(&["127.0.0.1"], false), None).await;
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let proxy = ConnectProxy::start().await.unwrap();
+    // base64("svc:pw")
+    proxy.require_auth(Some("Basic c3ZjOnB3"));
+    let env: HashMap<String, String> = [("PROXY_CRED".to_string(), "svc:pw".to_string())].into();
+
+    let tls = format!("    tls: {{ ca_file: {} }}", ca_file.display());
+    let top = format!(
+        "proxy: {{ url: \"{}\", credentials: \"${{PROXY_CRED}}\" }}",
+        proxy.url()
+    );
+    let gw = Gateway::start_with_env(&config(&mock.base_url(), &tls, &top), env.clone()).await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = proxy.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, mock.addr().to_string());
+    assert_eq!(proxy.tunnels(), 1);
+    // The TLS handshake and the request went through the tunnel, the answer came back.
+    assert!(proxy.bytes_up() > 200, "{}", proxy.bytes_up());
+    assert!(
+        proxy.bytes_down() as usize > r.body.len(),
+        "{}",
+        proxy.bytes_down()
+    );
+    // A second request reuses the pooled tunnel.
+    assert_eq!(ask(&gw).await.status, 200);
+    assert_eq!(proxy.tunnels(), 1);
+    gw.stop().await;
+
+    // The upstream's host under no_proxy: direct, the proxy sees nothing.
+    let top = format!(
+        "proxy: {{ url: \"{}\", no_proxy: [\"127.0.0.1\"] }}",
+        proxy.url()
+    );
+    let gw = Gateway::start(&config(&mock.base_url(), &tls, &top)).await;
+    assert_eq!(ask(&gw).await.status, 200);
+    assert_eq!(proxy.requests().len(), 1);
+    gw.stop().await;
+
+    // The environment's proxy is used only when the config says so.
+    let env: HashMap<String, String> = [
+        ("HTTPS_PROXY".to_string(), proxy.url()),
+        ("PROXY_CRED".to_string(), "svc:pw".to_string()),
+    ]
+    .into();
+    let gw = Gateway::start_with_env(&config(&mock.base_url(), &tls, ""), env.clone()).await;
+    assert_eq!(ask(&gw).await.status, 200);
+    assert_eq!(
+        proxy.requests().len(),
+        1,
+        "HTTPS_PROXY ignored without from_env"
+    );
+    gw.stop().await;
+    let top = "proxy: { from_env: true, credentials: \"${PROXY_CRED}\" }";
+    let gw = Gateway::start_with_env(&config(&mock.base_url(), &tls, top), env).await;
+    assert_eq!(ask(&gw).await.status, 200);
+    assert_eq!(proxy.requests().len(), 2);
+    assert_eq!(proxy.tunnels(), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_refusal_is_a_502_that_names_the_proxy() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = ConnectProxy::start().await.unwrap();
+    let top = format!("proxy: {{ url: \"{}\" }}", proxy.url());
+    let gw = Gateway::start(&config(&mock.base_url(), "", &top)).await;
+
+    // A plain http upstream goes through the tunnel too.
+    assert_eq!(ask(&gw).await.status, 200);
+    assert_eq!(proxy.tunnels(), 1);
+
+    proxy.set_refusal(Some(403));
+    // A new connection is needed: the pooled tunnel is cut by a restart of the gateway.
+    gw.stop().await;
+    let gw = Gateway::start(&config(&mock.base_url(), "", &top)).await;
+    let r = ask(&gw).await;
+    assert_connect_502(
+        &r,
+        "upstream_proxy_error",
+        "egress proxy refused the tunnel (403)",
+    );
+
+    proxy.set_refusal(None);
+    proxy.require_auth(Some("Basic c3ZjOnB3"));
+    let r = ask(&gw).await;
+    assert_connect_502(&r, "upstream_proxy_error", "requires authentication");
+    assert_eq!(mock.request_count(), 1);
+    gw.stop().await;
+
+    // A proxy that is not there.
+    proxy.shutdown();
+    let top = "proxy: { url: \"http://127.0.0.1:9\" }";
+    let gw = Gateway::start(&config(&mock.base_url(), "", top)).await;
+    assert_connect_502(
+        &ask(&gw).await,
+        "upstream_proxy_error",
+        "proxy could not be reached",
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_tls_block_fails_the_config_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |yaml: String| {
+        let config = tollgate::config::Config::parse(&yaml).unwrap();
+        match tollgate::state::Snapshot::build(config, &HashMap::<String, String>::new(), None) {
+            Ok(_) => String::new(),
+            Err(e) => e,
+        }
+    };
+    let missing = dir.path().join("nope.pem");
+    let e = check(config(
+        "https://h/v1",
+        &format!("    tls: {{ ca_file: {} }}", missing.display()),
+        "",
+    ));
+    assert!(
+        e.starts_with("upstreams.up.tls.ca_file: cannot read"),
+        "{e}"
+    );
+    let e = check(config(
+        "https://h/v1",
+        "    tls: { client_cert_file: /x.pem }",
+        "",
+    ));
+    assert!(
+        e.starts_with("upstreams.up.tls.client_key: is required"),
+        "{e}"
+    );
+    let junk = write(dir.path(), "junk.pem", "not a certificate");
+    let e = check(config(
+        "https://h/v1",
+        &format!("    tls: {{ ca_file: {} }}", junk.display()),
+        "",
+    ));
+    assert!(e.contains("holds no PEM certificate"), "{e}");
+    let e = check(config(
+        "https://h/v1",
+        "",
+        "proxy: { url: \"https://p:1\" }",
+    ));
+    assert!(e.starts_with("proxy.url: must be an http:// proxy"), "{e}");
+    let e = check(config(
+        "https://h/v1",
+        "",
+        "proxy: { url: \"http://u:p@p:1\" }",
+    ));
+    assert!(e.contains("must not carry credentials"), "{e}");
+    // A key that does not belong to the certificate; the error quotes no key material.
+    let ca = Ca::new("ca");
+    let a = ca.leaf(&["a"], true);
+    let b = ca.leaf(&["b"], true);
+    let cert = write(dir.path(), "a.pem", &a.cert_pem);
+    let key = write(dir.path(), "b.key", &b.key_pem);
+    let e = check(config(
+        "https://h/v1",
+        &format!(
+            "    tls: {{ client_cert_file: {}, client_key: \"file:{}\" }}",
+            cert.display(),
+            key.display()
+        ),
+        "",
+    ));
+    assert!(e.starts_with("upstreams.up.tls.client_key"), "{e}");
+    assert!(!e.contains("PRIVATE KEY"), "{e}");
+}
