@@ -468,6 +468,16 @@ async fn serve(
             return EXIT_CONFIG;
         }
     };
+    // The listener's certificate before the port, too.
+    let opts = match ServeOptions::from_config(&snapshot.config.server)
+        .with_tls(&snapshot.config.server)
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "invalid config");
+            return EXIT_CONFIG;
+        }
+    };
     // The store before the port: a gateway that cannot reach it must not look ready; and the
     // signal handler before the address is published, so a SIGTERM is never the default kill.
     let shutdown = server::shutdown_signal();
@@ -534,7 +544,6 @@ async fn serve(
         }
     }
     let router = crate::app::router(state.clone());
-    let opts = ServeOptions::from_config(&server_cfg);
     server::serve(listener, router, opts, shutdown).await;
     let _ = metrics_stop.send(());
     if let Some(t) = metrics_task {

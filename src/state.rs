@@ -217,17 +217,20 @@ impl AppState {
         }
     }
 
-    /// Authenticate a request's headers against config keys, then store keys.
+    /// Authenticate a request's headers against config keys, then store keys; without a key,
+    /// by the connection's client certificate (`extensions`).
     pub async fn authenticate(
         &self,
         snap: &Snapshot,
         headers: &http::HeaderMap,
+        extensions: &http::Extensions,
     ) -> Result<crate::auth::Caller, crate::error::ApiError> {
         crate::auth::authenticate(
             &snap.keys,
             self.store_keys.as_deref(),
             &snap.config.teams,
             headers,
+            extensions.get(),
         )
         .await
     }

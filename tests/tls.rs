@@ -516,3 +516,243 @@ async fn a_bad_tls_block_fails_the_config_naming_the_field() {
     assert!(e.starts_with("upstreams.up.tls.client_key"), "{e}");
     assert!(!e.contains("PRIVATE KEY"), "{e}");
 }
+
+// ---- the listener ----
+
+/// A gateway config with `server.tls` from `tls` (YAML flow map), models `gpt` (the team
+/// `certs` may use it only) and `other` on `mock`, team `certs` holding `fingerprint`.
+fn listener_config(base_url: &str, tls: &str, fingerprint: &str) -> String {
+    format!(
+        r#"
+server:
+  tls: {tls}
+upstreams:
+  up:
+    provider: openai
+    base_url: {base_url}
+models:
+  gpt: {{ targets: [ {{ upstream: up }} ] }}
+  other: {{ targets: [ {{ upstream: up }} ] }}
+teams:
+  demo: {{ models: ["*"] }}
+  certs: {{ models: ["gpt"], client_cert_sha256: ["{fingerprint}"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+"#
+    )
+}
+
+/// A raw TLS connection to the gateway (HTTP/1.1, kept open), trusting `ca`.
+struct RawTls {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+impl RawTls {
+    async fn connect(addr: std::net::SocketAddr, ca: &Ca) -> RawTls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.issuer.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        RawTls { stream }
+    }
+
+    /// The certificate the server presented on this connection.
+    fn server_cert(&self) -> Vec<u8> {
+        self.stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// `GET /health` on this connection; the status line.
+    async fn health(&mut self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        // The answer is small: read until its head and body (content-length) are in.
+        loop {
+            let n = self.stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return head.lines().next().unwrap_or_default().to_owned();
+                }
+            }
+        }
+    }
+}
+
+fn der_of(leaf: &Leaf) -> Vec<u8> {
+    leaf.chain()[0].to_vec()
+}
+
+#[tokio::test]
+async fn the_listener_serves_tls_and_picks_up_a_replaced_certificate_without_dropping_connections()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("listener CA");
+    let first = ca.leaf(&["127.0.0.1"], false);
+    let cert = write(dir.path(), "tls.crt", &first.cert_pem);
+    let key = write(dir.path(), "tls.key", &first.key_pem);
+    let mock = MockUpstream::start().await.unwrap();
+    let tls = format!(
+        "{{ cert_file: {}, key_file: {}, reload: 100ms }}",
+        cert.display(),
+        key.display()
+    );
+    let gw = Gateway::start(&listener_config(&mock.base_url(), &tls, &"0".repeat(64))).await;
+
+    // HTTPS with HTTP/2 by ALPN, the API as usual.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("https://{}/v1/chat/completions", gw.addr))
+        .bearer_auth(common::DEMO_KEY)
+        .json(&chat("gpt", "hello", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+
+    // An HTTP/1.1 connection opened before the rotation.
+    let mut old = RawTls::connect(gw.addr, &ca).await;
+    assert_eq!(old.health().await, "HTTP/1.1 200 OK");
+    assert_eq!(old.server_cert(), der_of(&first));
+
+    // cert-manager writes a new pair.
+    let second = ca.leaf(&["127.0.0.1"], false);
+    std::fs::write(&key, &second.key_pem).unwrap();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    // The files are looked at every 100 ms: new connections get the new certificate as soon as
+    // it is picked up (each try is a real handshake; bounded).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let fresh = RawTls::connect(gw.addr, &ca).await;
+        if fresh.server_cert() == der_of(&second) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The old connection still works, with the certificate it was made with.
+    assert_eq!(old.health().await, "HTTP/1.1 200 OK");
+    assert_eq!(old.server_cert(), der_of(&first));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_listed_for_a_team_authenticates_as_that_team() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("listener CA");
+    let clients = Ca::new("client CA");
+    let server = ca.leaf(&["127.0.0.1"], false);
+    let member = clients.leaf(&["team-certs"], true);
+    let fingerprint = hex::encode(sha2::Sha256::digest(der_of(&member)));
+    let cert = write(dir.path(), "tls.crt", &server.cert_pem);
+    let key = write(dir.path(), "tls.key", &server.key_pem);
+    let client_ca = write(dir.path(), "clients.pem", &clients.pem());
+    let mock = MockUpstream::start().await.unwrap();
+    let tls = format!(
+        "{{ cert_file: {}, key_file: {}, client_ca_file: {} }}",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    );
+    let gw = Gateway::start(&listener_config(&mock.base_url(), &tls, &fingerprint)).await;
+    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+    let identity = |leaf: &Leaf| {
+        reqwest::Identity::from_pem(format!("{}{}", leaf.cert_pem, leaf.key_pem).as_bytes())
+            .unwrap()
+    };
+    let with_cert = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .identity(identity(&member))
+        .build()
+        .unwrap();
+    let without = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .build()
+        .unwrap();
+    let url = format!("https://{}/v1/chat/completions", gw.addr);
+    let send = |client: &reqwest::Client, model: &str, key: Option<&str>| {
+        let mut req = client.post(&url).json(&chat(model, "hello", false));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move { Reply::read(req.send().await.unwrap()).await }
+    };
+
+    // The certificate alone: team `certs`, which may use `gpt` and not `other`.
+    let r = send(&with_cert, "gpt", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(&with_cert, "other", None).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.error()["code"], "model_not_allowed");
+    // A key on the same connection decides: the demo key's team may use `other`; a wrong key
+    // is 401, never the certificate's team.
+    let r = send(&with_cert, "other", Some(common::DEMO_KEY)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(&with_cert, "gpt", Some("sk-wrong")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Neither a certificate nor a key.
+    let r = send(&without, "gpt", None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // A certificate from the right CA that no team lists.
+    let stranger = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .identity(identity(&clients.leaf(&["nobody"], true)))
+        .build()
+        .unwrap();
+    let r = send(&stranger, "gpt", None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    gw.stop().await;
+
+    // require_client_cert: no certificate, no connection.
+    let tls = format!(
+        "{{ cert_file: {}, key_file: {}, client_ca_file: {}, require_client_cert: true }}",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    );
+    let gw = Gateway::start(&listener_config(&mock.base_url(), &tls, &fingerprint)).await;
+    let url = format!("https://{}/v1/chat/completions", gw.addr);
+    assert!(without.post(&url).send().await.is_err());
+    let r = Reply::read(
+        with_cert
+            .post(&url)
+            .json(&chat("gpt", "hello", false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    gw.stop().await;
+}

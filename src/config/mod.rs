@@ -426,8 +426,21 @@ impl Config {
                 ));
             }
         }
+        let mut fingerprints = std::collections::HashMap::new();
         for (name, t) in &self.teams {
             let path = format!("teams.{name}");
+            for (i, f) in t.client_cert_sha256.iter().enumerate() {
+                let fpath = format!("{path}.client_cert_sha256[{i}]");
+                let Some(bytes) = parse_fingerprint(f) else {
+                    return Err(err(fpath, "must be a SHA-256 fingerprint: 64 hex digits"));
+                };
+                if let Some(other) = fingerprints.insert(bytes, name) {
+                    return Err(err(
+                        fpath,
+                        format!("the same certificate is already listed for team '{other}'"),
+                    ));
+                }
+            }
             for (i, m) in t.models.iter().enumerate() {
                 if m != "*" && !self.models.contains_key(m) {
                     return Err(err(
