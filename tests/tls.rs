@@ -756,3 +756,102 @@ async fn a_client_certificate_listed_for_a_team_authenticates_as_that_team() {
     assert_eq!(r.status, 200, "{}", r.body);
     gw.stop().await;
 }
+
+// ---- Redis over TLS ----
+
+/// The machine's `redis-server` on a free loopback port with TLS only (`--port 0`), serving
+/// `leaf`; `None` when it cannot be started with TLS here (then docs/TLS.md's manual check
+/// applies). Stopped when dropped.
+async fn redis_tls(dir: &Path, ca: &Ca, leaf: &Leaf) -> Option<(tokio::process::Child, u16)> {
+    use tokio::io::AsyncBufReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let cert = write(dir, "redis.crt", &leaf.cert_pem);
+    let key = write(dir, "redis.key", &leaf.key_pem);
+    let ca_file = write(dir, "redis-ca.pem", &ca.pem());
+    let mut child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take()?).lines();
+    // Its own word that it listens; bounded.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Ready to accept connections") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        eprintln!("redis-server could not be started with TLS: skipping the Redis TLS check");
+        return None;
+    }
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some((child, port))
+}
+
+#[tokio::test]
+async fn the_limiter_reaches_redis_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("redis CA");
+    let Some((_redis, port)) = redis_tls(dir.path(), &ca, &ca.leaf(&["127.0.0.1"], false)).await
+    else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let ca_file = dir.path().join("redis-ca.pem");
+    let limits = |tls: &str| {
+        format!(
+            "limits: {{ backend: redis, redis_url: \"rediss://127.0.0.1:{port}\", redis_timeout: 2s, on_backend_error: fail_closed{tls} }}"
+        )
+    };
+    let yaml = |tls: &str| {
+        config(&mock.base_url(), "", &limits(tls)).replace(
+            "demo: { models: [\"*\"] }",
+            "demo: { models: [\"*\"], requests_per_minute: 1 }",
+        )
+    };
+    // Trusting the CA: one request admitted, the next refused by the count kept in Redis.
+    let gw = Gateway::start(&yaml(&format!(
+        ", redis_tls: {{ ca_file: {} }}",
+        ca_file.display()
+    )))
+    .await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    gw.stop().await;
+    // Without the CA, Redis's certificate is not trusted: fail_closed answers 503.
+    let gw = Gateway::start(&yaml("")).await;
+    let r = ask(&gw).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.error()["code"], "limiter_unavailable");
+    gw.stop().await;
+}

@@ -16,14 +16,38 @@ impl Config {
             (_, Some(r)) => {
                 check_secret(r, "limits.redis_url", env, warnings)?;
                 let url = r.resolve(env).map_err(|m| err("limits.redis_url", m))?;
-                if !url.expose().starts_with("redis://") {
+                let tls = url.expose().starts_with("rediss://");
+                if !tls && !url.expose().starts_with("redis://") {
                     return Err(err(
                         "limits.redis_url",
-                        "must start with redis:// (TLS to Redis is not built in)",
+                        "must start with redis:// or rediss:// (TLS)",
                     ));
+                }
+                if l.redis_tls.is_some() && !tls {
+                    return Err(err("limits.redis_tls", "needs a rediss:// redis_url (TLS)"));
                 }
             }
             _ => {}
+        }
+        if let Some(t) = &l.redis_tls {
+            match (&t.client_cert_file, &t.client_key) {
+                (Some(_), None) => {
+                    return Err(err(
+                        "limits.redis_tls.client_key",
+                        "is required with client_cert_file",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "limits.redis_tls.client_cert_file",
+                        "is required with client_key",
+                    ))
+                }
+                (Some(_), Some(k)) => {
+                    check_secret(k, "limits.redis_tls.client_key", env, warnings)?
+                }
+                (None, None) => {}
+            }
         }
         if l.redis_timeout.0.is_zero() {
             return Err(err("limits.redis_timeout", "must be greater than 0"));
