@@ -311,7 +311,8 @@ async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    let db = match crate::store::Store::connect(url.expose(), 2).await {
+    let tls = store_cfg.tls.as_ref();
+    let db = match crate::store::Store::connect_tls(url.expose(), 2, tls, &ProcessEnv).await {
         Ok(db) => db,
         Err(e) => {
             eprintln!("{e}");

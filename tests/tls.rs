@@ -855,3 +855,68 @@ async fn the_limiter_reaches_redis_over_tls_with_a_private_ca() {
     assert_eq!(r.error()["code"], "limiter_unavailable");
     gw.stop().await;
 }
+
+// ---- PostgreSQL over TLS ----
+
+/// Whether the store's connection (named `app` in `pg_stat_activity`) is encrypted, as the
+/// server sees it.
+async fn pg_ssl_of(admin: &mut sqlx::PgConnection, app: &str) -> Option<bool> {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+         WHERE a.application_name = $1 LIMIT 1",
+    )
+    .bind(app)
+    .fetch_optional(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_store_speaks_tls_to_postgresql_as_sslmode_says() {
+    use sqlx::Connection;
+    let db = common::PgDb::create().await;
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let url = |app: &str| format!("{}{sep}application_name={app}", db.url);
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let server_tls: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let env = HashMap::<String, String>::new();
+    let tls = |mode: &str, ca: Option<&Path>| {
+        let mut yaml = format!("sslmode: {mode}\n");
+        if let Some(ca) = ca {
+            yaml.push_str(&format!("ca_file: {}\n", ca.display()));
+        }
+        serde_yaml_ng::from_str::<tollgate::config::PostgresTlsConfig>(&yaml).unwrap()
+    };
+    let connect = |app: &'static str, t: tollgate::config::PostgresTlsConfig| {
+        let (url, env) = (url(app), env.clone());
+        async move { tollgate::store::Store::connect_tls(&url, 1, Some(&t), &env).await }
+    };
+
+    let plain = connect("tg_tls_disable", tls("disable", None))
+        .await
+        .unwrap();
+    assert_eq!(pg_ssl_of(&mut admin, "tg_tls_disable").await, Some(false));
+    drop(plain);
+
+    let required = connect("tg_tls_require", tls("require", None)).await;
+    if server_tls != "on" {
+        // A server without TLS: `require` refuses to go on in the clear.
+        let e = required.err().unwrap_or_default();
+        assert!(e.contains("cannot connect to the PostgreSQL store"), "{e}");
+        return;
+    }
+    let _required = required.unwrap();
+    assert_eq!(pg_ssl_of(&mut admin, "tg_tls_require").await, Some(true));
+
+    // verify-full against a CA that did not sign the server's certificate: refused, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &Ca::new("not the server's").pem());
+    let e = connect("tg_tls_verify", tls("verify-full", Some(&ca)))
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("certificate"), "{e}");
+}

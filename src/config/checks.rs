@@ -104,6 +104,27 @@ impl StoreConfig {
         if self.max_connections == 0 {
             return Err(err("store.max_connections", "must be greater than 0"));
         }
+        if let Some(t) = &self.tls {
+            if !pg {
+                return Err(err("store.tls", "is for a postgres: store.url only"));
+            }
+            match (&t.client_cert_file, &t.client_key) {
+                (Some(_), None) => {
+                    return Err(err(
+                        "store.tls.client_key",
+                        "is required with client_cert_file",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "store.tls.client_cert_file",
+                        "is required with client_key",
+                    ))
+                }
+                (Some(_), Some(k)) => check_secret(k, "store.tls.client_key", env, warnings)?,
+                (None, None) => {}
+            }
+        }
         let ttl = self.key_cache_ttl.0;
         if ttl.is_zero() || ttl > Duration::from_millis(2500) {
             return Err(err(
