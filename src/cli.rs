@@ -433,6 +433,10 @@ fn check_config(file: &std::path::Path) -> u8 {
     let result = Config::load(file).and_then(|c| {
         let mut warnings = c.validate(&ProcessEnv)?;
         warnings.extend(crate::limits::prices::unpriced_warnings(&c));
+        check_tls_files(&c).map_err(|message| crate::config::ConfigError {
+            path: String::new(),
+            message,
+        })?;
         Ok(warnings)
     });
     match result {
@@ -448,6 +452,32 @@ fn check_config(file: &std::path::Path) -> u8 {
             EXIT_CONFIG
         }
     }
+}
+
+/// The certificate and key files the config names, read and parsed as serving would: the
+/// listener's, each upstream's and each OAuth2 token endpoint's. The error names the field.
+fn check_tls_files(c: &Config) -> Result<(), String> {
+    if let Some(t) = &c.server.tls {
+        crate::server::tls::ListenerTls::from_config(t)?;
+    }
+    for (name, u) in &c.upstreams {
+        if u.tls.is_some() {
+            crate::egress::client_config(
+                u.tls.as_ref(),
+                &format!("upstreams.{name}.tls"),
+                &ProcessEnv,
+            )?;
+        }
+    }
+    for (name, cred) in &c.credentials {
+        if let crate::config::CredentialConfig::Oauth2(o) = cred {
+            if o.tls.is_some() {
+                let path = format!("credentials.{name}.tls");
+                crate::egress::client_config(o.tls.as_ref(), &path, &ProcessEnv)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(

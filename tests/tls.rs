@@ -2,7 +2,11 @@
 //! upstream behind a private CA (refused without the bundle, served with it, over HTTP/2), an
 //! upstream that requires a client certificate, a wrong server name and its override, a
 //! minimum TLS version, a token endpoint behind a private CA, and the egress proxy (the test
-//! kit's CONNECT proxy counts what passed; its refusals are clear 502s).
+//! kit's CONNECT proxy counts what passed; its refusals are clear 502s), the listener (HTTPS,
+//! HTTP/2, a certificate rotated on disk, client certificates as a team's credential), Redis over
+//! TLS (the machine's redis-server started with TLS) and PostgreSQL `sslmode`.
+// Helpers outside the test functions unwrap too: a panic there is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

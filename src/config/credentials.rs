@@ -14,7 +14,8 @@ pub enum CredentialConfig {
         placement: Placement,
     },
     /// OAuth2 client credentials (RFC 6749 §4.4), renewed in the background.
-    Oauth2(OAuth2Config),
+    /// (Boxed: by far the largest kind.)
+    Oauth2(Box<OAuth2Config>),
     /// A self-signed HS256 JWT from an `id.secret` API key (Zhipu GLM style).
     Jwt(JwtConfig),
     /// Many credentials for one upstream, with rotation, cooldown and a watched token file.

@@ -668,7 +668,7 @@ fn token_client(
         .redirect(reqwest::redirect::Policy::none())
         .use_preconfigured_tls(tls)
         .no_proxy();
-    let (proxy, proxy_path) = match &c.proxy {
+    let (proxy, proxy_path) = match c.proxy.as_ref() {
         Some(p) => (Some(p), format!("{path}.proxy")),
         None => (gateway_proxy, "proxy".to_owned()),
     };
