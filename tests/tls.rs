@@ -519,6 +519,30 @@ async fn a_bad_tls_block_fails_the_config_naming_the_field() {
     ));
     assert!(e.starts_with("upstreams.up.tls.client_key"), "{e}");
     assert!(!e.contains("PRIVATE KEY"), "{e}");
+
+    // The listener's files are read before the port is bound; errors name the field.
+    let listener = |cert: &Path, key: &Path| {
+        let yaml = format!(
+            "cert_file: {}\nkey_file: {}\n",
+            cert.display(),
+            key.display()
+        );
+        let cfg: tollgate::config::ServerTlsConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+        match tollgate::server::tls::ListenerTls::from_config(&cfg) {
+            Ok(_) => String::new(),
+            Err(e) => e,
+        }
+    };
+    let e = listener(&missing, &key);
+    assert!(e.starts_with("server.tls.cert_file: cannot read"), "{e}");
+    let e = listener(&cert, &key);
+    assert!(
+        e.starts_with("server.tls.key_file: does not fit cert_file"),
+        "{e}"
+    );
+    assert!(!e.contains("PRIVATE KEY"), "{e}");
+    let good = write(dir.path(), "a.key", &a.key_pem);
+    assert_eq!(listener(&cert, &good), "");
 }
 
 // ---- the listener ----
