@@ -107,6 +107,8 @@ pub async fn serve(
         .keep_alive_interval(opts.http2.keep_alive_interval.0)
         .keep_alive_timeout(opts.http2.keep_alive_timeout.0)
         .max_header_list_size(opts.http2.max_header_list_size);
+    // Shared by the connections' tasks (each serves through it).
+    let builder = Arc::new(builder);
     let nofile = open_file_limit();
     tracing::info!(
         max_connections = opts.max_connections,
@@ -212,7 +214,7 @@ struct Deadlines {
 /// by its watcher, or the grace period after shutdown ends.
 async fn run<S>(
     stream: S,
-    builder: Builder<TokioExecutor>,
+    builder: Arc<Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     service: conn::Tracked,
     activity: Arc<conn::Activity>,
