@@ -64,7 +64,9 @@ async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
 /// The models the caller's team may use.
 async fn models(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let snap = s.snapshot.load_full();
-    let caller = s.authenticate(&snap, req.headers()).await?;
+    let caller = s
+        .authenticate(&snap, req.headers(), req.extensions())
+        .await?;
     let team = caller
         .team_policy(&snap.config.teams)
         .ok_or(ApiError::Internal)?;

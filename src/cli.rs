@@ -331,7 +331,8 @@ async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    let db = match crate::store::Store::connect(url.expose(), 2).await {
+    let tls = store_cfg.tls.as_ref();
+    let db = match crate::store::Store::connect_tls(url.expose(), 2, tls, &ProcessEnv).await {
         Ok(db) => db,
         Err(e) => {
             eprintln!("{e}");
@@ -452,6 +453,10 @@ fn check_config(file: &std::path::Path) -> u8 {
     let result = Config::load(file).and_then(|c| {
         let mut warnings = c.validate(&ProcessEnv)?;
         warnings.extend(crate::limits::prices::unpriced_warnings(&c));
+        check_tls_files(&c).map_err(|message| crate::config::ConfigError {
+            path: String::new(),
+            message,
+        })?;
         Ok(warnings)
     });
     match result {
@@ -469,6 +474,32 @@ fn check_config(file: &std::path::Path) -> u8 {
     }
 }
 
+/// The certificate and key files the config names, read and parsed as serving would: the
+/// listener's, each upstream's and each OAuth2 token endpoint's. The error names the field.
+fn check_tls_files(c: &Config) -> Result<(), String> {
+    if let Some(t) = &c.server.tls {
+        crate::server::tls::ListenerTls::from_config(t)?;
+    }
+    for (name, u) in &c.upstreams {
+        if u.tls.is_some() {
+            crate::egress::client_config(
+                u.tls.as_ref(),
+                &format!("upstreams.{name}.tls"),
+                &ProcessEnv,
+            )?;
+        }
+    }
+    for (name, cred) in &c.credentials {
+        if let crate::config::CredentialConfig::Oauth2(o) = cred {
+            if o.tls.is_some() {
+                let path = format!("credentials.{name}.tls");
+                crate::egress::client_config(o.tls.as_ref(), &path, &ProcessEnv)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve(
     path: &std::path::Path,
     listen: Option<SocketAddr>,
@@ -483,6 +514,16 @@ async fn serve(
     };
     let snapshot = match Snapshot::build(config, &ProcessEnv, None) {
         Ok(s) => s,
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "invalid config");
+            return EXIT_CONFIG;
+        }
+    };
+    // The listener's certificate before the port, too.
+    let opts = match ServeOptions::from_config(&snapshot.config.server)
+        .with_tls(&snapshot.config.server)
+    {
+        Ok(o) => o,
         Err(e) => {
             tracing::error!(config = %path.display(), error = %e, "invalid config");
             return EXIT_CONFIG;
@@ -554,7 +595,6 @@ async fn serve(
         }
     }
     let router = crate::app::router(state.clone());
-    let opts = ServeOptions::from_config(&server_cfg);
     server::serve(listener, router, opts, shutdown).await;
     let _ = metrics_stop.send(());
     if let Some(t) = metrics_task {

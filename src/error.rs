@@ -75,6 +75,13 @@ pub enum ApiError {
     },
     #[error("the upstream could not be reached or closed the connection")]
     UpstreamUnreachable,
+    /// A connection to the upstream could not be made for a reason worth naming: its TLS
+    /// (unknown CA, name mismatch, a client certificate) or the egress proxy on the way.
+    #[error("cannot connect to the upstream '{upstream}': {failure}")]
+    UpstreamConnect {
+        upstream: String,
+        failure: ConnectFailure,
+    },
     /// No upstream of the model can take the request now (breakers open, queues full).
     #[error("no upstream is available: {message}")]
     UpstreamUnavailable {
@@ -137,9 +144,10 @@ impl ApiError {
             | CredentialUnavailable { .. }
             | UpstreamUnavailable { .. }
             | LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamUnreachable | UpstreamInvalid | UpstreamCredentialRejected { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamUnreachable
+            | UpstreamConnect { .. }
+            | UpstreamInvalid
+            | UpstreamCredentialRejected { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamStatus { status, .. } => *status,
             NotFound { .. } => StatusCode::NOT_FOUND,
@@ -166,6 +174,8 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
+            UpstreamConnect { failure, .. } if failure.is_proxy() => "upstream_proxy",
+            UpstreamConnect { .. } => "upstream_tls",
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid",
@@ -220,6 +230,8 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             CredentialUnavailable { .. } => "upstream_credential_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
+            UpstreamConnect { failure, .. } if failure.is_proxy() => "upstream_proxy_error",
+            UpstreamConnect { .. } => "upstream_tls_error",
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamInvalid => "upstream_invalid_response",
@@ -300,6 +312,92 @@ impl ApiError {
             _ => None,
         };
         error_json(&self.to_string(), self.openai_type(), param, self.code())
+    }
+}
+
+/// Why a connection could not be made, named for a client and a log line: the hop (the
+/// upstream's TLS, the egress proxy) and the cause. A closed vocabulary, never a peer's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// TLS: the server's certificate chains to no CA Tollgate trusts.
+    UnknownCa,
+    /// TLS: the server's certificate is not valid for the name Tollgate checked.
+    NameMismatch,
+    /// TLS: the server's certificate is expired or not yet valid.
+    CertificateExpired,
+    /// TLS: the server requires a client certificate and none was sent.
+    ClientCertRequired,
+    /// TLS: the server refused the client certificate Tollgate sent.
+    ClientCertRejected,
+    /// TLS: the handshake failed otherwise (no common version or cipher, not a TLS server).
+    Handshake,
+    /// The egress proxy asked for credentials it did not get or accept (407).
+    ProxyAuthRequired,
+    /// The egress proxy refused the CONNECT with this status (403, 502, ...; 0: no valid
+    /// answer, or the connection closed).
+    ProxyRefused(u16),
+    /// The egress proxy could not be reached.
+    ProxyUnreachable,
+}
+
+impl ConnectFailure {
+    /// The hop is the egress proxy (else the upstream's TLS).
+    pub fn is_proxy(self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::ProxyAuthRequired
+                | ConnectFailure::ProxyRefused(_)
+                | ConnectFailure::ProxyUnreachable
+        )
+    }
+
+    /// A short label for log fields.
+    pub fn label(self) -> &'static str {
+        use ConnectFailure::*;
+        match self {
+            UnknownCa => "unknown_ca",
+            NameMismatch => "name_mismatch",
+            CertificateExpired => "certificate_expired",
+            ClientCertRequired => "client_cert_required",
+            ClientCertRejected => "client_cert_rejected",
+            Handshake => "handshake_failed",
+            ProxyAuthRequired => "proxy_auth_required",
+            ProxyRefused(_) => "proxy_refused",
+            ProxyUnreachable => "proxy_unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ConnectFailure::*;
+        if let ProxyRefused(status) = self {
+            return match status {
+                0 => f.write_str("the egress proxy refused the tunnel (no valid answer)"),
+                s => write!(f, "the egress proxy refused the tunnel ({s})"),
+            };
+        }
+        f.write_str(match self {
+            UnknownCa => {
+                "TLS handshake failed: the server's certificate is signed by an unknown CA"
+            }
+            NameMismatch => {
+                "TLS handshake failed: the server's certificate does not match its name"
+            }
+            CertificateExpired => {
+                "TLS handshake failed: the server's certificate is expired or not yet valid"
+            }
+            ClientCertRequired => "TLS handshake failed: the server requires a client certificate",
+            ClientCertRejected => {
+                "TLS handshake failed: the server refused the gateway's client certificate"
+            }
+            Handshake => "TLS handshake failed",
+            ProxyAuthRequired => {
+                "the egress proxy requires authentication (407 Proxy Authentication Required)"
+            }
+            ProxyUnreachable => "the egress proxy could not be reached",
+            ProxyRefused(_) => "the egress proxy refused the tunnel",
+        })
     }
 }
 

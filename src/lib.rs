@@ -27,7 +27,7 @@
 //! layer or lower ones, and no two modules use each other:
 //!
 //! ```text
-//! ground    secret  server  telemetry  config  error  openai (wire types)
+//! ground    secret  server  telemetry  config  error  openai (wire types)  egress
 //! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth  cache
 //! assembly  state (the snapshot built from config and the domain)
 //! edges     proxy  admin  app  reload  cli  testkit
@@ -40,7 +40,7 @@
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
 //! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
-//! [`secret`], and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
+//! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
 pub mod app;
@@ -49,6 +49,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod error;
 pub mod limits;
 pub mod openai;

@@ -15,7 +15,8 @@ use crate::auth::{KeyCache, KeyIndex};
 use crate::config::{Config, ProviderKind};
 use crate::credentials::Credential;
 use crate::limits::Limiter;
-use crate::providers::{mock::Mock, openai::OpenAi, Provider};
+use crate::providers::openai::{ClientOptions, OpenAi};
+use crate::providers::{mock::Mock, Provider};
 use crate::routing::Route;
 pub use crate::routing::Upstream;
 use crate::secret::EnvSource;
@@ -72,13 +73,18 @@ impl Snapshot {
         let mut credentials = BTreeMap::new();
         for (name, c) in &config.credentials {
             let kept = previous.and_then(|p| {
-                (p.config.credentials.get(name) == Some(c))
+                (p.config.credentials.get(name) == Some(c) && p.config.proxy == config.proxy)
                     .then(|| p.credentials.get(name).cloned())
                     .flatten()
             });
             let cred = match kept {
                 Some(k) => k,
-                None => Arc::new(Credential::from_config(name, c, env)?),
+                None => Arc::new(Credential::from_config(
+                    name,
+                    c,
+                    env,
+                    config.proxy.as_ref(),
+                )?),
             };
             credentials.insert(name.clone(), cred);
         }
@@ -93,7 +99,10 @@ impl Snapshot {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
             };
+            // The gateway-wide proxy is part of an upstream's config when it has none of its own.
+            let same_proxy = |p: &Snapshot| u.proxy.is_some() || p.config.proxy == config.proxy;
             let kept = previous
+                .filter(|p| same_proxy(p))
                 .and_then(|p| p.upstreams.get(name))
                 .filter(|old| old.config() == u && same_credential(old));
             if let Some(old) = kept {
@@ -101,10 +110,11 @@ impl Snapshot {
                 continue;
             }
             let provider = match u.provider {
-                ProviderKind::Openai => Provider::OpenAi(Box::new(OpenAi::new(
-                    u.base_url.as_deref().unwrap_or_default(),
-                    &u.timeouts,
-                )?)),
+                ProviderKind::Openai => {
+                    let base_url = u.base_url.as_deref().unwrap_or_default();
+                    let connect = client_options(name, u, config.proxy.as_ref(), env)?;
+                    Provider::OpenAi(Box::new(OpenAi::new(name, base_url, connect)?))
+                }
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
             };
             upstreams.insert(
@@ -154,6 +164,31 @@ impl Snapshot {
     }
 }
 
+/// How upstream `name`'s connections are made: its connect timeout, its TLS configuration (read
+/// from its files now), its server name, and the egress proxy its host goes through (its own
+/// `proxy:` or the gateway-wide one).
+fn client_options(
+    name: &str,
+    u: &crate::config::UpstreamConfig,
+    gateway_proxy: Option<&crate::config::ProxyConfig>,
+    env: &dyn EnvSource,
+) -> Result<ClientOptions, String> {
+    let path = format!("upstreams.{name}");
+    let tls = crate::egress::client_config(u.tls.as_ref(), &format!("{path}.tls"), env)?;
+    let base = u.base_url.as_deref().unwrap_or_default();
+    let dst = crate::providers::client::endpoint_uri(base, "")?;
+    let (proxy, proxy_path) = match &u.proxy {
+        Some(p) => (Some(p), format!("{path}.proxy")),
+        None => (gateway_proxy, "proxy".to_owned()),
+    };
+    Ok(ClientOptions {
+        connect_timeout: u.timeouts.connect.0,
+        tls,
+        server_name: crate::egress::server_name(u.tls.as_ref()),
+        proxy: crate::egress::proxy_route(proxy, &dst, &proxy_path, env)?,
+    })
+}
+
 /// Everything handlers share; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -191,17 +226,20 @@ impl AppState {
         }
     }
 
-    /// Authenticate a request's headers against config keys, then store keys.
+    /// Authenticate a request's headers against config keys, then store keys; without a key,
+    /// by the connection's client certificate (`extensions`).
     pub async fn authenticate(
         &self,
         snap: &Snapshot,
         headers: &http::HeaderMap,
+        extensions: &http::Extensions,
     ) -> Result<crate::auth::Caller, crate::error::ApiError> {
         crate::auth::authenticate(
             &snap.keys,
             self.store_keys.as_deref(),
             &snap.config.teams,
             headers,
+            extensions.get(),
         )
         .await
     }

@@ -143,15 +143,19 @@ async fn store_key_lifecycle_create_use_narrow_revoke() {
     // The caller carries the store's limits for the limits module.
     let caller = gw
         .state
-        .authenticate(&gw.state.snapshot.load_full(), &{
-            let mut h = http::HeaderMap::new();
-            h.insert(
-                "authorization",
-                http::HeaderValue::from_str(&format!("Bearer {key}"))
-                    .unwrap_or_else(|e| panic!("{e}")),
-            );
-            h
-        })
+        .authenticate(
+            &gw.state.snapshot.load_full(),
+            &{
+                let mut h = http::HeaderMap::new();
+                h.insert(
+                    "authorization",
+                    http::HeaderValue::from_str(&format!("Bearer {key}"))
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+                h
+            },
+            &http::Extensions::new(),
+        )
         .await
         .unwrap_or_else(|e| panic!("auth: {e}"));
     assert_eq!(caller.key_limits.tokens_per_minute, Some(100000));

@@ -27,6 +27,8 @@ use crate::secret::{EnvSource, SecretRef};
 use crate::store::TeamRecord;
 pub use key_cache::KeyCache;
 
+use crate::server::tls::PeerCertificate;
+
 /// Who is calling: enough for policy, limits and accounting.
 ///
 /// Config keys fill only `key_id` and `team`; the `Option` fields are set for store keys.
@@ -101,14 +103,22 @@ impl Caller {
     }
 }
 
-/// Authenticate from request headers: config keys, then (with a store) store keys.
+/// Authenticate from request headers: config keys, then (with a store) store keys. A request
+/// with no API key at all is authenticated by the connection's verified client certificate
+/// (`peer`) when a team lists it; a key that is presented always decides, even on such a
+/// connection (a wrong key is 401, never the certificate's team).
 pub async fn authenticate(
     keys: &KeyIndex,
     store_keys: Option<&KeyCache>,
     teams: &BTreeMap<String, TeamConfig>,
     headers: &HeaderMap,
+    peer: Option<&PeerCertificate>,
 ) -> Result<Caller, ApiError> {
-    let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
+    let Some(key) = presented_key(headers) else {
+        return peer
+            .and_then(|p| keys.by_certificate(p))
+            .ok_or(ApiError::Unauthorized);
+    };
     let hash = hash_key(key);
     if let Some(c) = keys.lookup(&hash) {
         return Ok(c);
@@ -133,6 +143,8 @@ pub async fn authenticate(
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<[u8; 32], Caller>,
+    /// Teams' client certificates (`teams.X.client_cert_sha256`) by fingerprint.
+    by_cert: HashMap<[u8; 32], Caller>,
 }
 
 impl KeyIndex {
@@ -152,7 +164,27 @@ impl KeyIndex {
                 },
             );
         }
-        Ok(KeyIndex { by_hash })
+        let mut by_cert = HashMap::new();
+        for (team, t) in &cfg.teams {
+            for f in &t.client_cert_sha256 {
+                let sha = crate::config::parse_fingerprint(f).ok_or_else(|| {
+                    format!("teams.{team}.client_cert_sha256: {f}: not a fingerprint")
+                })?;
+                let caller = Caller {
+                    key_id: Arc::from(format!("cert:{}", hex::encode(&sha[..4]))),
+                    team: Arc::from(team.as_str()),
+                    team_limits: t.limits,
+                    ..Caller::default()
+                };
+                by_cert.insert(sha, caller);
+            }
+        }
+        Ok(KeyIndex { by_hash, by_cert })
+    }
+
+    /// The caller a verified client certificate stands for, if a team lists it.
+    pub fn by_certificate(&self, peer: &PeerCertificate) -> Option<Caller> {
+        self.by_cert.get(&peer.sha256).cloned()
     }
 
     /// The admin key, if configured, as an index of one (team `admin`).
@@ -166,6 +198,7 @@ impl KeyIndex {
         };
         Ok(Some(KeyIndex {
             by_hash: HashMap::from([(hash, caller)]),
+            by_cert: HashMap::new(),
         }))
     }
 
@@ -182,6 +215,7 @@ impl KeyIndex {
         };
         Ok(Some(KeyIndex {
             by_hash: HashMap::from([(hash, caller)]),
+            by_cert: HashMap::new(),
         }))
     }
 

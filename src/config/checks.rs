@@ -16,14 +16,38 @@ impl Config {
             (_, Some(r)) => {
                 check_secret(r, "limits.redis_url", env, warnings)?;
                 let url = r.resolve(env).map_err(|m| err("limits.redis_url", m))?;
-                if !url.expose().starts_with("redis://") {
+                let tls = url.expose().starts_with("rediss://");
+                if !tls && !url.expose().starts_with("redis://") {
                     return Err(err(
                         "limits.redis_url",
-                        "must start with redis:// (TLS to Redis is not built in)",
+                        "must start with redis:// or rediss:// (TLS)",
                     ));
+                }
+                if l.redis_tls.is_some() && !tls {
+                    return Err(err("limits.redis_tls", "needs a rediss:// redis_url (TLS)"));
                 }
             }
             _ => {}
+        }
+        if let Some(t) = &l.redis_tls {
+            match (&t.client_cert_file, &t.client_key) {
+                (Some(_), None) => {
+                    return Err(err(
+                        "limits.redis_tls.client_key",
+                        "is required with client_cert_file",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "limits.redis_tls.client_cert_file",
+                        "is required with client_key",
+                    ))
+                }
+                (Some(_), Some(k)) => {
+                    check_secret(k, "limits.redis_tls.client_key", env, warnings)?
+                }
+                (None, None) => {}
+            }
         }
         if l.redis_timeout.0.is_zero() {
             return Err(err("limits.redis_timeout", "must be greater than 0"));
@@ -79,6 +103,27 @@ impl StoreConfig {
         }
         if self.max_connections == 0 {
             return Err(err("store.max_connections", "must be greater than 0"));
+        }
+        if let Some(t) = &self.tls {
+            if !pg {
+                return Err(err("store.tls", "is for a postgres: store.url only"));
+            }
+            match (&t.client_cert_file, &t.client_key) {
+                (Some(_), None) => {
+                    return Err(err(
+                        "store.tls.client_key",
+                        "is required with client_cert_file",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "store.tls.client_cert_file",
+                        "is required with client_key",
+                    ))
+                }
+                (Some(_), Some(k)) => check_secret(k, "store.tls.client_key", env, warnings)?,
+                (None, None) => {}
+            }
         }
         let ttl = self.key_cache_ttl.0;
         if ttl.is_zero() || ttl > Duration::from_millis(2500) {
@@ -205,6 +250,12 @@ pub(super) fn check_credential(
                 warnings,
             )?;
             check_placement(&o.placement, &format!("{path}.placement"))?;
+            if let Some(t) = &o.tls {
+                t.validate(&format!("{path}.tls"), env, warnings)?;
+            }
+            if let Some(p) = &o.proxy {
+                p.validate(&format!("{path}.proxy"), env, warnings)?;
+            }
             if o.token_method == TokenMethod::Get && o.client_auth != ClientAuth::Query {
                 return Err(err(
                     format!("{path}.token_method"),

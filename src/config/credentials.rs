@@ -14,7 +14,8 @@ pub enum CredentialConfig {
         placement: Placement,
     },
     /// OAuth2 client credentials (RFC 6749 §4.4), renewed in the background.
-    Oauth2(OAuth2Config),
+    /// (Boxed: by far the largest kind.)
+    Oauth2(Box<OAuth2Config>),
     /// A self-signed HS256 JWT from an `id.secret` API key (Zhipu GLM style).
     Jwt(JwtConfig),
     /// Many credentials for one upstream, with rotation, cooldown and a watched token file.
@@ -117,6 +118,12 @@ pub struct OAuth2Config {
     /// After a permanent failure (`invalid_client`, `invalid_grant`), retry this slowly.
     #[serde(default = "default_failed_retry_interval")]
     pub failed_retry_interval: Dur,
+    /// TLS towards the token endpoint (same options as an upstream's `tls:`).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// The egress proxy for the token endpoint; replaces the gateway-wide `proxy:` (`{}`: direct).
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
 }
 
 fn default_renew_margin() -> Dur {

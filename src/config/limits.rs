@@ -8,9 +8,12 @@ use super::*;
 pub struct LimitsConfig {
     /// `memory` (one instance; the default) or `redis` (state shared by every replica).
     pub backend: LimiterBackend,
-    /// Redis URL (`redis://[:password@]host:port[/db]`), best as `${ENV}` or `file:`; required
-    /// with `backend: redis`.
+    /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS), best as
+    /// `${ENV}` or `file:`; required with `backend: redis`.
     pub redis_url: Option<SecretRef>,
+    /// TLS to Redis with a `rediss://` URL: a private CA, a client certificate. Unset: the
+    /// system's trusted roots.
+    pub redis_tls: Option<RedisTlsConfig>,
     /// Prefix of every Redis key Tollgate writes, so deployments can share one Redis.
     pub redis_prefix: String,
     /// Longest wait for Redis on the request path; beyond it `on_backend_error` applies.
@@ -35,6 +38,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             backend: LimiterBackend::Memory,
             redis_url: None,
+            redis_tls: None,
             redis_prefix: "tollgate:".into(),
             redis_timeout: Dur(Duration::from_millis(250)),
             on_backend_error: OnBackendError::FailOpen,
@@ -44,6 +48,18 @@ impl Default for LimitsConfig {
             state_flush_interval: secs(5),
         }
     }
+}
+
+/// TLS to Redis (`rediss://`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// A PEM bundle of the CAs Redis's certificate may chain to (only these are trusted).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A PEM client certificate for Redis's `tls-auth-clients`; needs `client_key`.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM) as a secret reference (`file:/path` or `${ENV}`).
+    pub client_key: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

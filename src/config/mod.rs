@@ -28,6 +28,7 @@ mod store;
 mod teams;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod upstreams;
 
 pub use cache::*;
@@ -35,6 +36,7 @@ pub use credentials::*;
 pub use limits::*;
 pub use store::*;
 pub use teams::*;
+pub use tls::*;
 pub use upstreams::*;
 
 /// A duration written as `250ms`, `2s`, `5m` or `1h`.
@@ -117,6 +119,9 @@ pub struct Config {
     /// model (`models.<m>.cache`). See docs/CACHE.md.
     #[serde(default)]
     pub cache: CacheStoreConfig,
+    /// The egress proxy for upstreams and token endpoints that set none of their own.
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +170,9 @@ pub struct ServerConfig {
     pub metrics_key: Option<SecretRef>,
     /// Serve `/metrics` on this address only (not on `listen`); read at start.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on `listen` (HTTPS, HTTP/2 by ALPN); read at start, the files reloaded when they
+    /// change. Unset: plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +217,7 @@ impl Default for ServerConfig {
             http2: Http2Config::default(),
             metrics_key: None,
             metrics_listen: None,
+            tls: None,
         }
     }
 }
@@ -311,6 +320,12 @@ impl Config {
             ));
         }
         check_forward_headers(&s.forward_headers)?;
+        if let Some(t) = &s.tls {
+            t.validate()?;
+        }
+        if let Some(p) = &self.proxy {
+            p.validate("proxy", env, &mut warnings)?;
+        }
         if let Some(k) = &s.metrics_key {
             check_secret(k, "server.metrics_key", env, &mut warnings)?;
         }
@@ -341,6 +356,12 @@ impl Config {
                         }
                     }
                 }
+            }
+            if let Some(t) = &u.tls {
+                t.validate(&format!("{path}.tls"), env, &mut warnings)?;
+            }
+            if let Some(p) = &u.proxy {
+                p.validate(&format!("{path}.proxy"), env, &mut warnings)?;
             }
             if let Some(c) = &u.credential {
                 if !self.credentials.contains_key(c) {
@@ -412,8 +433,21 @@ impl Config {
                 ));
             }
         }
+        let mut fingerprints = std::collections::HashMap::new();
         for (name, t) in &self.teams {
             let path = format!("teams.{name}");
+            for (i, f) in t.client_cert_sha256.iter().enumerate() {
+                let fpath = format!("{path}.client_cert_sha256[{i}]");
+                let Some(bytes) = parse_fingerprint(f) else {
+                    return Err(err(fpath, "must be a SHA-256 fingerprint: 64 hex digits"));
+                };
+                if let Some(other) = fingerprints.insert(bytes, name) {
+                    return Err(err(
+                        fpath,
+                        format!("the same certificate is already listed for team '{other}'"),
+                    ));
+                }
+            }
             for (i, m) in t.models.iter().enumerate() {
                 if m != "*" && !self.models.contains_key(m) {
                     return Err(err(

@@ -20,6 +20,38 @@ pub struct StoreConfig {
     pub stale_if_error: Dur,
     #[serde(default)]
     pub usage: UsageWriterConfig,
+    /// TLS to PostgreSQL: `sslmode`, the CA bundle, a client certificate. These override the
+    /// same settings written in the URL (`?sslmode=…&sslrootcert=…`). Not with SQLite.
+    #[serde(default)]
+    pub tls: Option<PostgresTlsConfig>,
+}
+
+/// TLS to the PostgreSQL store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresTlsConfig {
+    /// libpq's `sslmode`: `disable`, `allow`, `prefer` (the default), `require` (encrypted, the
+    /// certificate not checked), `verify-ca` (signed by `ca_file`), `verify-full` (and the
+    /// host name matches).
+    pub sslmode: Option<SslMode>,
+    /// A PEM bundle of the CAs the server's certificate may chain to (`sslrootcert`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A PEM client certificate (`sslcert`); needs `client_key`.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM) as a secret reference (`file:/path` or `${ENV}`).
+    pub client_key: Option<SecretRef>,
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 fn default_store_connections() -> u32 {

@@ -21,6 +21,17 @@ pub struct TeamConfig {
     pub max_priority: Option<Priority>,
     /// This team's use of the response cache (`enabled: false` opts out).
     pub cache: Option<TeamCacheConfig>,
+    /// SHA-256 fingerprints (hex, colons allowed) of client certificates that authenticate as
+    /// this team on a TLS listener with `server.tls.client_ca_file`, for requests without an
+    /// API key.
+    pub client_cert_sha256: Vec<String>,
+}
+
+/// A certificate fingerprint as written (`AB:CD:…` or `abcd…`) to its 32 bytes.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(hex.trim()).ok()?;
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
 }
 
 /// Queue priority of a request waiting for an upstream slot.

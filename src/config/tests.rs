@@ -43,6 +43,16 @@ fn limits_are_validated_with_field_paths() {
     );
     let t = format!("{BASE}limits: {{ backend: redis, redis_url: \"http://x\" }}\n");
     assert!(check(&t).is_err_and(|e| e.starts_with("limits.redis_url: must start")));
+    // TLS to Redis: `rediss://`, with or without a CA bundle; the bundle needs `rediss://`.
+    let t = format!("{BASE}limits: {{ backend: redis, redis_url: \"rediss://r:6380\" }}\n");
+    assert_eq!(check(&t).err(), None);
+    let t = format!(
+        "{BASE}limits: {{ backend: redis, redis_url: \"redis://r\", redis_tls: {{ ca_file: /ca.pem }} }}\n"
+    );
+    assert_eq!(
+        check(&t).err().as_deref(),
+        Some("limits.redis_tls: needs a rediss:// redis_url (TLS)")
+    );
     let t = format!("{BASE}limits: {{ backned: redis }}\n");
     assert!(check(&t).is_err_and(|e| e.contains("backned")));
     let t = format!("{BASE}prices: {{ x: {{ input_per_million: -1, output_per_million: 1 }} }}\n");

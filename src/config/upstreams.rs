@@ -38,6 +38,13 @@ pub struct UpstreamConfig {
     /// Behaviour of the `mock` provider.
     #[serde(default)]
     pub mock: MockConfig,
+    /// TLS towards this upstream: a private CA, a client certificate, a server name, a
+    /// minimum version. Unset: the public roots, TLS 1.2+.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// The egress proxy for this upstream; replaces the gateway-wide `proxy:` (`{}`: direct).
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
 }
 
 fn default_max_queue() -> usize {

@@ -309,10 +309,12 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// `proxy` is the gateway-wide egress proxy, for token endpoints without their own.
     pub fn from_config(
         name: &str,
         cfg: &CredentialConfig,
         env: &dyn EnvSource,
+        proxy: Option<&crate::config::ProxyConfig>,
     ) -> Result<Credential, String> {
         let kind = match cfg {
             CredentialConfig::Static { secret, placement } => Kind::Static(StaticKey {
@@ -325,9 +327,11 @@ impl Credential {
                 ),
                 served: AtomicU64::new(0),
             }),
-            CredentialConfig::Oauth2(c) => Kind::OAuth2(oauth2::OAuth2::from_config(name, c, env)?),
+            CredentialConfig::Oauth2(c) => {
+                Kind::OAuth2(oauth2::OAuth2::from_config(name, c, env, proxy)?)
+            }
             CredentialConfig::Jwt(c) => Kind::Jwt(jwt::Jwt::from_config(name, c, env)?),
-            CredentialConfig::Pool(c) => Kind::Pool(pool::Pool::from_config(name, c, env)?),
+            CredentialConfig::Pool(c) => Kind::Pool(pool::Pool::from_config(name, c, env, proxy)?),
         };
         Ok(Credential {
             name: name.to_owned(),

@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::{backoff, Lease, Outcome, Placed, Retry, TaskGuard, View};
-use crate::config::{ClientAuth, OAuth2Config, Placement, TokenMethod};
+use crate::config::{ClientAuth, OAuth2Config, Placement, ProxyConfig, TokenMethod};
 use crate::error::ApiError;
 use crate::secret::{EnvSource, Secret};
 use crate::telemetry::names;
@@ -177,18 +177,19 @@ pub struct OAuth2 {
 }
 
 impl OAuth2 {
-    pub fn from_config(name: &str, c: &OAuth2Config, env: &dyn EnvSource) -> Result<Self, String> {
+    /// `proxy` is the gateway-wide egress proxy, used when the credential sets none.
+    pub fn from_config(
+        name: &str,
+        c: &OAuth2Config,
+        env: &dyn EnvSource,
+        proxy: Option<&ProxyConfig>,
+    ) -> Result<Self, String> {
         let path = format!("credentials.{name}");
+        let token_url = reqwest::Url::parse(&c.token_url)
+            .map_err(|e| format!("{path}.token_url: invalid URL: {e}"))?;
         let fetcher = HttpFetch {
-            client: reqwest::Client::builder()
-                .connect_timeout(c.connect_timeout.0)
-                .timeout(c.timeout.0)
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| format!("{path}: cannot build HTTP client: {e}"))?,
-            token_url: reqwest::Url::parse(&c.token_url)
-                .map_err(|e| format!("{path}.token_url: invalid URL: {e}"))?,
+            client: token_client(c, &path, &token_url, env, proxy)?,
+            token_url,
             client_id: c
                 .client_id
                 .resolve(env)
@@ -648,7 +649,50 @@ impl Fetch for HttpFetch {
     }
 }
 
+/// The token endpoint's HTTP client: its timeouts, no redirects, the endpoint's TLS (the same
+/// rustls configuration an upstream gets from [`crate::egress::client_config`]) and its egress
+/// proxy, decided now for the endpoint's host. The environment's proxy variables are never read
+/// by reqwest itself: only `proxy: {from_env: true}` brings them in.
+fn token_client(
+    c: &OAuth2Config,
+    path: &str,
+    token_url: &reqwest::Url,
+    env: &dyn EnvSource,
+    gateway_proxy: Option<&ProxyConfig>,
+) -> Result<reqwest::Client, String> {
+    let tls = crate::egress::client_config(c.tls.as_ref(), &format!("{path}.tls"), env)?;
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(c.connect_timeout.0)
+        .timeout(c.timeout.0)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(tls)
+        .no_proxy();
+    let (proxy, proxy_path) = match c.proxy.as_ref() {
+        Some(p) => (Some(p), format!("{path}.proxy")),
+        None => (gateway_proxy, "proxy".to_owned()),
+    };
+    let dst: http::Uri = token_url
+        .as_str()
+        .parse()
+        .map_err(|e| format!("{path}.token_url: {e}"))?;
+    if let Some(route) = crate::egress::proxy_route(proxy, &dst, &proxy_path, env)? {
+        let mut p =
+            reqwest::Proxy::all(route.uri.to_string()).map_err(|e| format!("{proxy_path}: {e}"))?;
+        if let Some(auth) = route.auth {
+            p = p.custom_http_auth(auth);
+        }
+        builder = builder.proxy(p);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("{path}: cannot build HTTP client: {e}"))
+}
+
 fn describe(e: reqwest::Error) -> FetchError {
+    if let Some(f) = crate::egress::failure(&e) {
+        return FetchError::Transient(format!("cannot connect to the token server: {f}"));
+    }
     let what = if e.is_timeout() {
         "token request timed out"
     } else if e.is_connect() {

@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+use crate::config::ProxyConfig;
 use tokio::time::Instant;
 
 use super::{
@@ -166,7 +168,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn from_config(name: &str, c: &PoolConfig, env: &dyn EnvSource) -> Result<Pool, String> {
+    /// `proxy` is the gateway-wide egress proxy, for members that fetch tokens.
+    pub fn from_config(
+        name: &str,
+        c: &PoolConfig,
+        env: &dyn EnvSource,
+        proxy: Option<&ProxyConfig>,
+    ) -> Result<Pool, String> {
         let path = format!("credentials.{name}");
         let placement = Arc::new(c.placement.clone());
         let mut list = Vec::new();
@@ -183,7 +191,7 @@ impl Pool {
             }
         }
         for (i, m) in c.members.iter().enumerate() {
-            let cred = Credential::from_config(&format!("{name}[{i}]"), m, env)?;
+            let cred = Credential::from_config(&format!("{name}[{i}]"), m, env, proxy)?;
             list.push(Arc::new(Member::new(Arc::new(cred), Origin::Config, None)));
         }
         let pool = Pool {
@@ -580,7 +588,7 @@ mod tests {
             selection,
             default_cooldown: Dur(Duration::from_secs(30)),
         };
-        match Pool::from_config("p", &cfg, &HashMap::new()) {
+        match Pool::from_config("p", &cfg, &HashMap::new(), None) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         }

@@ -449,12 +449,22 @@ impl Limiter {
                     .as_ref()
                     .ok_or("limits.redis_url is required with backend: redis")?
                     .resolve(env)?;
-                Backend::Redis(Box::new(redis::RedisLimiter::new(
-                    url.expose(),
-                    &l.redis_prefix,
-                    l.redis_timeout.0,
-                    l.lease_ttl.0,
-                )?))
+                Backend::Redis(Box::new(match &l.redis_tls {
+                    None => redis::RedisLimiter::new(
+                        url.expose(),
+                        &l.redis_prefix,
+                        l.redis_timeout.0,
+                        l.lease_ttl.0,
+                    )?,
+                    Some(tls) => redis::RedisLimiter::new_tls(
+                        url.expose(),
+                        tls,
+                        env,
+                        &l.redis_prefix,
+                        l.redis_timeout.0,
+                        l.lease_ttl.0,
+                    )?,
+                }))
             }
         };
         Ok(Limiter {

@@ -18,13 +18,17 @@
 //! `limits.redis_timeout` and returns a [`BackendError`] on any failure. The connection manager
 //! reconnects by itself after Redis comes back; scripts are re-sent when Redis lost its script
 //! cache. Single Redis (or a primary with replicas) only: the team's and the key's keys are used
-//! in one script, which Redis Cluster would refuse across slots.
+//! in one script, which Redis Cluster would refuse across slots. A `rediss://` URL speaks TLS
+//! (rustls), with `limits.redis_tls`'s CA bundle and client certificate when given.
 
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Script, Value};
 use tokio::sync::OnceCell;
+
+use crate::config::RedisTlsConfig;
+use crate::secret::EnvSource;
 
 use super::{
     budget, AdmitRequest, BackendError, Decision, LimitKind, RateHeaders, RateInfo, Scope,
@@ -222,7 +226,60 @@ impl RedisLimiter {
     ) -> Result<RedisLimiter, String> {
         let client =
             Client::open(url).map_err(|e| format!("limits.redis_url: invalid: {:?}", e.kind()))?;
-        Ok(RedisLimiter {
+        Ok(RedisLimiter::with_client(
+            client, prefix, timeout, lease_ttl,
+        ))
+    }
+
+    /// `url` with TLS: a `rediss://` URL gets `tls`'s CA bundle (only those CAs are trusted)
+    /// and client certificate; without `tls`, the system's roots. Files are read now.
+    pub fn new_tls(
+        url: &str,
+        tls: &RedisTlsConfig,
+        env: &dyn EnvSource,
+        prefix: &str,
+        timeout: Duration,
+        lease_ttl: Duration,
+    ) -> Result<RedisLimiter, String> {
+        let read = |p: &std::path::Path, field: &str| {
+            std::fs::read(p)
+                .map_err(|e| format!("limits.redis_tls.{field}: cannot read {}: {e}", p.display()))
+        };
+        let root_cert = match &tls.ca_file {
+            Some(p) => Some(read(p, "ca_file")?),
+            None => None,
+        };
+        let client_tls = match (&tls.client_cert_file, &tls.client_key) {
+            (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+                client_cert: read(cert, "client_cert_file")?,
+                client_key: key
+                    .resolve(env)
+                    .map_err(|e| format!("limits.redis_tls.client_key: {e}"))?
+                    .expose()
+                    .as_bytes()
+                    .to_vec(),
+            }),
+            _ => None,
+        };
+        let certs = ::redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        // The crate's message names what it could not parse, never a key.
+        let client =
+            Client::build_with_tls(url, certs).map_err(|e| format!("limits.redis_tls: {e}"))?;
+        Ok(RedisLimiter::with_client(
+            client, prefix, timeout, lease_ttl,
+        ))
+    }
+
+    fn with_client(
+        client: Client,
+        prefix: &str,
+        timeout: Duration,
+        lease_ttl: Duration,
+    ) -> RedisLimiter {
+        RedisLimiter {
             client,
             conn: OnceCell::new(),
             prefix: prefix.to_owned(),
@@ -230,7 +287,7 @@ impl RedisLimiter {
             lease_ttl,
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
-        })
+        }
     }
 
     async fn conn(&self) -> Result<ConnectionManager, BackendError> {

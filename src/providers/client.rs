@@ -1,12 +1,18 @@
 //! The upstream HTTP client every HTTP provider sends through: hyper-util's pooled legacy client
 //! over hyper 1, HTTP/1.1 and HTTP/2 (by ALPN on `https`), keep-alive, `TCP_NODELAY`, the
 //! upstream's connect timeout, idle pooled connections closed after [`POOL_IDLE`], HTTPS through
-//! rustls with the webpki roots (the roots reqwest used before). No redirects are followed.
+//! rustls with the upstream's TLS configuration ([`crate::egress::client_config`]: the public
+//! roots plus a private CA, a client certificate, a server name, a minimum version), through the
+//! egress proxy (a CONNECT tunnel) when one applies. No redirects are followed.
 //!
 //! It owns the client, the mapping of hyper's body to the providers' [`BodyStream`] and of its
 //! errors to [`ApiError`]; building a request (URI, headers, credential) is each provider's job.
-//! URIs are parsed once per upstream by the provider ([`endpoint_uri`]), never per request.
+//! URIs are parsed once per upstream by the provider ([`endpoint_uri`]), never per request; the
+//! TLS configuration and the proxy decision are made once per upstream, when its client is built.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,9 +21,11 @@ use http::Uri;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower::Service;
 
 use super::{BodyError, BodyStream};
+use crate::egress::ProxyRoute;
 use crate::error::ApiError;
 
 /// How long an idle pooled connection is kept.
@@ -26,30 +34,107 @@ pub const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE: usize = 1024;
 
 /// The pooled client, generic over nothing: request bodies are whole (`Full<Bytes>`).
-pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<Egress>, Full<Bytes>>;
 
-/// A pooled client whose connections are made within `connect_timeout`.
-pub fn build(connect_timeout: Duration) -> Result<Client, String> {
+/// How one upstream's connections are made, decided when its client is built.
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// The TLS configuration (ALPN is set here).
+    pub tls: rustls::ClientConfig,
+    /// Sent as SNI (and checked, by the configuration's verifier) instead of the URL's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// The egress proxy, if the upstream's host goes through one.
+    pub proxy: Option<ProxyRoute>,
+}
+
+/// A pooled client for one upstream.
+pub fn build(opts: ClientOptions) -> Client {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(connect_timeout));
-    // The TLS layer below decides the scheme; plain `http` passes through it.
+    tcp.set_connect_timeout(Some(opts.connect_timeout));
+    // The TLS layer above decides the scheme; plain `http` passes through it.
     tcp.enforce_http(false);
-    let tls = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("cannot build the TLS configuration: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(tcp);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .build(tls),
-    )
+    let egress = match opts.proxy {
+        None => Egress::Direct(tcp),
+        Some(route) => Egress::Tunnel(tcp, std::sync::Arc::new(route)),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(opts.tls)
+        .https_or_http();
+    let builder = match opts.server_name {
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let tls = builder.enable_http1().enable_http2().wrap_connector(egress);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .build(tls)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+
+/// The TCP connection under TLS: straight to the upstream, or a CONNECT tunnel through the
+/// egress proxy (for `http` upstreams too). Called once per new connection, not per request.
+#[derive(Clone)]
+pub enum Egress {
+    Direct(HttpConnector),
+    /// The connector reaches the proxy; the tunnel is opened by [`crate::egress::tunnel`].
+    Tunnel(HttpConnector, std::sync::Arc<ProxyRoute>),
+}
+
+impl Service<Uri> for Egress {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Egress::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            Egress::Tunnel(c, _) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Egress::Direct(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Egress::Tunnel(c, route) => {
+                let connecting = c.call(route.uri.clone());
+                let route = route.clone();
+                Box::pin(async move {
+                    let authority = authority(&dst)?;
+                    let tcp = connecting
+                        .await
+                        .map_err(|e| crate::egress::proxy_unreachable(e.into()))?
+                        .into_inner();
+                    let tcp = crate::egress::tunnel(tcp, &authority, route.auth.as_ref()).await?;
+                    Ok(TokioIo::new(tcp))
+                })
+            }
+        }
+    }
+}
+
+/// `host:port` of the destination for the CONNECT line, the scheme's port when none is written.
+fn authority(dst: &Uri) -> Result<String, BoxError> {
+    let host = dst.host().ok_or("the upstream URL has no host")?;
+    let port = dst
+        .port_u16()
+        .unwrap_or(if dst.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    Ok(format!("{host}:{port}"))
 }
 
 /// `base` plus `path`, parsed once: what a provider keeps per endpoint. Parsed by the same URL
@@ -90,13 +175,44 @@ pub fn body_stream(body: hyper::body::Incoming) -> BodyStream {
 }
 
 /// What a failed send means for the client: a timeout anywhere in the error's chain (the connect
-/// timeout) is [`ApiError::UpstreamTimeout`]; anything else (refused, reset, TLS, a closed
-/// pooled connection) is [`ApiError::UpstreamUnreachable`].
-pub fn classify(e: &hyper_util::client::legacy::Error) -> ApiError {
+/// timeout) is [`ApiError::UpstreamTimeout`]; a TLS failure or a refusal by the egress proxy is
+/// [`ApiError::UpstreamConnect`] naming `upstream`, the hop and the cause (and logged once here,
+/// with the error chain, which holds no secret); anything else (refused, reset, a closed pooled
+/// connection) is [`ApiError::UpstreamUnreachable`].
+pub fn classify(e: &hyper_util::client::legacy::Error, upstream: &str) -> ApiError {
     if is_timeout(e) {
-        ApiError::UpstreamTimeout
-    } else {
-        ApiError::UpstreamUnreachable
+        return ApiError::UpstreamTimeout;
+    }
+    match crate::egress::failure(e) {
+        Some(failure) => {
+            tracing::warn!(
+                upstream,
+                hop = if failure.is_proxy() { "proxy" } else { "tls" },
+                cause = failure.label(),
+                error = %Chain(e),
+                "cannot connect to the upstream: {failure}"
+            );
+            ApiError::UpstreamConnect {
+                upstream: upstream.to_owned(),
+                failure,
+            }
+        }
+        None => ApiError::UpstreamUnreachable,
+    }
+}
+
+/// An error and its sources on one line.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
     }
 }
 

@@ -10,9 +10,9 @@
 use http::{header, HeaderValue, Method, Uri};
 use http_body_util::Full;
 
+pub use super::client::ClientOptions;
 use super::client::{body_stream, classify, endpoint_uri, with_query, Client};
 use super::{UpstreamRequest, UpstreamResponse};
-use crate::config::Timeouts;
 use crate::credentials::Placed;
 use crate::error::ApiError;
 use crate::openai::Endpoint;
@@ -21,6 +21,8 @@ use crate::openai::Endpoint;
 const ADDED_HEADERS: usize = 4;
 
 pub struct OpenAi {
+    /// The upstream's name, for errors and log lines that say which hop failed.
+    name: String,
     client: Client,
     /// The upstream URI of each endpoint, parsed once: no URL parsing per request.
     chat: Uri,
@@ -29,10 +31,13 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(base_url: &str, timeouts: &Timeouts) -> Result<OpenAi, String> {
+    /// The provider of upstream `name`; `connect` is how its connections are made (timeout,
+    /// TLS, proxy), built by the caller from the upstream's config.
+    pub fn new(name: &str, base_url: &str, connect: ClientOptions) -> Result<OpenAi, String> {
         let uri = |e: Endpoint| endpoint_uri(base_url, e.path());
         Ok(OpenAi {
-            client: super::client::build(timeouts.connect.0)?,
+            name: name.to_owned(),
+            client: super::client::build(connect),
             chat: uri(Endpoint::Chat)?,
             completions: uri(Endpoint::Completions)?,
             embeddings: uri(Endpoint::Embeddings)?,
@@ -45,7 +50,7 @@ impl OpenAi {
             .client
             .request(request)
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| classify(&e, &self.name))?;
         let (parts, body) = response.into_parts();
         Ok(UpstreamResponse {
             status: parts.status,

@@ -89,6 +89,7 @@ impl Reading {
                 return Reading::status(UNAUTHORIZED, b"")
             }
             ApiError::UpstreamUnreachable
+            | ApiError::UpstreamConnect { .. }
             | ApiError::UpstreamTimeout
             | ApiError::UpstreamInvalid => (true, Health::Down),
             ApiError::UpstreamUnavailable { .. } => (true, Health::Unreached),

@@ -63,7 +63,9 @@ async fn run(
     let (parts, body) = req.into_parts();
 
     // authenticate: key -> caller.
-    let caller = state.authenticate(&snap, &parts.headers).await?;
+    let caller = state
+        .authenticate(&snap, &parts.headers, &parts.extensions)
+        .await?;
     ledger.caller(&caller);
     let team = caller
         .team_policy(&snap.config.teams)

@@ -176,11 +176,23 @@ impl Drop for InFlight {
 pub struct Tracked {
     router: Router,
     activity: Arc<Activity>,
+    /// The connection's verified client certificate, put in every request's extensions.
+    peer: Option<super::tls::PeerCertificate>,
 }
 
 impl Tracked {
     pub fn new(router: Router, activity: Arc<Activity>) -> Tracked {
-        Tracked { router, activity }
+        Tracked {
+            router,
+            activity,
+            peer: None,
+        }
+    }
+
+    /// Requests on this connection carry `peer` as an extension.
+    pub fn with_peer(mut self, peer: Option<super::tls::PeerCertificate>) -> Tracked {
+        self.peer = peer;
+        self
     }
 }
 
@@ -197,7 +209,10 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(p) = self.peer {
+            req.extensions_mut().insert(p);
+        }
         let guard = InFlight::new(self.activity.clone());
         let fut = self.router.call(req);
         Box::pin(async move {

@@ -7,10 +7,13 @@
 //! are capped (`max_connections`): at the cap the loop stops accepting until one closes, so a
 //! flood of idle sockets queues in the kernel's backlog instead of exhausting file descriptors.
 //! On shutdown the listener closes at once; connections in flight, streams included, get the
-//! grace period to finish, then the rest are dropped.
+//! grace period to finish, then the rest are dropped. With `server.tls` the handshake ([`tls`])
+//! runs in the connection's own task, bounded by `header_read_timeout`, before the framing
+//! guard and hyper see the decrypted bytes.
 
 pub mod conn;
 pub mod framing;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +39,8 @@ pub struct ServeOptions {
     /// Open connections at most (resolved: never 0).
     pub max_connections: usize,
     pub http2: Http2Config,
+    /// TLS on the listener, loaded by [`ServeOptions::with_tls`]; `None`: plain HTTP.
+    pub tls: Option<Arc<tls::ListenerTls>>,
 }
 
 impl ServeOptions {
@@ -51,7 +56,16 @@ impl ServeOptions {
                 .max_connections
                 .unwrap_or_else(|| default_max_connections(open_file_limit())),
             http2: s.http2.clone(),
+            tls: None,
         }
+    }
+
+    /// With the listener's TLS from `server.tls` (its files read now), if configured.
+    pub fn with_tls(mut self, s: &ServerConfig) -> Result<ServeOptions, String> {
+        if let Some(cfg) = &s.tls {
+            self.tls = Some(Arc::new(tls::ListenerTls::from_config(cfg)?));
+        }
+        Ok(self)
     }
 }
 
@@ -93,6 +107,8 @@ pub async fn serve(
         .keep_alive_interval(opts.http2.keep_alive_interval.0)
         .keep_alive_timeout(opts.http2.keep_alive_timeout.0)
         .max_header_list_size(opts.http2.max_header_list_size);
+    // Shared by the connections' tasks (each serves through it).
+    let builder = Arc::new(builder);
     let nofile = open_file_limit();
     tracing::info!(
         max_connections = opts.max_connections,
@@ -108,6 +124,8 @@ pub async fn serve(
     }
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let graceful = GracefulShutdown::new();
+    // Aborted when the loop ends.
+    let reloader = opts.tls.as_ref().and_then(|t| t.spawn_reloader());
     tokio::pin!(shutdown);
     loop {
         // At the cap, stop accepting until a connection closes: new sockets wait in the backlog.
@@ -132,29 +150,44 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = conn::Activity::new();
-        let service =
-            TowerToHyperService::new(conn::Tracked::new(router.clone(), activity.clone()));
-        let io = TokioIo::new(framing::Guarded::new(stream).with_write_timeout(opts.write_timeout));
-        let served = builder.serve_connection_with_upgrades(io, service);
-        let served = graceful.watch(served.into_owned());
+        let service = conn::Tracked::new(router.clone(), activity.clone());
         let (header_read_timeout, idle_timeout, write_timeout) = (
             opts.header_read_timeout,
             opts.idle_timeout,
             opts.write_timeout,
         );
         meters::process().connections_open.get().increment(1.0);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), opts.tls.clone());
         tokio::spawn(async move {
-            conn::watch(
-                served,
-                activity,
+            let limits = Deadlines {
                 header_read_timeout,
                 idle_timeout,
                 write_timeout,
-            )
-            .await;
+            };
+            match tls {
+                None => run(stream, builder, watcher, service, activity, limits).await,
+                Some(tls) => {
+                    // The handshake counts against the first request's deadline.
+                    let accept = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(header_read_timeout, accept).await {
+                        Ok(Ok(stream)) => {
+                            let service =
+                                service.with_peer(tls::peer_certificate(stream.get_ref().1));
+                            run(stream, builder, watcher, service, activity, limits).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake with a client failed");
+                        }
+                        Err(_) => conn::CloseReason::NoRequest.count(),
+                    }
+                }
+            }
             meters::process().connections_open.get().decrement(1.0);
             drop(permit);
         });
+    }
+    if let Some(r) = reloader {
+        r.abort();
     }
     drop(listener);
     tracing::info!(
@@ -167,6 +200,39 @@ pub async fn serve(
     {
         tracing::warn!("shutdown grace period over; dropping remaining connections");
     }
+}
+
+/// A connection's deadlines (see [`conn::watch`]).
+#[derive(Clone, Copy)]
+struct Deadlines {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+}
+
+/// Serve one connection (plain TCP or TLS) through the framing guard until it ends, is closed
+/// by its watcher, or the grace period after shutdown ends.
+async fn run<S>(
+    stream: S,
+    builder: Arc<Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    service: conn::Tracked,
+    activity: Arc<conn::Activity>,
+    d: Deadlines,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = framing::Guarded::new(stream).with_write_timeout(d.write_timeout);
+    let served =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    conn::watch(
+        watcher.watch(served.into_owned()),
+        activity,
+        d.header_read_timeout,
+        d.idle_timeout,
+        d.write_timeout,
+    )
+    .await;
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (not when the

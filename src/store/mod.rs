@@ -33,7 +33,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::config::StoreConfig;
+use crate::config::{PostgresTlsConfig, SslMode, StoreConfig};
 use crate::secret::EnvSource;
 
 pub use records::{KeyRecord, TeamRecord};
@@ -136,6 +136,16 @@ impl From<StoreError> for crate::error::ApiError {
 impl Store {
     /// Connect to `url` (`sqlite:…` or `postgres:…`) and apply the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, String> {
+        Store::connect_tls(url, max_connections, None, &crate::secret::ProcessEnv).await
+    }
+
+    /// [`Store::connect`] with PostgreSQL TLS settings (`store.tls`), which override the URL's.
+    pub async fn connect_tls(
+        url: &str,
+        max_connections: u32,
+        tls: Option<&PostgresTlsConfig>,
+        env: &dyn EnvSource,
+    ) -> Result<Store, String> {
         let store = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| format!("store.url: {e}"))?
@@ -154,6 +164,10 @@ impl Store {
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|e| format!("store.url: {e}"))?;
+            let opts = match tls {
+                Some(t) => pg_tls(opts, t, env)?,
+                None => opts,
+            };
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 // The writer retries with backoff; a short acquire keeps its loop responsive.
@@ -305,7 +319,7 @@ pub async fn open(
     env: &dyn EnvSource,
 ) -> Result<(Arc<Handle>, UsageWriter), String> {
     let url = cfg.url.resolve(env)?;
-    let db = Store::connect(url.expose(), cfg.max_connections).await?;
+    let db = Store::connect_tls(url.expose(), cfg.max_connections, cfg.tls.as_ref(), env).await?;
     let (usage, writer) = writer::start(db.clone(), &cfg.usage)?;
     tracing::info!(backend = db.backend(), "store ready");
     let handle = Handle {
@@ -315,6 +329,45 @@ pub async fn open(
         usage,
     };
     Ok((Arc::new(handle), writer))
+}
+
+/// `store.tls` applied to the URL's options.
+fn pg_tls(
+    mut opts: PgConnectOptions,
+    t: &PostgresTlsConfig,
+    env: &dyn EnvSource,
+) -> Result<PgConnectOptions, String> {
+    use sqlx::postgres::PgSslMode as M;
+    if let Some(mode) = t.sslmode {
+        opts = opts.ssl_mode(match mode {
+            SslMode::Disable => M::Disable,
+            SslMode::Allow => M::Allow,
+            SslMode::Prefer => M::Prefer,
+            SslMode::Require => M::Require,
+            SslMode::VerifyCa => M::VerifyCa,
+            SslMode::VerifyFull => M::VerifyFull,
+        });
+    }
+    if let Some(ca) = &t.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("store.tls.ca_file: cannot read {}: {e}", ca.display()))?;
+        opts = opts.ssl_root_cert_from_pem(pem);
+    }
+    if let (Some(cert), Some(key)) = (&t.client_cert_file, &t.client_key) {
+        let pem = std::fs::read(cert).map_err(|e| {
+            format!(
+                "store.tls.client_cert_file: cannot read {}: {e}",
+                cert.display()
+            )
+        })?;
+        let key = key
+            .resolve(env)
+            .map_err(|e| format!("store.tls.client_key: {e}"))?;
+        opts = opts
+            .ssl_client_cert_from_pem(pem)
+            .ssl_client_key_from_pem(key.expose().as_bytes());
+    }
+    Ok(opts)
 }
 
 #[cfg(test)]

@@ -4,18 +4,22 @@
 //! notify-based waits, form/query parsing, Basic-auth decoding, OpenAI-shaped
 //! error bodies) and the deterministic OpenAI payloads the mock upstream
 //! answers chat/completions with ([`reply_text`], completion and SSE builders).
-//! It re-exports the two mocks:
+//! It re-exports the mocks:
 //! - [`MockUpstream`]: an OpenAI-compatible upstream with fault knobs and
-//!   request records ([`upstream`]).
+//!   request records ([`upstream`]), over plain HTTP or TLS.
+//! - [`ConnectProxy`]: an HTTP CONNECT proxy that counts the tunnels and bytes it
+//!   passed and can refuse (407, 403) ([`connect_proxy`]).
 //! - [`MockOAuth`]: an OAuth2 token server (standard and Baidu style) with
 //!   expiry, revocation and failure knobs ([`oauth`]).
 //!
 //! Both listen on an ephemeral loopback port (`127.0.0.1:0`) and stop when the
 //! last handle is dropped or `shutdown()` is called.
 
+pub mod connect_proxy;
 pub mod oauth;
 pub mod upstream;
 
+pub use connect_proxy::ConnectProxy;
 pub use oauth::{MockOAuth, TokenRequest};
 pub use upstream::{Fault, MockUpstream, Received};
 
@@ -67,6 +71,52 @@ impl ServerHandle {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
+        });
+        Ok(Self {
+            addr,
+            cancel,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Like [`ServerHandle::spawn`], over TLS with `tls` (HTTP/1.1 and HTTP/2 by the ALPN the
+    /// config offers). A failed handshake closes that connection only; shutdown drops the open
+    /// connections.
+    pub(crate) async fn spawn_tls(
+        router: Router,
+        cancel: CancellationToken,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, router, stop) = (acceptor.clone(), router.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
         });
         Ok(Self {
             addr,

@@ -93,12 +93,23 @@ impl Shared {
 pub struct MockOAuth {
     shared: Arc<Shared>,
     server: Arc<ServerHandle>,
+    /// `https` when started with [`MockOAuth::start_tls`].
+    scheme: &'static str,
 }
 
 impl MockOAuth {
     /// Starts the mock on `127.0.0.1:0`. Defaults: lifetime 3600 s, no refresh
     /// tokens, no clients.
     pub async fn start() -> io::Result<MockOAuth> {
+        MockOAuth::start_with(None).await
+    }
+
+    /// Starts the mock over TLS with `tls`: its URLs are then `https://`.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> io::Result<MockOAuth> {
+        MockOAuth::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<MockOAuth> {
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             state: Mutex::new(State_ {
@@ -122,8 +133,15 @@ impl MockOAuth {
             cancel: cancel.clone(),
         });
         let router = Router::new().fallback(handle).with_state(shared.clone());
-        let server = Arc::new(ServerHandle::spawn(router, cancel).await?);
-        Ok(MockOAuth { shared, server })
+        let (server, scheme) = match tls {
+            None => (ServerHandle::spawn(router, cancel).await?, "http"),
+            Some(tls) => (ServerHandle::spawn_tls(router, cancel, tls).await?, "https"),
+        };
+        Ok(MockOAuth {
+            shared,
+            server: Arc::new(server),
+            scheme,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -132,12 +150,12 @@ impl MockOAuth {
 
     /// `http://127.0.0.1:PORT/oauth/token`
     pub fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr())
+        format!("{}://{}/oauth/token", self.scheme, self.addr())
     }
 
     /// `http://127.0.0.1:PORT/oauth/2.0/token` (Baidu style, params in query).
     pub fn baidu_url(&self) -> String {
-        format!("http://{}/oauth/2.0/token", self.addr())
+        format!("{}://{}/oauth/2.0/token", self.scheme, self.addr())
     }
 
     /// Stops the server; hanging token requests end.

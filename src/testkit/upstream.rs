@@ -89,6 +89,8 @@ pub struct Received {
     pub body: Value,
     /// The body's bytes as they arrived.
     pub raw: Bytes,
+    /// The HTTP version it came over (HTTP/2 when TLS negotiated `h2`).
+    pub version: http::Version,
     pub at: Instant,
 }
 
@@ -122,11 +124,23 @@ struct Shared {
 pub struct MockUpstream {
     shared: Arc<Shared>,
     server: Arc<ServerHandle>,
+    /// `https` when started with [`MockUpstream::start_tls`].
+    scheme: &'static str,
 }
 
 impl MockUpstream {
     /// Starts the mock on `127.0.0.1:0`.
     pub async fn start() -> io::Result<MockUpstream> {
+        MockUpstream::start_with(None).await
+    }
+
+    /// Starts the mock on `127.0.0.1:0` over TLS with `tls` (its certificate, its ALPN, its
+    /// client-certificate verifier): [`MockUpstream::base_url`] is then `https://`.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> io::Result<MockUpstream> {
+        MockUpstream::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<MockUpstream> {
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             knobs: Mutex::new(Knobs::default()),
@@ -137,22 +151,29 @@ impl MockUpstream {
             cancel: cancel.clone(),
         });
         let router = Router::new().fallback(handle).with_state(shared.clone());
-        let server = Arc::new(ServerHandle::spawn(router, cancel).await?);
-        Ok(MockUpstream { shared, server })
+        let (server, scheme) = match tls {
+            None => (ServerHandle::spawn(router, cancel).await?, "http"),
+            Some(tls) => (ServerHandle::spawn_tls(router, cancel, tls).await?, "https"),
+        };
+        Ok(MockUpstream {
+            shared,
+            server: Arc::new(server),
+            scheme,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
-    /// `http://127.0.0.1:PORT/v1`
+    /// `http://127.0.0.1:PORT/v1` (`https://` over TLS)
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr())
+        format!("{}://{}/v1", self.scheme, self.addr())
     }
 
-    /// `http://127.0.0.1:PORT` + `path` (path should start with `/`).
+    /// `http://127.0.0.1:PORT` + `path` (path should start with `/`; `https://` over TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr(), path)
+        format!("{}://{}{}", self.scheme, self.addr(), path)
     }
 
     /// Stops the server: no new connections; hanging/stalled responses end.
@@ -368,6 +389,7 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
             headers: parts.headers.clone(),
             body: body.clone(),
             raw: bytes.clone(),
+            version: parts.version,
             at: Instant::now(),
         });
     }

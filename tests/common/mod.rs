@@ -189,7 +189,12 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => panic!("test config is invalid: {e}"),
         };
-        let opts = ServeOptions::from_config(&snapshot.config.server);
+        let opts = match ServeOptions::from_config(&snapshot.config.server)
+            .with_tls(&snapshot.config.server)
+        {
+            Ok(o) => o,
+            Err(e) => panic!("test listener TLS is invalid: {e}"),
+        };
         let (store, writer) = match &snapshot.config.store {
             None => (None, None),
             Some(cfg) => match tollgate::store::open(cfg, &env).await {
