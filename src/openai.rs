@@ -81,22 +81,30 @@ impl RateHeaders {
         Self::merge(&mut self.tokens, info);
     }
 
-    /// Write the headers OpenAI sends (reset as a Go-style duration, e.g. `1s`, `6m0s`, `20ms`).
+    /// Write the headers OpenAI sends (reset as a Go-style duration, e.g. `1s`, `6m0s`, `20ms`):
+    /// names made once, numbers written without a format string.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for (info, suffix) in [(&self.requests, "requests"), (&self.tokens, "tokens")] {
+        const NAMES: [[HeaderName; 3]; 2] = [
+            [
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderName::from_static("x-ratelimit-reset-requests"),
+            ],
+            [
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
+            ],
+        ];
+        for (info, [limit, remaining, reset]) in [
+            (&self.requests, NAMES[0].clone()),
+            (&self.tokens, NAMES[1].clone()),
+        ] {
             let Some(i) = info else { continue };
-            for (name, value) in [
-                ("limit", i.limit.to_string()),
-                ("remaining", i.remaining.to_string()),
-                ("reset", go_duration(i.reset)),
-            ] {
-                let name = format!("x-ratelimit-{name}-{suffix}");
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    headers.insert(n, v);
-                }
+            headers.insert(limit, HeaderValue::from(i.limit));
+            headers.insert(remaining, HeaderValue::from(i.remaining));
+            if let Ok(v) = HeaderValue::from_str(&go_duration(i.reset)) {
+                headers.insert(reset, v);
             }
         }
     }
@@ -113,9 +121,14 @@ pub fn go_duration(d: Duration) -> String {
     }
     let h = ms / 3_600_000;
     let m = (ms / 60_000) % 60;
-    let s = (ms % 60_000) as f64 / 1000.0;
-    let secs = format!("{s:.3}");
-    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    let (whole, frac) = ((ms % 60_000) / 1000, ms % 1000);
+    // Seconds with up to three decimals, trailing zeros dropped (`1.25`, `6`).
+    let mut secs = whole.to_string();
+    if frac > 0 {
+        let digits = format!("{frac:03}");
+        secs.push('.');
+        secs.push_str(digits.trim_end_matches('0'));
+    }
     match (h, m) {
         (0, 0) => format!("{secs}s"),
         (0, m) => format!("{m}m{secs}s"),
@@ -141,6 +154,9 @@ mod tests {
         assert_eq!(go_duration(Duration::from_millis(1250)), "1.25s");
         assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
         assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(go_duration(Duration::from_millis(1005)), "1.005s");
+        assert_eq!(go_duration(Duration::from_millis(61_500)), "1m1.5s");
+        assert_eq!(go_duration(Duration::from_millis(3_600_040)), "1h0m0.04s");
     }
 
     #[test]
