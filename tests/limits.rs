@@ -450,12 +450,7 @@ async fn memory_spend_is_saved_when_tollgate_serve_gets_sigterm() {
         !file.exists(),
         "the state file was written before the shutdown"
     );
-    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap_or_else(|e| panic!("kill: {e}"));
-    assert!(killed.success());
+    common::sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap_or_else(|_| panic!("tollgate did not exit after SIGTERM"))

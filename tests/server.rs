@@ -690,21 +690,10 @@ async fn an_http2_client_that_never_reads_is_cut_off_at_the_write_deadline() {
 #[tokio::test]
 async fn on_one_cpu_the_binary_serves_streams_and_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let cfg_path = dir.path().join("cfg.yaml");
     let quickstart = std::fs::read_to_string("examples/quickstart.yaml")
         .unwrap_or_else(|e| panic!("quickstart: {e}"));
-    std::fs::write(&cfg_path, quickstart).unwrap_or_else(|e| panic!("{e}"));
-    let addr_file = dir.path().join("addr");
-    let mut child = tokio::process::Command::new("taskset")
-        .args(["-c", "0", env!("CARGO_BIN_EXE_tollgate")])
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg_path)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn taskset (util-linux): {e}"));
+    let (mut child, addr_file) =
+        common::serve_binary_under(&["taskset", "-c", "0"], dir.path(), &quickstart);
     let base = format!("http://{}", common::wait_for_addr_file(&addr_file).await);
     let client = reqwest::Client::new();
     let ask = |stream: bool| {
@@ -758,12 +747,7 @@ async fn on_one_cpu_the_binary_serves_streams_and_stops_gracefully() {
         .map(|c| String::from_utf8_lossy(&c).into_owned())
         .unwrap_or_default();
     assert!(!body.contains("[DONE]"), "{body}");
-    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap_or_else(|e| panic!("kill: {e}"));
-    assert!(killed.success());
+    common::sigterm(&child);
     while let Some(c) = resp.chunk().await.unwrap_or_else(|e| panic!("rest: {e}")) {
         body.push_str(&String::from_utf8_lossy(&c));
     }

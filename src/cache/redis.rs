@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::Client;
 use tokio::sync::OnceCell;
 
@@ -36,13 +36,7 @@ impl RedisTier {
     async fn conn(&self) -> Option<ConnectionManager> {
         self.conn
             .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
+                crate::limits::redis::bounded_connection(&self.client, self.timeout)
             })
             .await
             .ok()

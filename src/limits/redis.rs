@@ -292,15 +292,7 @@ impl RedisLimiter {
 
     async fn conn(&self) -> Result<ConnectionManager, BackendError> {
         self.conn
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
-            })
+            .get_or_try_init(|| async { bounded_connection(&self.client, self.timeout) })
             .await
             .cloned()
             .map_err(|e| BackendError(format!("redis: {e}")))
@@ -437,4 +429,20 @@ fn parse_admit(reply: &Value, req: &AdmitRequest) -> Result<Decision, BackendErr
         retry_after: (retry_ms >= 0).then(|| Duration::from_millis(retry_ms as u64)),
         headers,
     })
+}
+
+/// A Redis connection for the request path: it connects on first use, every connect and
+/// answer waits at most `timeout`, and it reconnects by itself (one retry, 50–500 ms apart).
+/// Shared by the limiter and the response cache's Redis tier.
+pub fn bounded_connection(
+    client: &Client,
+    timeout: Duration,
+) -> ::redis::RedisResult<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), cfg)
 }

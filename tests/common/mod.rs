@@ -130,10 +130,25 @@ pub fn serve_binary(
     dir: &std::path::Path,
     cfg: &str,
 ) -> (tokio::process::Child, std::path::PathBuf) {
+    serve_binary_under(&[], dir, cfg)
+}
+
+/// [`serve_binary`] run under a wrapper command (`["taskset", "-c", "0"]`); none when empty.
+pub fn serve_binary_under(
+    wrapper: &[&str],
+    dir: &std::path::Path,
+    cfg: &str,
+) -> (tokio::process::Child, std::path::PathBuf) {
     let cfg_path = dir.join("cfg.yaml");
     std::fs::write(&cfg_path, cfg).unwrap_or_else(|e| panic!("write config: {e}"));
     let addr_file = dir.join("addr");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let (program, args) = match wrapper.split_first() {
+        Some((w, rest)) => (*w, rest.iter().copied().chain([bin]).collect::<Vec<_>>()),
+        None => (bin, Vec::new()),
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&cfg_path)
         .arg("--addr-file")
@@ -143,6 +158,18 @@ pub fn serve_binary(
         .spawn()
         .unwrap_or_else(|e| panic!("spawn tollgate: {e}"));
     (child, addr_file)
+}
+
+/// Send SIGTERM to a started binary (a graceful stop).
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child
+        .id()
+        .unwrap_or_else(|| panic!("the process has already exited"));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill: {e}"));
+    assert!(killed.success(), "kill -TERM {pid}: {killed}");
 }
 
 /// The address a started binary wrote to its `--addr-file` (polled: at most 10 s).
