@@ -21,7 +21,7 @@ use reqwest::{Client, Url};
 use serde_json::json;
 
 use super::load::{self, Body};
-use super::procs::{CacheTiers, CACHE_DISK, CACHE_MEMORY, CACHE_REDIS};
+use super::procs::{self, CacheTiers, CACHE_DISK, CACHE_MEMORY, CACHE_REDIS};
 use super::report::{Better, Results};
 use super::{Args, Target};
 
@@ -177,8 +177,10 @@ pub async fn run(args: &Args, targets: &[Target], redis: bool, res: &mut Results
             t.name,
             r.errors.count as f64,
         );
+        let cpu0 = t.pid.and_then(procs::tree_cpu_ticks);
         let c =
             load::closed_loop(&client, &url, unique(CACHE_MEMORY), conc, warmup, duration).await?;
+        record_cpu(res, "cache max misses", t, cpu0, c.done_total);
         println!(
             "  {:<8} cache max misses {:.0} req/s, P50 {:.3} P99 {:.3} ms; {} errors",
             t.name, c.rps, c.latency.p50, c.latency.p99, c.errors.count
@@ -226,7 +228,9 @@ pub async fn run(args: &Args, targets: &[Target], redis: bool, res: &mut Results
         }
         let b = same(CACHE_MEMORY);
         prime(&client, &url, &b, "memory").await?;
+        let cpu0 = t.pid.and_then(procs::tree_cpu_ticks);
         let c = load::closed_loop(&client, &url, &b, conc, warmup, duration).await?;
+        record_cpu(res, "cache max memory hits", t, cpu0, c.done_total);
         println!(
             "  {:<8} cache max memory hits {:.0} req/s, P50 {:.3} P99 {:.3} ms; {} errors",
             t.name, c.rps, c.latency.p50, c.latency.p99, c.errors.count
@@ -241,6 +245,24 @@ pub async fn run(args: &Args, targets: &[Target], redis: bool, res: &mut Results
         );
     }
     Ok(())
+}
+
+/// The target's CPU time per request since `cpu0` (µs), as the `max` scenario records it: the
+/// gateway's capacity on its core, whatever the generator (sharing the other CPU with the mock)
+/// can send.
+fn record_cpu(res: &mut Results, name: &str, t: &Target, cpu0: Option<u64>, done: usize) {
+    let cpu1 = t.pid.and_then(procs::tree_cpu_ticks);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        let us = (b - a) as f64 / procs::clock_ticks() * 1e6 / done.max(1) as f64;
+        println!("  {:<8} {name}: server CPU {us:.1} µs/request", t.name);
+        res.record(
+            &format!("{name} server CPU"),
+            "µs CPU/req",
+            Better::Lower,
+            t.name,
+            us,
+        );
+    }
 }
 
 /// The first request of a `unique` body (for the miss check).
@@ -322,5 +344,13 @@ pub fn verdicts(args: &Args, res: &Results) {
             verdict(h >= 2.0 * mi)
         ),
         _ => println!("- hit vs miss throughput: not measured"),
+    }
+    let cpu = |n: &str| m(&format!("cache max {n} server CPU"), "tollgate");
+    if let (Some(h), Some(mi)) = (cpu("memory hits"), cpu("misses")) {
+        println!(
+            "  (gateway CPU per request: hit {h:.1} µs, miss {mi:.1} µs: a core serves {:.2}x \
+             as many hits as misses)",
+            mi / h
+        );
     }
 }
