@@ -7,6 +7,8 @@
 //! (latency percentiles from the intended send time), a closed loop for maximum throughput,
 //! streams for time to first byte, and, for the proxies, resident memory idle and while holding
 //! many streams open. Every scenario runs `--runs` times; the table shows medians.
+//! `--scenarios cache` measures the response cache ([`cache`]): the miss path, hits per
+//! tier, and hit against miss throughput.
 //! Method and results: docs/BENCHMARKS.md. Usually run through scripts/bench.sh.
 //!
 //! `--soak` runs the soak under faults instead ([`soak`]): the gateway kept busy while upstream
