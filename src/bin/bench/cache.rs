@@ -193,57 +193,73 @@ pub async fn run(args: &Args, targets: &[Target], redis: bool, res: &mut Results
             t.name,
             c.rps,
         );
-        if !gateway {
-            continue;
+        if gateway {
+            hits(args, &client, &url, t, redis, res).await?;
         }
-        let mut tiers = vec![("memory", CACHE_MEMORY), ("disk", CACHE_DISK)];
-        if redis {
-            tiers.push(("redis", CACHE_REDIS));
-        }
-        for (tier, model) in tiers {
-            let b = same(model);
-            prime(&client, &url, &b, tier).await?;
-            let r = load::fixed_rate(&client, &url, &b, rate, warmup, duration).await?;
-            let (cache, got) = cache_headers(&client, &url, &b).await?;
-            let l = r.latency;
-            println!(
-                "  {:<8} cache {tier} hit {rate}/s P50 {:.3} P99 {:.3} ms; {} sent, {} errors; \
-                 after: {cache} from {got}",
-                t.name, l.p50, l.p99, r.sent, r.errors.count
-            );
-            print_first(&r.errors.first);
-            if cache != "hit" || got != tier {
-                println!("           WARNING: not a {tier} hit after the measurement");
-            }
-            let name = format!("cache {tier} hit {rate}/s");
-            res.record(&format!("{name} P50"), "ms", lo, t.name, l.p50);
-            res.record(&format!("{name} P99"), "ms", lo, t.name, l.p99);
-            res.record(
-                &format!("{name} errors"),
-                "count",
-                lo,
-                t.name,
-                r.errors.count as f64,
-            );
-        }
-        let b = same(CACHE_MEMORY);
-        prime(&client, &url, &b, "memory").await?;
-        let cpu0 = t.pid.and_then(procs::tree_cpu_ticks);
-        let c = load::closed_loop(&client, &url, &b, conc, warmup, duration).await?;
-        record_cpu(res, "cache max memory hits", t, cpu0, c.done_total);
+    }
+    Ok(())
+}
+
+/// Against the gateway: hit latency per tier at `--cache-rate`, then memory-hit throughput.
+async fn hits(
+    args: &Args,
+    client: &Client,
+    url: &Url,
+    t: &Target,
+    redis: bool,
+    res: &mut Results,
+) -> Result<()> {
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    let (rate, conc) = (args.cache_rate, args.concurrency);
+    let (lo, hi) = (Better::Lower, Better::Higher);
+    let mut tiers = vec![("memory", CACHE_MEMORY), ("disk", CACHE_DISK)];
+    if redis {
+        tiers.push(("redis", CACHE_REDIS));
+    }
+    for (tier, model) in tiers {
+        let b = same(model);
+        prime(client, url, &b, tier).await?;
+        let r = load::fixed_rate(client, url, &b, rate, warmup, duration).await?;
+        let (cache, got) = cache_headers(client, url, &b).await?;
+        let l = r.latency;
         println!(
-            "  {:<8} cache max memory hits {:.0} req/s, P50 {:.3} P99 {:.3} ms; {} errors",
-            t.name, c.rps, c.latency.p50, c.latency.p99, c.errors.count
+            "  {:<8} cache {tier} hit {rate}/s P50 {:.3} P99 {:.3} ms; {} sent, {} errors; \
+             after: {cache} from {got}",
+            t.name, l.p50, l.p99, r.sent, r.errors.count
         );
-        print_first(&c.errors.first);
+        print_first(&r.errors.first);
+        if cache != "hit" || got != tier {
+            println!("           WARNING: not a {tier} hit after the measurement");
+        }
+        let name = format!("cache {tier} hit {rate}/s");
+        res.record(&format!("{name} P50"), "ms", lo, t.name, l.p50);
+        res.record(&format!("{name} P99"), "ms", lo, t.name, l.p99);
         res.record(
-            &format!("cache max memory hits, {conc} conns"),
-            "req/s",
-            hi,
+            &format!("{name} errors"),
+            "count",
+            lo,
             t.name,
-            c.rps,
+            r.errors.count as f64,
         );
     }
+    let b = same(CACHE_MEMORY);
+    prime(client, url, &b, "memory").await?;
+    let cpu0 = t.pid.and_then(procs::tree_cpu_ticks);
+    let c = load::closed_loop(client, url, &b, conc, warmup, duration).await?;
+    record_cpu(res, "cache max memory hits", t, cpu0, c.done_total);
+    println!(
+        "  {:<8} cache max memory hits {:.0} req/s, P50 {:.3} P99 {:.3} ms; {} errors",
+        t.name, c.rps, c.latency.p50, c.latency.p99, c.errors.count
+    );
+    print_first(&c.errors.first);
+    res.record(
+        &format!("cache max memory hits, {conc} conns"),
+        "req/s",
+        hi,
+        t.name,
+        c.rps,
+    );
     Ok(())
 }
 
@@ -253,7 +269,7 @@ pub async fn run(args: &Args, targets: &[Target], redis: bool, res: &mut Results
 fn record_cpu(res: &mut Results, name: &str, t: &Target, cpu0: Option<u64>, done: usize) {
     let cpu1 = t.pid.and_then(procs::tree_cpu_ticks);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
-        let us = (b - a) as f64 / procs::clock_ticks() * 1e6 / done.max(1) as f64;
+        let us = b.saturating_sub(a) as f64 / procs::clock_ticks() * 1e6 / done.max(1) as f64;
         println!("  {:<8} {name}: server CPU {us:.1} µs/request", t.name);
         res.record(
             &format!("{name} server CPU"),
