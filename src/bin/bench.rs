@@ -7,6 +7,8 @@
 //! (latency percentiles from the intended send time), a closed loop for maximum throughput,
 //! streams for time to first byte, and, for the proxies, resident memory idle and while holding
 //! many streams open. Every scenario runs `--runs` times; the table shows medians.
+//! `--scenarios cache` measures the response cache ([`cache`]): the miss path, hits per
+//! tier, and hit against miss throughput.
 //! Method and results: docs/BENCHMARKS.md. Usually run through scripts/bench.sh.
 //!
 //! `--soak` runs the soak under faults instead ([`soak`]): the gateway kept busy while upstream
@@ -17,6 +19,8 @@
 mod answer;
 #[path = "bench/billing.rs"]
 mod billing;
+#[path = "bench/cache.rs"]
+mod cache;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/procs.rs"]
@@ -71,6 +75,13 @@ struct Args {
     /// Requests per second of the open-loop scenario.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// Requests per second of the cache scenario's open loops (misses, and hits per tier).
+    #[arg(long, default_value_t = 200.0)]
+    cache_rate: f64,
+    /// Redis of the cache scenario's Redis tier (a key prefix of its own per run); skipped with
+    /// a note when it does not answer.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    cache_redis_url: String,
     /// Connections (workers) of the closed-loop max-throughput scenario.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -146,6 +157,8 @@ enum Scenario {
     Memory,
     /// Streams that wait: the upstream sent headers and one event, then nothing.
     Waiting,
+    /// The response cache: miss path, hits per tier, hit vs miss throughput (issue 10).
+    Cache,
 }
 
 fn main() -> ExitCode {
@@ -275,7 +288,14 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
 
     let mut tmp = TempDir::new()?;
     tmp.keep = args.keep_tmp;
-    let config = procs::write_gateway_config(&tmp.path, &mock.base_url(), args.governed)?;
+    let cache_tiers = has(Scenario::Cache).then(|| cache::tiers(&tmp.path, &args.cache_redis_url));
+    let redis = cache_tiers.as_ref().is_some_and(|c| c.redis.is_some());
+    let config = procs::write_gateway_config(
+        &tmp.path,
+        &mock.base_url(),
+        args.governed,
+        cache_tiers.as_ref(),
+    )?;
     let payloads = Payloads::new(args.mem_chunks + 8);
     let clk = procs::clock_ticks();
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -649,6 +669,9 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
         if has(Scenario::Waiting) {
             waiting_streams(args, mock, &targets, &payloads, &mut res).await?;
         }
+        if has(Scenario::Cache) {
+            cache::run(args, &targets, redis, &mut res).await?;
+        }
         if let Some(g) = &gateway {
             if let Some(kib) = procs::status_kib(g.proc.pid(), "VmHWM") {
                 res.record(
@@ -682,7 +705,12 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
     println!();
     print!("{}", res.table());
     println!();
-    verdicts(args, &res);
+    if args.scenarios.iter().any(|s| *s != Scenario::Cache) {
+        verdicts(args, &res);
+    }
+    if has(Scenario::Cache) {
+        cache::verdicts(args, &res);
+    }
     if args.keep_tmp {
         println!();
         println!("temp files kept in {}", tmp.path.display());

@@ -4,7 +4,7 @@
 //! All of them use one reqwest client per scenario (HTTP/1.1, keep-alive pool, TCP_NODELAY, no
 //! proxy) and send the same request to every target.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,7 @@ pub fn chat_url(base: &str) -> Result<Url> {
     Url::parse(&format!("{base}/v1/chat/completions")).context("chat URL")
 }
 
-fn post(client: &Client, url: &Url, body: &Bytes) -> reqwest::RequestBuilder {
+pub fn post(client: &Client, url: &Url, body: &Bytes) -> reqwest::RequestBuilder {
     client
         .post(url.clone())
         .header(reqwest::header::AUTHORIZATION, format!("Bearer {KEY}"))
@@ -100,6 +100,29 @@ pub async fn one(client: &Client, url: &Url, body: &Bytes) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// What each request of a scenario sends: the same body every time, or a body made from the
+/// request's index (unique requests, e.g. each a cache miss).
+#[derive(Clone)]
+pub enum Body {
+    Same(Bytes),
+    Each(Arc<dyn Fn(u64) -> Bytes + Send + Sync>),
+}
+
+impl Body {
+    fn get(&self, i: u64) -> Bytes {
+        match self {
+            Body::Same(b) => b.clone(),
+            Body::Each(f) => f(i),
+        }
+    }
+}
+
+impl From<&Bytes> for Body {
+    fn from(b: &Bytes) -> Body {
+        Body::Same(b.clone())
+    }
 }
 
 /// Errors counted, and the first one's text.
@@ -135,7 +158,7 @@ pub struct FixedRate {
 pub async fn fixed_rate(
     client: &Client,
     url: &Url,
-    body: &Bytes,
+    body: impl Into<Body>,
     rate: f64,
     warmup: Duration,
     duration: Duration,
@@ -150,7 +173,7 @@ pub async fn fixed_rate(
     let warm_n = (warmup.as_secs_f64() * rate).round() as u64;
     let total = warm_n + (duration.as_secs_f64() * rate).round() as u64;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
-    let (client, url, body) = (client.clone(), url.clone(), body.clone());
+    let (client, url, body) = (client.clone(), url.clone(), body.into());
     let start = Instant::now() + Duration::from_millis(50);
     let pacer = std::thread::Builder::new()
         .name("bench-pacer".into())
@@ -162,7 +185,7 @@ pub async fn fixed_rate(
                     std::thread::sleep(due - now);
                 }
                 let (client, url, body, tx) =
-                    (client.clone(), url.clone(), body.clone(), tx.clone());
+                    (client.clone(), url.clone(), body.get(i), tx.clone());
                 handle.spawn(async move {
                     let lag = due.elapsed();
                     let result = one(&client, &url, &body).await;
@@ -219,16 +242,18 @@ pub struct Closed {
 pub async fn closed_loop(
     client: &Client,
     url: &Url,
-    body: &Bytes,
+    body: impl Into<Body>,
     conc: usize,
     warmup: Duration,
     duration: Duration,
 ) -> Result<Closed> {
     let t0 = Instant::now();
     let (from, until) = (t0 + warmup, t0 + warmup + duration);
+    let body = body.into();
+    let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(conc);
     for _ in 0..conc {
-        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let (client, url, body, next) = (client.clone(), url.clone(), body.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = Errors::default();
@@ -238,7 +263,8 @@ pub async fn closed_loop(
                 if s >= until {
                     break;
                 }
-                let r = one(&client, &url, &body).await;
+                let b = body.get(next.fetch_add(1, Ordering::Relaxed));
+                let r = one(&client, &url, &b).await;
                 let e = Instant::now();
                 done += 1;
                 if e >= from && e <= until {

@@ -134,11 +134,51 @@ pub struct Gateway {
     pub log: PathBuf,
 }
 
+/// The cached models of the `cache` scenario, one per tier, each served by the mock.
+pub const CACHE_MEMORY: &str = "cache-memory";
+pub const CACHE_DISK: &str = "cache-disk";
+pub const CACHE_REDIS: &str = "cache-redis";
+
+/// Where the cache scenario's shared tiers live; `redis`: (URL, key prefix), None when Redis is
+/// unreachable (then no model lists the `redis` tier).
+pub struct CacheTiers {
+    pub disk_path: PathBuf,
+    pub redis: Option<(String, String)>,
+}
+
+/// The models and the top-level `cache:` block of the cache scenario: `cache-memory` (memory
+/// tier only), `cache-disk` (disk only) and, with Redis, `cache-redis` (Redis only); ttl 10 min,
+/// so the Redis keys of a run expire on their own.
+fn cache_yaml(c: &CacheTiers) -> (String, String) {
+    let model = |name: &str, tier: &str| {
+        format!(
+            "  {name}:
+    targets:
+      - upstream: mock
+    cache: {{ tiers: [{tier}], ttl: 10m }}
+"
+        )
+    };
+    let mut models = model(CACHE_MEMORY, "memory") + &model(CACHE_DISK, "disk");
+    let mut top = format!("cache:\n  disk_path: {}\n", c.disk_path.display());
+    if let Some((url, prefix)) = &c.redis {
+        models += &model(CACHE_REDIS, "redis");
+        top += &format!("  redis_url: {url}\n  redis_prefix: \"{prefix}\"\n");
+    }
+    (models, top)
+}
+
 /// Write the gateway config: one `openai` upstream at the mock, one model, one team, one key.
 /// `governed`: the config a team runs, with governance on the path: the embedded SQLite store
 /// (a usage row per request through the batched writer), the model priced, and the team limited
 /// by requests and tokens per minute, concurrency and a budget, all high enough never to refuse.
-pub fn write_gateway_config(dir: &Path, mock_base_url: &str, governed: bool) -> Result<PathBuf> {
+/// `cache`: add the cache scenario's models ([`cache_yaml`]).
+pub fn write_gateway_config(
+    dir: &Path,
+    mock_base_url: &str,
+    governed: bool,
+    cache: Option<&CacheTiers>,
+) -> Result<PathBuf> {
     let path = dir.join("tollgate.yaml");
     let (team_limits, extra) = if governed {
         (
@@ -159,6 +199,7 @@ limits: {{ backend: memory }}
     } else {
         ("", String::new())
     };
+    let (cache_models, cache_top) = cache.map(cache_yaml).unwrap_or_default();
     let yaml = format!(
         "# Written by tollgate-bench.
 server:
@@ -175,13 +216,13 @@ models:
   {MODEL}:
     targets:
       - upstream: mock
-teams:
+{cache_models}teams:
   bench: {{ models: [\"*\"]{team_limits} }}
 keys:
   - name: bench
     team: bench
     sha256: {KEY_SHA256}
-{extra}"
+{extra}{cache_top}"
     );
     std::fs::write(&path, yaml).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
