@@ -451,13 +451,7 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
                 if let (Some(a), Some(b)) = (cpu0, cpu1) {
                     let reqs = args.rate * (args.warmup + args.duration);
                     let us = (b - a) as f64 / clk * 1e6 / reqs;
-                    res.record(
-                        &format!("{name} server CPU"),
-                        "µs CPU/req",
-                        Better::Lower,
-                        t.name,
-                        us,
-                    );
+                    res.record_cpu(&name, t.name, us);
                 }
             }
         }
@@ -519,13 +513,7 @@ async fn bench(args: &Args, mock: &MockUpstream) -> Result<()> {
                 if let (Some(a), Some(b)) = (cpu0, cpu1) {
                     let reqs = r.done_total.max(1) as f64;
                     let us = (b - a) as f64 / clk * 1e6 / reqs;
-                    res.record(
-                        &format!("{name} server CPU"),
-                        "µs CPU/req",
-                        Better::Lower,
-                        t.name,
-                        us,
-                    );
+                    res.record_cpu(&name, t.name, us);
                 }
             }
         }

@@ -271,13 +271,7 @@ fn record_cpu(res: &mut Results, name: &str, t: &Target, cpu0: Option<u64>, done
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         let us = b.saturating_sub(a) as f64 / procs::clock_ticks() * 1e6 / done.max(1) as f64;
         println!("  {:<8} {name}: server CPU {us:.1} µs/request", t.name);
-        res.record(
-            &format!("{name} server CPU"),
-            "µs CPU/req",
-            Better::Lower,
-            t.name,
-            us,
-        );
+        res.record_cpu(name, t.name, us);
     }
 }
 

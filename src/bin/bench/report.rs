@@ -25,6 +25,18 @@ pub struct Results {
 pub const TARGETS: [&str; 3] = ["direct", "nginx", "tollgate"];
 
 impl Results {
+    /// The server's CPU time per request over scenario `name` (the one name the CPU figures go
+    /// by, so the targets can find them).
+    pub fn record_cpu(&mut self, name: &str, target: &'static str, us_per_request: f64) {
+        self.record(
+            &format!("{name} server CPU"),
+            "µs CPU/req",
+            Better::Lower,
+            target,
+            us_per_request,
+        );
+    }
+
     pub fn record(
         &mut self,
         name: &str,
