@@ -172,9 +172,13 @@ async fn run_binary(log: &str) -> (String, Option<i32>) {
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = wait_for_addr_file(&addr_file).await;
     let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", addr.trim()))
+        .post(format!(
+            "http://{}/v1/chat/completions?trace=on",
+            addr.trim()
+        ))
         .bearer_auth(DEMO_KEY)
         .header("x-request-id", "log-test-1")
+        .header("user-agent", "log-test-agent/1.0")
         .json(&chat("mock-gpt", "x", false))
         .send()
         .await
@@ -233,6 +237,23 @@ async fn the_binary_writes_one_request_line_from_a_low_priority_thread() {
     );
     assert_eq!(line["status"], 200);
     assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+    // Who asked for what: the client's loopback address, the method, the path without its
+    // query, the user agent.
+    assert!(
+        line["client_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/v1/chat/completions");
+    assert_eq!(line["user_agent"], "log-test-agent/1.0");
+    // Rounded: milliseconds to the microsecond, dollars to the nano-dollar.
+    for (field, places) in [("latency_ms", 3), ("cost_usd", 9)] {
+        let text = line[field].to_string();
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= places, "{field} = {text}");
+    }
     assert!(
         line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{line}"

@@ -57,6 +57,17 @@ impl Ledger {
         }
     }
 
+    /// Who asked for what: client address, method, URI and user agent, for the log line.
+    pub fn request(&mut self, parts: &http::request::Parts) {
+        self.rec.client_addr = parts
+            .extensions
+            .get::<crate::server::conn::ClientAddr>()
+            .map(|a| a.0);
+        self.rec.method = Some(parts.method.clone());
+        self.rec.uri = Some(parts.uri.clone());
+        self.rec.user_agent = parts.headers.get(http::header::USER_AGENT).cloned();
+    }
+
     pub fn request_id(&self) -> &str {
         &self.rec.request_id
     }

@@ -178,6 +178,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueueWriter {
 pub struct RequestRecord {
     pub request_id: Arc<str>,
     pub endpoint: &'static str,
+    /// The client's address (the TCP peer).
+    pub client_addr: Option<std::net::SocketAddr>,
+    pub method: Option<http::Method>,
+    /// The request's URI; only its path is logged (a query may carry what must not be logged).
+    pub uri: Option<http::Uri>,
+    pub user_agent: Option<http::HeaderValue>,
     pub team: Option<Arc<str>>,
     pub key_id: Option<Arc<str>>,
     pub model: Option<String>,
@@ -236,6 +242,10 @@ fn trace_line(r: &RequestRecord) {
         log_type = "request",
         request_id = %r.request_id,
         endpoint = r.endpoint,
+        client_addr = %OrDash(r.client_addr),
+        method = r.method.as_ref().map_or("-", http::Method::as_str),
+        path = r.uri.as_ref().map_or("-", http::Uri::path),
+        user_agent = &*user_agent(r),
         team = r.team.as_deref().unwrap_or("-"),
         key_id = r.key_id.as_deref().unwrap_or("-"),
         model = r.model.as_deref().unwrap_or("-"),
@@ -243,16 +253,48 @@ fn trace_line(r: &RequestRecord) {
         status = r.status,
         error_kind = r.error_kind.unwrap_or("-"),
         stream = r.stream,
-        latency_ms = r.latency.as_secs_f64() * 1000.0,
-        ttfb_ms = r.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+        latency_ms = millis(r.latency),
+        ttfb_ms = r.ttfb.map(millis),
         prompt_tokens = r.prompt_tokens,
         completion_tokens = r.completion_tokens,
-        cost_usd = r.cost_usd,
+        cost_usd = dollars(r.cost_usd),
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
         attempt_log = %r.attempt_log,
         cache = r.cache,
     );
+}
+
+/// A duration in milliseconds rounded to the microsecond, as the log line shows it.
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// US dollars rounded to the nano-dollar (the unit spend is counted in), as the log line shows
+/// them: `0.00015546`, not `0.00015546000000000001`.
+pub(crate) fn dollars(usd: f64) -> f64 {
+    (usd * 1e9).round() / 1e9
+}
+
+/// The `User-Agent` as text (invalid UTF-8 replaced), `-` when there is none.
+pub(crate) fn user_agent(r: &RequestRecord) -> std::borrow::Cow<'_, str> {
+    r.user_agent
+        .as_ref()
+        .map_or(std::borrow::Cow::Borrowed("-"), |v| {
+            String::from_utf8_lossy(v.as_bytes())
+        })
+}
+
+/// An optional value shown as itself or `-`.
+pub(crate) struct OrDash<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The request's metrics, through the handles of its snapshot.
@@ -365,6 +407,10 @@ mod tests {
         let full = RequestRecord {
             request_id: Arc::from("8cf4-\u{1}-id"),
             endpoint: "chat",
+            client_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 52_114))),
+            method: Some(http::Method::POST),
+            uri: Some(http::Uri::from_static("/v1/chat/completions?api-key=secret")),
+            user_agent: Some(http::HeaderValue::from_static("OpenAI/Python 1.54.0")),
             team: Some(Arc::from("demo")),
             key_id: Some(Arc::from("demo key")),
             model: Some("a \"quoted\"\\ model\n\t\r\u{8}\u{c}\u{1f}\u{7f} é 模型 😀".into()),
@@ -377,7 +423,7 @@ mod tests {
             upstream_time: Duration::from_millis(120),
             prompt_tokens: 2,
             completion_tokens: 18_446_744_073_709_551_615,
-            cost_usd: 0.000_012_5,
+            cost_usd: 0.000_155_460_000_000_000_01,
             client_disconnected: false,
             attempts: 2,
             attempt_log: "a:upstream_server_error:0.4ms,mock:ok:1.2ms".into(),
@@ -416,6 +462,26 @@ mod tests {
             assert_eq!(v["request_id"].as_str(), Some(&*r.request_id));
             assert_eq!(v["model"].as_str(), Some(r.model.as_deref().unwrap_or("-")));
         }
+    }
+
+    #[test]
+    fn the_line_names_the_client_and_rounds_its_numbers() {
+        let line = formatted(&records()[0]);
+        for part in [
+            "\"client_addr\":\"127.0.0.1:52114\"",
+            "\"method\":\"POST\"",
+            // The path only: a query may carry a secret.
+            "\"path\":\"/v1/chat/completions\",",
+            "\"user_agent\":\"OpenAI/Python 1.54.0\"",
+            "\"latency_ms\":127.934,",
+            "\"ttfb_ms\":0.612,",
+            "\"cost_usd\":0.00015546,",
+        ] {
+            assert!(line.contains(part), "{part} not in {line}");
+        }
+        assert!(!line.contains("secret"), "{line}");
+        let refused = formatted(&records()[1]);
+        assert!(refused.contains("\"client_addr\":\"-\",\"method\":\"-\""), "{refused}");
     }
 
     #[test]
