@@ -409,7 +409,9 @@ mod tests {
             endpoint: "chat",
             client_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 52_114))),
             method: Some(http::Method::POST),
-            uri: Some(http::Uri::from_static("/v1/chat/completions?api-key=secret")),
+            uri: Some(http::Uri::from_static(
+                "/v1/chat/completions?api-key=secret",
+            )),
             user_agent: Some(http::HeaderValue::from_static("OpenAI/Python 1.54.0")),
             team: Some(Arc::from("demo")),
             key_id: Some(Arc::from("demo key")),
@@ -481,7 +483,10 @@ mod tests {
         }
         assert!(!line.contains("secret"), "{line}");
         let refused = formatted(&records()[1]);
-        assert!(refused.contains("\"client_addr\":\"-\",\"method\":\"-\""), "{refused}");
+        assert!(
+            refused.contains("\"client_addr\":\"-\",\"method\":\"-\""),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -141,7 +141,11 @@ pub(super) fn format(r: &RequestRecord, now: SystemTime, out: &mut Vec<u8>) {
     // An address needs no escaping.
     let _ = write!(out, "{}", super::OrDash(r.client_addr));
     out.push(b'"');
-    string_field(out, "method", r.method.as_ref().map_or("-", http::Method::as_str));
+    string_field(
+        out,
+        "method",
+        r.method.as_ref().map_or("-", http::Method::as_str),
+    );
     string_field(out, "path", r.uri.as_ref().map_or("-", http::Uri::path));
     string_field(out, "user_agent", &super::user_agent(r));
     string_field(out, "team", r.team.as_deref().unwrap_or("-"));
