@@ -425,7 +425,7 @@ mod tests {
             upstream_time: Duration::from_millis(120),
             prompt_tokens: 2,
             completion_tokens: 18_446_744_073_709_551_615,
-            cost_usd: 0.000_155_460_000_000_000_01,
+            cost_usd: (0.1 + 0.2) * 1e-3, // 0.00030000000000000003
             client_disconnected: false,
             attempts: 2,
             attempt_log: "a:upstream_server_error:0.4ms,mock:ok:1.2ms".into(),
@@ -477,7 +477,7 @@ mod tests {
             "\"user_agent\":\"OpenAI/Python 1.54.0\"",
             "\"latency_ms\":127.934,",
             "\"ttfb_ms\":0.612,",
-            "\"cost_usd\":0.00015546,",
+            "\"cost_usd\":0.0003,",
         ] {
             assert!(line.contains(part), "{part} not in {line}");
         }
