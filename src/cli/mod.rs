@@ -25,7 +25,7 @@ use store_ops::{admin_cli, Op};
 pub use store_ops::{KeysCommand, LimitArgs, StoreArgs, TeamsCommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "tollgate", version, about = "An LLM API gateway")]
+#[command(name = "tollgate", version = crate::telemetry::VERSION, about = "An LLM API gateway")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

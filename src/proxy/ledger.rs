@@ -132,6 +132,12 @@ impl Ledger {
             self.rec.ttfb = Some(self.started.elapsed());
         }
     }
+    /// A stream's first content event is on its way to the client.
+    pub fn first_token(&mut self) {
+        if self.rec.ttft.is_none() {
+            self.rec.ttft = Some(self.started.elapsed());
+        }
+    }
     /// Content chunks relayed so far: what a client that leaves mid-stream (or a stream that
     /// ends without the upstream's usage) is charged for.
     pub fn streamed(&mut self, chunks: u64) {

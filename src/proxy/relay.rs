@@ -251,7 +251,12 @@ impl SseRelay {
                 }
             }
             match seen {
-                Seen::Content => self.content_events += 1,
+                Seen::Content => {
+                    if self.content_events == 0 {
+                        self.ledger.first_token();
+                    }
+                    self.content_events += 1;
+                }
                 Seen::Usage { usage, usage_only } => {
                     self.usage = Some(usage);
                     if usage_only && self.strip_usage && cut.is_none() {
