@@ -283,7 +283,7 @@ async fn rust_log_warn_turns_the_request_line_off() {
 #[tokio::test]
 async fn metrics_follow_prometheus_conventions() {
     let config = format!(
-        "{}prices:\n  mock-gpt: {{ input_per_million: 1000, output_per_million: 2000 }}\n",
+        "{}prices:\n  mock-gpt: {{ input_per_million: 1, output_per_million: 2 }}\n",
         mock_config(5, 2)
     );
     let gw = Gateway::start(&config).await;
@@ -297,6 +297,9 @@ async fn metrics_follow_prometheus_conventions() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.status(), 200);
+        // A whole answer says what it cost; a stream's usage comes after its headers.
+        let cost = r.headers().get("x-tollgate-cost-usd");
+        assert_eq!(cost.is_some(), !stream, "{:?}", r.headers());
         let _ = r.bytes().await;
     }
     // The stream's accounting runs when its body ends, just after the client has it.
