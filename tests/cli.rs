@@ -214,3 +214,111 @@ store:
     assert_eq!(code, 0);
     assert!(out.contains("\"source\":\"config\"") || out.contains("\"source\": \"config\""));
 }
+
+/// The CLI finds its config as servers do (`--config`, `$TOLLGATE_CONFIG`, `./tollgate.yaml`,
+/// else a clear message), and a relative SQLite path means the config file's directory, so a
+/// command run from anywhere opens the server's database.
+#[test]
+fn the_config_is_found_like_a_servers_and_its_sqlite_path_is_relative_to_it() {
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let elsewhere = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run = |cwd: &std::path::Path, args: &[&str], env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .env_remove("TOLLGATE_CONFIG");
+        if let Some(p) = env {
+            cmd.env("TOLLGATE_CONFIG", p);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Nothing to find: a message that says where a config is looked for.
+    let (code, _, err) = run(elsewhere.path(), &["teams", "list"], None);
+    assert_eq!(code, 64, "{err}");
+    for part in ["--config", "TOLLGATE_CONFIG", "tollgate.yaml"] {
+        assert!(err.contains(part), "{part} not in {err}");
+    }
+    let (code, _, err) = run(elsewhere.path(), &["check-config"], None);
+    assert_eq!(code, 64, "{err}");
+
+    let config = home.path().join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        r#"
+upstreams:
+  m: { provider: mock }
+models:
+  mock-gpt: { targets: [ { upstream: m } ] }
+teams:
+  demo: { models: ["*"] }
+store:
+  url: "sqlite://data.db?mode=rwc"
+  usage: { spill_path: /dev/null }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // ./tollgate.yaml in the working directory.
+    let (code, out, err) = run(home.path(), &["check-config"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(
+        home.path(),
+        &["teams", "create", "ml", "--models", "*"],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // From elsewhere, through $TOLLGATE_CONFIG and through --config: the same database.
+    let (code, out, err) = run(elsewhere.path(), &["teams", "list"], Some(&config));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"ml\""), "{out}");
+    let (code, out, err) = run(
+        elsewhere.path(),
+        &["teams", "list", "--config", &config.display().to_string()],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"ml\""), "{out}");
+    assert!(home.path().join("data.db").is_file());
+    assert!(!elsewhere.path().join("data.db").exists());
+}
+
+/// `serve` logs the warnings `check-config` gives (without the secret), and still serves.
+#[test]
+fn serve_logs_the_config_warnings() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.yaml");
+    let yaml =
+        GOOD.replace("\"${TG_UP}\"", "sk-literal-123") + "server: { listen: \"127.0.0.1:0\" }\n";
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    // Read lines until the server says it listens (the warnings come before).
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).take(50) {
+        let line = line.unwrap_or_default();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("\"listening\"") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("\"listening\""), "{seen}");
+    assert!(
+        seen.lines().any(|l| l.contains("\"WARN\"")
+            && l.contains("credentials.up.secret: secret written literally")),
+        "{seen}"
+    );
+    assert!(!seen.contains("sk-literal-123"), "{seen}");
+}

@@ -35,14 +35,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve {
-        /// The config file (YAML).
-        #[arg(
-            long,
-            short,
-            default_value = "examples/quickstart.yaml",
-            env = "TOLLGATE_CONFIG"
-        )]
-        config: PathBuf,
+        /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
+        #[arg(long, short, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
         /// Listen here instead of `server.listen` (port 0 picks a free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -52,8 +47,9 @@ pub enum Command {
     },
     /// Validate a config file without serving; exit non-zero on the first error.
     CheckConfig {
-        /// The config file (YAML).
-        file: PathBuf,
+        /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
+        #[arg(env = "TOLLGATE_CONFIG")]
+        file: Option<PathBuf>,
     },
     /// Create, list, revoke, rotate and change keys in the store.
     Keys {
@@ -126,18 +122,50 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
+/// The config file a command uses, found as servers find theirs: `--config` (or the
+/// command's file argument), else `$TOLLGATE_CONFIG` (clap reads both into `given`), else
+/// `./tollgate.yaml`; otherwise a message saying so.
+pub fn find_config(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let local = PathBuf::from(DEFAULT_CONFIG);
+    if local.is_file() {
+        return Ok(local);
+    }
+    Err(format!(
+        "no config file: pass --config FILE, set TOLLGATE_CONFIG, or put {DEFAULT_CONFIG} in \
+         the current directory (examples/quickstart.yaml in the repository is a start)"
+    ))
+}
+
+/// The config file looked for in the current directory.
+pub const DEFAULT_CONFIG: &str = "tollgate.yaml";
+
 pub async fn run(cli: Cli) -> u8 {
+    let config = match &cli.command {
+        Command::CheckConfig { file } => file.clone(),
+        Command::Serve { config, .. } => config.clone(),
+        Command::Keys { store, .. }
+        | Command::Teams { store, .. }
+        | Command::Usage { store, .. } => store.config.clone(),
+    };
+    let config = match find_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { .. } => check_config(&config),
         Command::Serve {
-            config,
-            listen,
-            addr_file,
+            listen, addr_file, ..
         } => serve::serve(&config, listen, addr_file).await,
-        Command::Keys { store, command } => admin_cli(&store.config, Op::Keys(command)).await,
-        Command::Teams { store, command } => admin_cli(&store.config, Op::Teams(command)).await,
+        Command::Keys { command, .. } => admin_cli(&config, Op::Keys(command)).await,
+        Command::Teams { command, .. } => admin_cli(&config, Op::Teams(command)).await,
         Command::Usage {
-            store,
+            store: _,
             team,
             key,
             model,
@@ -158,14 +186,13 @@ pub async fn run(cli: Cli) -> u8 {
                     q.insert(k.to_owned(), v);
                 }
             }
-            admin_cli(&store.config, Op::Usage(q)).await
+            admin_cli(&config, Op::Usage(q)).await
         }
     }
 }
 fn check_config(file: &std::path::Path) -> u8 {
     let result = Config::load(file).and_then(|c| {
-        let mut warnings = c.validate(&ProcessEnv)?;
-        warnings.extend(crate::limits::prices::unpriced_warnings(&c));
+        let warnings = config_warnings(&c)?;
         check_tls_files(&c).map_err(|message| crate::config::ConfigError {
             path: String::new(),
             message,
@@ -185,6 +212,14 @@ fn check_config(file: &std::path::Path) -> u8 {
             EXIT_CONFIG
         }
     }
+}
+
+/// Validate `c`; its warnings (a secret written literally, a model without a price under a
+/// budget, …), said by `check-config` and logged by `serve`.
+fn config_warnings(c: &Config) -> Result<Vec<String>, crate::config::ConfigError> {
+    let mut warnings = c.validate(&ProcessEnv)?;
+    warnings.extend(crate::limits::prices::unpriced_warnings(c));
+    Ok(warnings)
 }
 
 /// The certificate and key files the config names, read and parsed as serving would: the

@@ -13,15 +13,10 @@ use super::EXIT_CONFIG;
 
 #[derive(clap::Args, Debug)]
 pub struct StoreArgs {
-    /// The config file whose `store.url` (and teams and models) to use.
-    #[arg(
-        long,
-        short,
-        default_value = "examples/quickstart.yaml",
-        env = "TOLLGATE_CONFIG",
-        global = true
-    )]
-    pub(super) config: PathBuf,
+    /// The config file whose `store.url` (and teams and models) to use; else $TOLLGATE_CONFIG,
+    /// else ./tollgate.yaml.
+    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
+    pub(super) config: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -155,11 +150,8 @@ impl LimitArgs {
     }
 }
 
-/// `30d`, `12h`, `90m`, `45s` as seconds.
+/// `30d`, `12h`, `90m`, `45s` as seconds (the config's durations).
 fn lifetime_secs(s: &str) -> Result<u64, String> {
-    if let Some(d) = s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
-        return Ok(d * 86_400);
-    }
     crate::config::Dur::parse(s).map(|d| d.0.as_secs())
 }
 
@@ -176,7 +168,7 @@ pub(super) async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
         eprintln!("{}: no store configured (store.url)", config.display());
         return EXIT_CONFIG;
     };
-    let url = match store_cfg.url.resolve(&ProcessEnv) {
+    let url = match store_cfg.connect_url(&ProcessEnv) {
         Ok(u) => u,
         Err(e) => {
             eprintln!("store.url: {e}");

@@ -54,7 +54,7 @@ impl Dur {
         let s = s.trim();
         let split = s
             .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| format!("duration '{s}' needs a unit (ms, s, m, h)"))?;
+            .ok_or_else(|| format!("duration '{s}' needs a unit (ms, s, m, h, d)"))?;
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
@@ -64,6 +64,7 @@ impl Dur {
             "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
+            "d" => n * 86_400.0,
             _ => return Err(format!("duration '{s}' has an unknown unit '{unit}'")),
         };
         if !(0.0..=31_536_000.0).contains(&secs) {
@@ -284,7 +285,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text)
+        let mut c = Config::parse(&text)?;
+        if let Some(store) = &mut c.store {
+            store.base_dir = path.parent().map(Path::to_path_buf);
+        }
+        Ok(c)
     }
 
     /// Check cross references and resolve every secret. Returns warnings (e.g. literal secrets);

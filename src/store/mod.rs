@@ -318,7 +318,7 @@ pub async fn open(
     cfg: &StoreConfig,
     env: &dyn EnvSource,
 ) -> Result<(Arc<Handle>, UsageWriter), String> {
-    let url = cfg.url.resolve(env)?;
+    let url = cfg.connect_url(env)?;
     let db = Store::connect_tls(url.expose(), cfg.max_connections, cfg.tls.as_ref(), env).await?;
     let (usage, writer) = writer::start(db.clone(), &cfg.usage)?;
     tracing::info!(backend = db.backend(), "store ready");
