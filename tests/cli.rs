@@ -286,7 +286,8 @@ store:
     assert!(!elsewhere.path().join("data.db").exists());
 }
 
-/// `serve` logs the warnings `check-config` gives (without the secret), and still serves.
+/// `serve` logs the warnings `check-config` gives (without the secret), and still serves; it
+/// listens on a host name (`localhost:0`).
 #[test]
 fn serve_logs_the_config_warnings() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -315,6 +316,8 @@ fn serve_logs_the_config_warnings() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen.contains("\"listening\""), "{seen}");
+    // `localhost` is resolved once, to its IPv4 address.
+    assert!(seen.contains("\"addr\":\"127.0.0.1:"), "{seen}");
     assert!(
         seen.lines().any(|l| l.contains("\"WARN\"")
             && l.contains("credentials.up.secret: secret written literally")),

@@ -38,8 +38,9 @@ pub enum Command {
         /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
         #[arg(long, short, env = "TOLLGATE_CONFIG")]
         config: Option<PathBuf>,
-        /// Listen here instead of `server.listen` (port 0 picks a free port).
-        #[arg(long)]
+        /// Listen here instead of `server.listen` (port 0 picks a free port), e.g.
+        /// 127.0.0.1:8080 or localhost:8080.
+        #[arg(long, value_parser = crate::config::listen_addr)]
         listen: Option<SocketAddr>,
         /// Write the bound address to this file once listening (for scripts and tests).
         #[arg(long)]

@@ -74,6 +74,35 @@ impl Dur {
     }
 }
 
+/// An address to listen on: an IP and port, or a host name and port resolved once, now (an IPv4
+/// address preferred: `localhost:8080` is `127.0.0.1:8080`).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not an address and port ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    listen_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn opt_socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| listen_addr(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -139,7 +168,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on: `127.0.0.1:8080`, `[::1]:8080` or `localhost:8080`.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Largest request body accepted from any client (teams may set lower).
     pub max_body_bytes: usize,
@@ -170,6 +200,7 @@ pub struct ServerConfig {
     /// A bearer key `/metrics` requires (`${ENV}` or `file:` reference); unset: open.
     pub metrics_key: Option<SecretRef>,
     /// Serve `/metrics` on this address only (not on `listen`); read at start.
+    #[serde(deserialize_with = "opt_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on `listen` (HTTPS, HTTP/2 by ALPN); read at start, the files reloaded when they
     /// change. Unset: plain HTTP.

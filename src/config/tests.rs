@@ -342,3 +342,25 @@ fn a_relative_sqlite_path_is_the_config_files_directorys() {
         assert_eq!(sqlite_relative_to(unchanged, dir), None, "{unchanged}");
     }
 }
+
+#[test]
+fn listen_takes_a_host_name() {
+    const MIN: &str = BASE;
+    let c = Config::parse(&format!(
+        "{MIN}server: {{ listen: \"localhost:8080\", metrics_listen: \"localhost:9090\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.server.listen,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+    );
+    assert_eq!(
+        c.server.metrics_listen,
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9090)))
+    );
+    let c = Config::parse(&format!("{MIN}server: {{ listen: \"[::1]:81\" }}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.server.listen.is_ipv6());
+    let e = Config::parse(&format!("{MIN}server: {{ listen: \"localhost\" }}\n")).err();
+    assert!(e.is_some_and(|e| e.to_string().contains("server.listen")));
+}
