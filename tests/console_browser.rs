@@ -6,7 +6,8 @@
 //! one signs in (an HttpOnly, SameSite=Strict cookie that page scripts cannot read); a key made
 //! on the keys page is shown once and then works against `/v1/chat/completions` through a real
 //! socket; the spend page draws its charts from those requests; a revoked key then gets 401; a
-//! write without the CSRF token is refused; every page renders; signing out ends the session.
+//! write without the CSRF token is refused; every page renders (the credentials page with a
+//! pool's members); signing out ends the session.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{sha256_hex, Gateway, ADMIN_KEY};
+use common::{Gateway, ADMIN_KEY};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
@@ -56,6 +57,8 @@ async fn the_console_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let yaml = format!(
         r#"{}
+credentials:
+  pool-a: {{ kind: pool, tokens: ["${{TG_TOKEN_A}}", "${{TG_TOKEN_B}}"] }}
 admin:
   key: ${{TG_ADMIN}}
   console: {{ enabled: true }}
@@ -68,15 +71,22 @@ store:
         dir.path().join("t.db").display(),
         dir.path().join("spill").display()
     );
-    let env = HashMap::from([("TG_ADMIN".to_owned(), ADMIN_KEY.to_owned())]);
+    let env: HashMap<String, String> = [
+        ("TG_ADMIN", ADMIN_KEY),
+        ("TG_TOKEN_A", "tok-a"),
+        ("TG_TOKEN_B", "tok-b"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     let gw = Gateway::start_with_env(&yaml, env).await;
-    assert_ne!(sha256_hex(ADMIN_KEY), ADMIN_KEY);
 
     let mut cmd = tokio::process::Command::new(&python);
     cmd.current_dir(MANIFEST_DIR)
         .arg("tests/python/console_browser.py")
         .arg(format!("http://{}", gw.addr))
         .arg(ADMIN_KEY)
+        .args(["--credential", "pool-a"])
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

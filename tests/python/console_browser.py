@@ -1,15 +1,16 @@
 """The Tollgate web console in a real browser: headless Chromium driven by selenium.
 
 Usage:
-  console_browser.py BASE_URL ADMIN_KEY                      the browser test (tests/console_browser.rs)
-  console_browser.py BASE_URL ADMIN_KEY --screenshots DIR [--seed DB]
+  console_browser.py BASE_URL ADMIN_KEY [--credential POOL]  the browser test (tests/console_browser.rs)
+  console_browser.py BASE_URL ADMIN_KEY --screenshots DIR [--seed DB] [--credential POOL]
                                                              one PNG per page (scripts/screenshots.sh)
 
 BASE_URL is a running gateway (http://127.0.0.1:PORT) with the console on, the mock model
 `mock-gpt`, the team `demo` and the demo key. The browser is the system's Chromium and its
 chromedriver (Debian's `chromium` and `chromium-driver`; TOLLGATE_CHROMIUM and
 TOLLGATE_CHROMEDRIVER override the paths); selenium never downloads a driver. `--seed DB` adds a
-day of usage rows to the gateway's SQLite file first, so the screenshots' charts have a history.
+day of usage rows to the gateway's SQLite file first, so the screenshots' charts have a history;
+`--credential POOL` names a pool credential the credentials page must show with its members.
 
 Checks (each raises on failure; the script exits 1 and prints which): a wrong key is refused
 and sets no cookie; the right key signs in with an HttpOnly, SameSite=Strict cookie that page
@@ -220,11 +221,14 @@ def check_csrf(c):
     assert c.fetch("GET", "/admin/teams", None, None) == 200, "a read with the cookie failed"
 
 
-def check_pages(c):
+def check_pages(c, credential):
     c.page("upstreams")
     c.wait(lambda d: "closed" in c.one("#upstreams-table").text, "the mock upstream's breaker")
     c.shot("upstreams")
     c.page("credentials")
+    if credential:
+        section = c.one(f"section[data-credential='{credential}']", f"the credential {credential}")
+        c.wait(lambda d: "Pool members" in section.text and "valid" in section.text, "its members and state")
     c.shot("credentials")
     c.page("errors")
     c.wait(lambda d: "404" in c.one("#errors-table").text, "the failed request")
@@ -267,7 +271,7 @@ def seed(db, teams, model):
     con.close()
 
 
-def run(base, admin_key, shots, seed_db):
+def run(base, admin_key, shots, seed_db, credential):
     profile = tempfile.mkdtemp(prefix="tollgate-chromium-")
     d = browser(profile)
     c = Console(d, base, shots)
@@ -312,7 +316,7 @@ def run(base, admin_key, shots, seed_db):
             ("the spend page charts the requests", spend),
             ("a revoked key gets 401", revoked),
             ("a write without the CSRF token is refused", lambda: check_csrf(c)),
-            ("every page renders", lambda: check_pages(c)),
+            ("every page renders", lambda: check_pages(c, credential)),
             ("signing out ends the session", lambda: check_logout(c)),
         ]
         failed = 0
@@ -346,7 +350,8 @@ def main(argv):
         os.makedirs(shots, exist_ok=True)
     if "--seed" in argv:
         seed_db = argv[argv.index("--seed") + 1]
-    failed = run(base, key, shots, seed_db)
+    credential = argv[argv.index("--credential") + 1] if "--credential" in argv else None
+    failed = run(base, key, shots, seed_db, credential)
     print("console browser test: " + ("FAILED" if failed else "all passed"), flush=True)
     return 1 if failed else 0
 

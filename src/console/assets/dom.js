@@ -79,6 +79,7 @@ export const num = (n) => (n === null || n === undefined ? "–" : Number(n).toL
 
 export function money(usd) {
   if (usd === null || usd === undefined) return "–";
+  if (usd === 0) return "$0";
   const digits = Math.abs(usd) >= 1 ? 2 : Math.abs(usd) >= 0.01 ? 4 : 6;
   return `$${Number(usd).toFixed(digits)}`;
 }

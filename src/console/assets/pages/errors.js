@@ -18,7 +18,7 @@ export default {
           h("section", { class: "card" },
             table(
               [
-                { label: "Time", get: (r) => when(r.ts) },
+                { label: "Time", class: "nowrap", get: (r) => when(r.ts) },
                 { label: "Status", get: (r) => badge(String(r.status), r.status >= 500 ? "open" : "half_open") },
                 { label: "Kind", get: (r) => r.error_kind || "–" },
                 { label: "Team", get: (r) => r.team },
