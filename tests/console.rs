@@ -146,6 +146,8 @@ async fn a_wrong_key_is_refused_and_the_right_one_gets_a_strict_httponly_cookie(
         assert_eq!(r.status, 401, "{wrong}: {}", r.body);
         assert!(r.header("set-cookie").is_none(), "{wrong}");
     }
+    let long = login(&gw, &"k".repeat(5000)).await;
+    assert_eq!(long.status, 413, "a sign-in body is bounded: {}", long.body);
     assert_eq!(gw.state.sessions.len(), 0);
 
     let s = sign_in(&gw).await;

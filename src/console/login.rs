@@ -20,6 +20,9 @@ use crate::auth::session::{self, COOKIE};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// A sign-in body is one key: anything longer is refused unread.
+const MAX_LOGIN_BYTES: usize = 4096;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Login {
@@ -54,6 +57,11 @@ pub(super) async fn login(State(s): State<AppState>, b: Bytes) -> Result<Respons
             path: "/console/login".into(),
         });
     };
+    if b.len() > MAX_LOGIN_BYTES {
+        return Err(ApiError::BodyTooLarge {
+            limit: MAX_LOGIN_BYTES,
+        });
+    }
     let l: Login = serde_json::from_slice(&b).map_err(|_| {
         ApiError::invalid(r#"the body must be {"key": "<admin key>"}"#, Some("key"))
     })?;
