@@ -16,8 +16,12 @@ const PAGES = [keys, spend, upstreams, credentials, errors, cache, batches];
 
 const $ = (id) => document.getElementById(id);
 let stop = null;
+// Which route() call is current: a page that finishes drawing after another was chosen stops
+// at once instead of keeping its timers.
+let shown = 0;
 
 function showLogin(message) {
+  shown++;
   if (stop) stop();
   stop = null;
   setCsrf(null);
@@ -40,6 +44,7 @@ async function route() {
   if ($("shell").hidden) return;
   const id = location.hash.replace(/^#\/?/, "") || PAGES[0].id;
   const page = PAGES.find((p) => p.id === id) || PAGES[0];
+  const mine = ++shown;
   if (stop) stop();
   stop = null;
   for (const a of $("nav").querySelectorAll("a")) a.classList.toggle("active", a.dataset.page === page.id);
@@ -47,7 +52,12 @@ async function route() {
   replace($("page"), h("h1", {}, page.title), body);
   document.title = `${page.title} · Tollgate`;
   try {
-    stop = (await page.render(body)) || null;
+    const cleanup = (await page.render(body)) || null;
+    if (mine !== shown) {
+      if (cleanup) cleanup();
+      return;
+    }
+    stop = cleanup;
     body.dataset.ready = "1";
   } catch (e) {
     body.append(errorBox(e));
