@@ -186,18 +186,24 @@ def series_total(c, chart):
     return sum(float(p.get_attribute("data-total") or 0) for p in paths)
 
 
-def check_spend_chart(c, at_least):
+def check_spend_chart(c, rows):
     deadline = time.monotonic() + WAIT
     while True:
         c.page("spend")
-        if series_total(c, "requests") >= at_least:
+        if series_total(c, "requests") == rows:
             break
         if time.monotonic() > deadline:
-            raise AssertionError(f"the requests chart never reached {at_least}: {series_total(c, 'requests')}")
+            raise AssertionError(f"the requests chart never showed {rows}: {series_total(c, 'requests')}")
         time.sleep(0.2)  # the usage writer flushes in the background: poll, bounded
     assert series_total(c, "spend") > 0, "the spend chart shows no spend"
     assert c.css("figure[data-chart='requests'] svg circle.point"), "no data points drawn"
     assert c.css("#spend-totals tbody tr"), "no totals table"
+    # One model only: the request for an unknown model drops out of the chart.
+    total = series_total(c, "requests")
+    Select(c.one("select[name='model']")).select_by_value("mock-gpt")
+    c.wait(lambda d: series_total(c, "requests") == total - 1, f"{total - 1} requests of mock-gpt alone")
+    Select(c.one("select[name='model']")).select_by_value("")
+    c.wait(lambda d: series_total(c, "requests") == total, "all requests again")
 
 
 def revoke(c, name):
@@ -269,6 +275,7 @@ def seed(db, teams, model):
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     con.commit()
     con.close()
+    return len(rows)
 
 
 def run(base, admin_key, shots, seed_db, credential):
@@ -282,9 +289,9 @@ def run(base, admin_key, shots, seed_db, credential):
                 assert http(base, "/admin/teams", admin_key, {"name": "research", "models": ["*"], "requests_per_minute": 600,
                                                               "budget": {"amount_usd": 50, "period": "monthly"}})[0] == 201
                 if seed_db:
-                    seed(seed_db, ["demo", "research"], "mock-gpt")
+                    state["seeded"] = seed(seed_db, ["demo", "research"], "mock-gpt")
             steps.append(("a second team and a day of history for the charts", team))
-        state = {}
+        state = {"seeded": 0}
 
         def make_key():
             state["key"] = create_key(c, "demo", "browser-key")
@@ -298,7 +305,7 @@ def run(base, admin_key, shots, seed_db, credential):
             assert status == 404, f"unknown model: {status} {body}"
 
         def spend():
-            check_spend_chart(c, 4)
+            check_spend_chart(c, 4 + state["seeded"])
             if shots:
                 Select(c.one("select[name='group_by']")).select_by_value("team")
                 c.wait(lambda d: len(c.css("figure[data-chart='spend'] path.series")) >= 2 or not seed_db, "per-team lines")

@@ -1,5 +1,6 @@
-// "Spend": spend and requests over time per model or team, as charts drawn from
-// `GET /admin/usage/series` (usage rows summed per hour or day), and the totals per line.
+// "Spend": spend and requests over time per model or team (optionally of one team or one model),
+// as charts drawn from `GET /admin/usage/series` (usage rows summed per hour or day), and the
+// totals per line.
 
 import { get } from "../api.js";
 import { h, table, replace, errorBox, select, money, num } from "../dom.js";
@@ -9,19 +10,26 @@ export default {
   id: "spend",
   title: "Spend & requests",
   async render(el) {
+    const [teams, status] = await Promise.all([get("/admin/teams"), get("/admin/status")]);
+    const all = (what, names) => [["", `all ${what}`], ...names.map((n) => [n, n])];
     const controls = h(
       "form",
       { class: "controls", id: "spend-controls" },
       select("Per", "group_by", [["model", "model"], ["team", "team"]], "model"),
       select("Buckets", "bucket", [["hour", "hours (last 24)"], ["day", "days (last 30)"]], "hour"),
+      select("Team", "team", all("teams", teams.data.map((t) => t.name)), ""),
+      select("Model", "model", all("models", status.models), ""),
     );
     const out = h("div", { id: "spend-charts" });
 
     async function draw() {
-      const by = controls.elements.group_by.value;
-      const bucket = controls.elements.bucket.value;
+      const f = controls.elements;
+      const by = f.group_by.value;
+      const q = new URLSearchParams({ group_by: by, bucket: f.bucket.value });
+      if (f.team.value) q.set("team", f.team.value);
+      if (f.model.value) q.set("model", f.model.value);
       try {
-        const r = await get(`/admin/usage/series?group_by=${by}&bucket=${bucket}`);
+        const r = await get(`/admin/usage/series?${q}`);
         const common = { series: r.series, from: r.from, to: r.to, step: r.bucket_ms };
         const sum = (f) => (sr) => sr.points.reduce((a, p) => a + f(p), 0);
         replace(
