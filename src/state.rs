@@ -201,6 +201,9 @@ pub struct AppState {
     pub store: Option<Arc<crate::store::Handle>>,
     /// Store keys, cached for the request path (with a store only).
     pub store_keys: Option<Arc<KeyCache>>,
+    /// The web console's login sessions (`admin.console`). Outside the snapshot: a reload keeps
+    /// them (a session of a former admin key is refused when used).
+    pub sessions: Arc<crate::auth::session::Sessions>,
 }
 
 impl AppState {
@@ -223,6 +226,7 @@ impl AppState {
             in_flight: Arc::new(Semaphore::new(max)),
             store,
             store_keys,
+            sessions: Arc::default(),
         }
     }
 

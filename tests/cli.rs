@@ -35,13 +35,36 @@ teams:
 #[test]
 fn the_quickstart_and_a_good_config_pass() {
     for example in ["examples/quickstart.yaml", "examples/cache.yaml"] {
-        let (code, out, _) = check(&std::fs::read_to_string(example).unwrap_or_default(), &[]);
+        let yaml = std::fs::read_to_string(example).unwrap_or_default();
+        let (code, out, _) = check(&yaml, &[("TOLLGATE_ADMIN_KEY", "sk-admin-cli-test")]);
         assert_eq!(code, 0, "{example}: {out}");
     }
     let (code, out, err) = check(GOOD, &[("TG_UP", "secret")]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": ok"), "{out}");
     assert!(!err.contains("secret written literally"), "{err}");
+}
+
+/// The quickstart's admin key (admin API and console) comes from `TOLLGATE_ADMIN_KEY`: without
+/// it the config is refused, naming the variable, rather than served with the console open.
+#[test]
+fn the_quickstart_without_its_admin_key_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.yaml");
+    let yaml = std::fs::read_to_string("examples/quickstart.yaml").unwrap_or_default();
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check-config")
+        .arg(&path)
+        .env_remove("TOLLGATE_ADMIN_KEY")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("environment variable TOLLGATE_ADMIN_KEY is not set"),
+        "{err}"
+    );
 }
 
 #[test]

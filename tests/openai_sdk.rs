@@ -161,6 +161,7 @@ fn openai_python_sdk_against_a_running_gateway() -> Result<()> {
         .args(["serve", "--config", "examples/quickstart.yaml"])
         .args(["--listen", "127.0.0.1:0", "--addr-file"])
         .arg(&addr_file)
+        .env("TOLLGATE_ADMIN_KEY", "sk-admin-sdk-test")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(&log_file).context("gateway log file")?);

@@ -22,6 +22,7 @@ use checks::{
     check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
     check_secret,
 };
+mod console;
 mod credentials;
 mod limits;
 mod store;
@@ -32,6 +33,7 @@ mod tls;
 mod upstreams;
 
 pub use cache::*;
+pub use console::*;
 pub use credentials::*;
 pub use limits::*;
 pub use store::*;
@@ -163,6 +165,9 @@ pub struct AdminConfig {
     /// The admin key as an `${ENV}` or `file:` reference.
     #[serde(default)]
     pub key: Option<SecretRef>,
+    /// The web console (`/console`), signed into with the admin key.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -503,6 +508,7 @@ impl Config {
         }
         if let Some(a) = &self.admin {
             check_key_source(&a.sha256, &a.key, "admin", env, &mut warnings)?;
+            a.console.validate()?;
         }
         if let Some(st) = &self.store {
             st.validate(env, &mut warnings)?;

@@ -12,7 +12,8 @@
 //! What is here: connecting and migrating ([`Store::connect`]), the admin operations on teams
 //! and keys, each with its audit row in the same transaction ([`records`]), the key cache the
 //! request path reads instead of the database ([`key_cache`]), usage rows and their queries
-//! ([`usage`]) and the batched, off-path usage writer ([`writer`]). [`open`] starts all of it.
+//! ([`usage`]), usage over time and recent failures ([`series`]) and the batched, off-path
+//! usage writer ([`writer`]). [`open`] starts all of it.
 //!
 //! Config keys and teams stay in the config file and are read-only here; store teams add to
 //! them and a name clash is refused. Failure policy: if the store is unreachable the request
@@ -21,6 +22,7 @@
 
 mod key_lookup;
 pub mod records;
+pub mod series;
 pub mod usage;
 pub mod writer;
 
