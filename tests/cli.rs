@@ -236,6 +236,13 @@ store:
     );
     assert_eq!(code, 0);
     assert!(out.contains("\"source\":\"config\"") || out.contains("\"source\": \"config\""));
+    // A store team can be deleted (its keys revoked); a config team cannot.
+    let (code, out, err) = run(&["teams", "delete", "ml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"keys_revoked\": 1"), "{out}");
+    let (code, _, err) = run(&["teams", "delete", "demo"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("defined in the config file"), "{err}");
 }
 
 /// The CLI finds its config as servers do (`--config`, `$TOLLGATE_CONFIG`, `./tollgate.yaml`,

@@ -53,7 +53,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/keys/{id}/rotate", post(rotate_key))
         .route("/admin/teams", post(create_team).get(list_teams))
-        .route("/admin/teams/{name}", patch(update_team))
+        .route(
+            "/admin/teams/{name}",
+            patch(update_team).delete(delete_team),
+        )
         .route("/admin/usage", get(usage))
         .route("/admin/usage/series", get(series::usage_series))
         .route("/admin/usage/errors", get(series::recent_errors))
@@ -174,6 +177,19 @@ async fn update_team(
         k.invalidate_all();
     }
     Ok(Json(rec).into_response())
+}
+
+async fn delete_team(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let v = ops::delete_team(&s.snapshot.load().config, &h.db, ACTOR, &name).await?;
+    // The team's keys are revoked: drop cached callers so they are refused here at once.
+    if let Some(k) = &s.store_keys {
+        k.invalidate_all();
+    }
+    Ok(Json(v).into_response())
 }
 
 async fn list_teams(State(s): State<AppState>) -> Result<Response, ApiError> {

@@ -101,6 +101,8 @@ pub enum TeamsCommand {
     },
     /// List config and store teams.
     List,
+    /// Delete a store team and revoke its keys (its usage rows stay).
+    Delete { name: String },
 }
 
 pub(super) enum Op {
@@ -284,6 +286,9 @@ async fn run_op(
             json!(ops::update_team(cfg, db, actor, &name, &p)
                 .await
                 .map_err(e)?)
+        }
+        Op::Teams(TeamsCommand::Delete { name }) => {
+            ops::delete_team(cfg, db, actor, &name).await.map_err(e)?
         }
         Op::Teams(TeamsCommand::List) => json!(ops::list_teams(cfg, db).await.map_err(e)?),
         Op::Usage(q) => {
