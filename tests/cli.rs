@@ -355,3 +355,84 @@ fn serve_logs_the_config_warnings() {
     );
     assert!(!seen.contains("sk-literal-123"), "{seen}");
 }
+
+/// `--version` names the commit; `completions` prints a script the shell can load; at a
+/// terminal a list is a table with dates and money, `--json` (and a pipe) gives the JSON.
+#[test]
+fn version_completions_and_human_output() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["--version"]);
+    assert_eq!(code, 0);
+    // `tollgate 0.1.0 (1a2b3c4d5e6f)`: the commit, or `unknown` outside a git checkout.
+    assert!(
+        out.starts_with(&format!("tollgate {} (", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with(')'), "{out}");
+    let (code, out) = run(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("complete -F") && out.contains("tollgate"),
+        "{out}"
+    );
+    let (code, out) = run(&["completions", "zsh"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("#compdef tollgate"), "{out}");
+
+    // A terminal, through `script` (a pseudo-terminal), when the machine has it.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &cfg,
+        "upstreams:\n  m: { provider: mock }\nmodels:\n  mock-gpt: { targets: [ { upstream: m } ] }\n\
+         teams:\n  demo: { models: [\"*\"] }\nstore:\n  url: \"sqlite://t.db?mode=rwc\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let c = cfg.display();
+    let (code, _) = run(&[
+        "teams",
+        "create",
+        "ml",
+        "--models",
+        "*",
+        "--budget-usd",
+        "5",
+        "-c",
+        &c.to_string(),
+    ]);
+    assert_eq!(code, 0);
+    let at_terminal = |extra: &str| -> Option<String> {
+        let out = Command::new("script")
+            .args([
+                "-qec",
+                &format!("{bin} teams list -c {c} {extra}"),
+                "/dev/null",
+            ])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    if let Some(table) = at_terminal("") {
+        assert!(
+            table.contains("NAME") && table.contains("SOURCE"),
+            "{table}"
+        );
+        assert!(table.contains("5.00 USD monthly"), "{table}");
+        assert!(table.contains(" UTC"), "{table}");
+        let json = at_terminal("--json").unwrap_or_default();
+        assert!(json.trim_start().starts_with('['), "{json}");
+    }
+    // Piped: JSON, as scripts expect.
+    let (_, piped) = run(&["teams", "list", "-c", &c.to_string()]);
+    assert!(piped.trim_start().starts_with('['), "{piped}");
+}

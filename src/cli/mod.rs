@@ -11,6 +11,7 @@
 //! The command-line module is split by concern: this file parses and dispatches and checks a
 //! config; [`serve`] runs the gateway; [`store_ops`] holds the store commands.
 
+mod output;
 mod serve;
 mod store_ops;
 
@@ -34,6 +35,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gateway.
+    #[command(after_help = "Examples:\n  \
+        tollgate serve --config examples/quickstart.yaml\n  \
+        TOLLGATE_CONFIG=/etc/tollgate/tollgate.yaml tollgate serve --listen 0.0.0.0:8080")]
     Serve {
         /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
         #[arg(long, short, env = "TOLLGATE_CONFIG")]
@@ -47,19 +51,32 @@ pub enum Command {
         addr_file: Option<PathBuf>,
     },
     /// Validate a config file without serving; exit non-zero on the first error.
+    #[command(after_help = "Examples:\n  \
+        tollgate check-config examples/quickstart.yaml\n  \
+        tollgate check-config            # ./tollgate.yaml or $TOLLGATE_CONFIG")]
     CheckConfig {
         /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
         #[arg(env = "TOLLGATE_CONFIG")]
         file: Option<PathBuf>,
     },
     /// Create, list, revoke, rotate and change keys in the store.
+    #[command(after_help = "Examples:\n  \
+        tollgate keys create --team ml --name ci --rpm 60 --expires-in 30d\n  \
+        tollgate keys list --team ml\n  \
+        tollgate keys rotate key_0123456789abcdef --grace 24h\n  \
+        tollgate keys revoke key_0123456789abcdef")]
     Keys {
         #[command(flatten)]
         store: StoreArgs,
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Create, list and change store teams (config teams are read-only).
+    /// Create, list, change and delete store teams (config teams are read-only).
+    #[command(after_help = "Examples:\n  \
+        tollgate teams create ml --models mock-gpt --rpm 600 --budget-usd 50 --budget-period monthly\n  \
+        tollgate teams set ml --tpm 100000\n  \
+        tollgate teams list --json\n  \
+        tollgate teams delete ml")]
     Teams {
         #[command(flatten)]
         store: StoreArgs,
@@ -67,14 +84,19 @@ pub enum Command {
         command: TeamsCommand,
     },
     /// Usage totals: requests, tokens, cost, by team, key, model and period.
+    #[command(after_help = "Examples:\n  \
+        tollgate usage --from 7d --group-by team\n  \
+        tollgate usage --team ml --from 2026-12-01 --to 2026-12-02 --group-by model --json")]
     Usage {
         #[command(flatten)]
         store: StoreArgs,
+        /// Only this team's requests.
         #[arg(long)]
         team: Option<String>,
         /// A key id (`key_…`) or a config key's name.
         #[arg(long)]
         key: Option<String>,
+        /// Only requests for this model.
         #[arg(long)]
         model: Option<String>,
         /// Start: 2024-05-01, 2024-05-01T12:00:00Z, epoch seconds, or an age like 24h or 7d.
@@ -86,6 +108,15 @@ pub enum Command {
         /// team, key, model or day.
         #[arg(long)]
         group_by: Option<String>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        tollgate completions bash > ~/.local/share/bash-completion/completions/tollgate\n  \
+        tollgate completions zsh > ~/.zfunc/_tollgate\n  \
+        tollgate completions fish > ~/.config/fish/completions/tollgate.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -144,7 +175,18 @@ pub fn find_config(given: Option<PathBuf>) -> Result<PathBuf, String> {
 pub const DEFAULT_CONFIG: &str = "tollgate.yaml";
 
 pub async fn run(cli: Cli) -> u8 {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "tollgate",
+            &mut std::io::stdout(),
+        );
+        return 0;
+    }
     let config = match &cli.command {
+        Command::Completions { .. } => None,
         Command::CheckConfig { file } => file.clone(),
         Command::Serve { config, .. } => config.clone(),
         Command::Keys { store, .. }
@@ -163,10 +205,12 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Serve {
             listen, addr_file, ..
         } => serve::serve(&config, listen, addr_file).await,
-        Command::Keys { command, .. } => admin_cli(&config, Op::Keys(command)).await,
-        Command::Teams { command, .. } => admin_cli(&config, Op::Teams(command)).await,
+        Command::Keys { command, store } => admin_cli(&config, store.json, Op::Keys(command)).await,
+        Command::Teams { command, store } => {
+            admin_cli(&config, store.json, Op::Teams(command)).await
+        }
         Command::Usage {
-            store: _,
+            store,
             team,
             key,
             model,
@@ -187,8 +231,9 @@ pub async fn run(cli: Cli) -> u8 {
                     q.insert(k.to_owned(), v);
                 }
             }
-            admin_cli(&config, Op::Usage(q)).await
+            admin_cli(&config, store.json, Op::Usage(q)).await
         }
+        Command::Completions { .. } => 0,
     }
 }
 fn check_config(file: &std::path::Path) -> u8 {
@@ -247,4 +292,38 @@ fn check_tls_files(c: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is, and every command shows an example.
+    #[test]
+    fn every_argument_has_help_and_every_command_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, leaf_examples: bool) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} {id} has no help");
+            }
+            let subs: Vec<&clap::Command> = cmd.get_subcommands().collect();
+            if leaf_examples {
+                let after = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(after.contains("Examples:"), "{path} has no example");
+            }
+            for sub in subs {
+                let name = sub.get_name();
+                // Commands of the top level carry the examples for their subcommands.
+                walk(sub, &format!("{path} {name}"), path == "tollgate");
+            }
+        }
+        walk(&Cli::command(), "tollgate", false);
+    }
 }

@@ -1,5 +1,6 @@
 //! The store commands (`keys`, `teams`, `usage`): their arguments, and running them against the
-//! store named in the config with the admin API's operations. Output is JSON.
+//! store named in the config with the admin API's operations. Output: tables on a terminal,
+//! JSON with `--json` or when piped ([`super::output`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,10 @@ pub struct StoreArgs {
     /// else ./tollgate.yaml.
     #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
     pub(super) config: Option<PathBuf>,
+    /// Print JSON (the admin API's answer) instead of tables; the default when stdout is not a
+    /// terminal.
+    #[arg(long, global = true)]
+    pub(super) json: bool,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -42,8 +47,10 @@ pub struct LimitArgs {
 pub enum KeysCommand {
     /// Make a key; the plaintext is printed once.
     Create {
+        /// The team the key belongs to (a config or store team).
         #[arg(long)]
         team: String,
+        /// A name to know the key by (logged instead of the key).
         #[arg(long)]
         name: Option<String>,
         /// Comma-separated models, narrowing the team's.
@@ -57,22 +64,31 @@ pub enum KeysCommand {
     },
     /// List keys (display prefix, never the key).
     List {
+        /// Only this team's keys.
         #[arg(long)]
         team: Option<String>,
     },
     /// Revoke a key now.
-    Revoke { id: String },
+    Revoke {
+        /// The key's id (`key_…`).
+        id: String,
+    },
     /// Replace a key; the old one keeps working for --grace.
     Rotate {
+        /// The key's id (`key_…`).
         id: String,
+        /// How long the old key keeps working, e.g. 1h, 7d.
         #[arg(long, default_value = "1h")]
         grace: String,
     },
     /// Change a key's models, limits or budget.
     Set {
+        /// The key's id (`key_…`).
         id: String,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// Comma-separated models, narrowing the team's.
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
         #[command(flatten)]
@@ -84,6 +100,7 @@ pub enum KeysCommand {
 pub enum TeamsCommand {
     /// Make a store team.
     Create {
+        /// The team's name.
         name: String,
         /// Comma-separated models the team may use (`*` for all).
         #[arg(long, value_delimiter = ',')]
@@ -93,7 +110,9 @@ pub enum TeamsCommand {
     },
     /// Change a store team's models, limits or budget.
     Set {
+        /// The store team's name.
         name: String,
+        /// Comma-separated models the team may use (`*` for all).
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
         #[command(flatten)]
@@ -102,7 +121,10 @@ pub enum TeamsCommand {
     /// List config and store teams.
     List,
     /// Delete a store team and revoke its keys (its usage rows stay).
-    Delete { name: String },
+    Delete {
+        /// The store team's name.
+        name: String,
+    },
 }
 
 pub(super) enum Op {
@@ -158,7 +180,7 @@ fn lifetime_secs(s: &str) -> Result<u64, String> {
 }
 
 /// Run a store operation against the store named in `config`; prints JSON.
-pub(super) async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
+pub(super) async fn admin_cli(config: &std::path::Path, json: bool, op: Op) -> u8 {
     let cfg = match Config::load(config).and_then(|c| c.validate(&ProcessEnv).map(|_| c)) {
         Ok(c) => c,
         Err(e) => {
@@ -193,10 +215,7 @@ pub(super) async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
     db.close().await;
     match result {
         Ok(v) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
-            );
+            super::output::print(&v, json);
             0
         }
         Err(e) => {
