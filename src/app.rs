@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -80,6 +81,32 @@ async fn models(State(s): State<AppState>, req: Request) -> Result<Response, Api
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): a model the caller may use, else the
+/// same 404 an unknown model gets on a request.
+async fn model(
+    State(s): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let snap = s.snapshot.load_full();
+    let caller = s
+        .authenticate(&snap, req.headers(), req.extensions())
+        .await?;
+    let team = caller
+        .team_policy(&snap.config.teams)
+        .ok_or(ApiError::Internal)?;
+    let visible = snap.config.models.contains_key(&id)
+        && policy::model_allowed(team, &id)
+        && caller.key_allows(&id);
+    if !visible {
+        return Err(ApiError::ModelNotFound { model: id });
+    }
+    Ok(
+        Json(json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"}))
+            .into_response(),
+    )
 }
 
 async fn health() -> Response {
