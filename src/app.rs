@@ -66,19 +66,10 @@ async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
 
 /// The models the caller's team may use.
 async fn models(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let snap = s.snapshot.load_full();
-    let caller = s
-        .authenticate(&snap, req.headers(), req.extensions())
-        .await?;
-    let team = caller
-        .team_policy(&snap.config.teams)
-        .ok_or(ApiError::Internal)?;
-    let data: Vec<_> = snap
-        .config
-        .models
-        .keys()
-        .filter(|m| policy::model_allowed(team, m) && caller.key_allows(m))
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+    let data: Vec<_> = visible_models(&s, req.headers(), req.extensions())
+        .await?
+        .into_iter()
+        .map(model_object)
         .collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
@@ -90,23 +81,37 @@ async fn model(
     axum::extract::Path(id): axum::extract::Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    if !visible_models(&s, req.headers(), req.extensions())
+        .await?
+        .contains(&id)
+    {
+        return Err(ApiError::ModelNotFound { model: id });
+    }
+    Ok(Json(model_object(id)).into_response())
+}
+
+/// The config's models the caller's team and key may use.
+async fn visible_models(
+    s: &AppState,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Vec<String>, ApiError> {
     let snap = s.snapshot.load_full();
-    let caller = s
-        .authenticate(&snap, req.headers(), req.extensions())
-        .await?;
+    let caller = s.authenticate(&snap, headers, extensions).await?;
     let team = caller
         .team_policy(&snap.config.teams)
         .ok_or(ApiError::Internal)?;
-    let visible = snap.config.models.contains_key(&id)
-        && policy::model_allowed(team, &id)
-        && caller.key_allows(&id);
-    if !visible {
-        return Err(ApiError::ModelNotFound { model: id });
-    }
-    Ok(
-        Json(json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"}))
-            .into_response(),
-    )
+    Ok(snap
+        .config
+        .models
+        .keys()
+        .filter(|m| policy::model_allowed(team, m) && caller.key_allows(m))
+        .cloned()
+        .collect())
+}
+
+fn model_object(id: String) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"})
 }
 
 async fn health() -> Response {
