@@ -12,6 +12,7 @@ mod help;
 pub mod meters;
 mod request_log;
 pub mod spend;
+pub mod trace;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -81,6 +82,10 @@ pub mod names {
     pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
     /// Client connections the server closed, by `reason` (no_request / idle / write_timeout).
     pub const CONNECTIONS_CLOSED: &str = "tollgate_connections_closed_total";
+    /// Finished spans not exported, by `reason` (queue_full / export_failed).
+    pub const TRACE_SPANS_DROPPED: &str = "tollgate_trace_spans_dropped_total";
+    /// Spans the collector accepted.
+    pub const TRACE_SPANS_EXPORTED: &str = "tollgate_trace_spans_exported_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.
