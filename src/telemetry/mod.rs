@@ -7,6 +7,9 @@
 //! or a message. The one global is the metrics recorder, installed once per process (with the
 //! handles of its label-less series, [`meters::process`]). What a request touches is a handle made
 //! per config snapshot ([`meters`]) and a line handed to the log writer ([`request_log`]).
+//!
+//! [`trace`] holds OpenTelemetry traces (off unless `telemetry.traces` is set): the tracer built
+//! per config, the spans of one request, and their export over OTLP through a bounded queue.
 
 mod help;
 pub mod meters;
