@@ -92,6 +92,15 @@ impl Ledger {
             t.queued(waited);
         }
     }
+    /// The answer about to be relayed: the trace reads the model it names.
+    pub fn answer(&mut self, body: &super::attempt::AnswerBody) {
+        if let Some(t) = &mut self.trace {
+            match body {
+                super::attempt::AnswerBody::Full(b, _) => t.answer(b, false),
+                super::attempt::AnswerBody::Stream { first, .. } => t.answer(first, true),
+            }
+        }
+    }
     /// The upstream answered this attempt's request with `status`.
     pub fn upstream_status(&mut self, status: u16) {
         if let Some(t) = &mut self.trace {

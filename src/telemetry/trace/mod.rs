@@ -122,6 +122,7 @@ impl Tracing {
             tracer: self.tracer.clone(),
             attempt: None,
             attempt_model: None,
+            answered_model: None,
             op,
             recording,
             capture: self
@@ -176,6 +177,9 @@ pub struct RequestTrace {
     attempt: Option<Context>,
     /// The model the running attempt asked its upstream for.
     attempt_model: Option<String>,
+    /// The model the answering attempt asked for: `gen_ai.response.model` when the answer does
+    /// not name its own.
+    answered_model: Option<String>,
     op: &'static str,
     /// Sampled: attributes and events are worth building.
     recording: bool,
@@ -292,19 +296,15 @@ impl RequestTrace {
         }
     }
 
-    /// The attempt ended: `ok`, or the kind of its failure. An answer's model is the one the
-    /// attempt asked its upstream for.
+    /// The attempt ended: `ok`, or the kind of its failure.
     pub fn attempt_end(&mut self, outcome: &'static str) {
         let Some(a) = self.attempt.take() else { return };
         let model = self.attempt_model.take();
         let span = a.span();
         if self.recording {
             span.set_attribute(KeyValue::new(keys::OUTCOME, outcome));
-            if let (Some(m), "ok") = (model, outcome) {
-                span.set_attribute(KeyValue::new(keys::RESPONSE_MODEL, m.clone()));
-                self.cx
-                    .span()
-                    .set_attribute(KeyValue::new(keys::RESPONSE_MODEL, m));
+            if outcome == "ok" {
+                self.answered_model = model;
             }
             if outcome != "ok" {
                 span.set_attribute(KeyValue::new(keys::ERROR_TYPE, outcome));
@@ -329,6 +329,21 @@ impl RequestTrace {
             sc.trace_flags().to_u8()
         );
         HeaderValue::from_str(&v).ok()
+    }
+
+    /// relay: the answer about to be relayed (a whole JSON body, or a stream's first event):
+    /// `gen_ai.response.model` is the `model` it names, else the one its attempt asked for.
+    pub fn answer(&mut self, body: &[u8], sse: bool) {
+        if !self.recording {
+            return;
+        }
+        let named = model_in(body, sse);
+        if let Some(m) = named.or_else(|| self.answered_model.take()) {
+            let cut = floor_char_boundary(&m, MAX_MODEL_NAME);
+            self.cx
+                .span()
+                .set_attribute(KeyValue::new(keys::RESPONSE_MODEL, m[..cut].to_owned()));
+        }
     }
 
     /// relay: the first byte of the answer went to the client.
@@ -367,6 +382,29 @@ impl RequestTrace {
     }
 }
 
+/// Longest model name put on a span (the upstream writes it).
+const MAX_MODEL_NAME: usize = 256;
+
+/// The `model` an answer names: a JSON body's, or a stream's first `data:` event's.
+fn model_in(body: &[u8], sse: bool) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
+    }
+    let json = if sse {
+        body.split(|&b| b == b'\n')
+            .find_map(|line| line.strip_prefix(b"data:"))?
+            .trim_ascii()
+    } else {
+        body
+    };
+    serde_json::from_slice::<Probe<'_>>(json)
+        .ok()?
+        .model
+        .map(Cow::into_owned)
+}
+
 /// The largest index at most `max` that falls on a character boundary of `s`.
 fn floor_char_boundary(s: &str, max: usize) -> usize {
     if max >= s.len() {
@@ -390,6 +428,17 @@ mod tests {
         assert_eq!(floor_char_boundary(s, 3), 3);
         assert_eq!(floor_char_boundary(s, 7), 6);
         assert_eq!(floor_char_boundary(s, 0), 0);
+    }
+
+    #[test]
+    fn the_response_model_is_read_from_a_body_or_a_streams_first_event() {
+        let body = br#"{"id":"x","model":"gpt-4o-2024-08-06","choices":[]}"#;
+        assert_eq!(model_in(body, false).as_deref(), Some("gpt-4o-2024-08-06"));
+        let sse = b": keep-alive\r\ndata: {\"model\":\"m\\u00e9\",\"choices\":[]}\r\n\r\n";
+        assert_eq!(model_in(sse, true).as_deref(), Some("m\u{e9}"));
+        assert_eq!(model_in(br#"{"choices":[]}"#, false), None);
+        assert_eq!(model_in(b"data: [DONE]\n\n", true), None);
+        assert_eq!(model_in(b"not json", false), None);
     }
 
     #[test]
