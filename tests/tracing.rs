@@ -441,3 +441,42 @@ async fn the_binary_exports_the_last_requests_spans_when_it_stops() {
     assert_eq!(server_spans(&spans).len(), 1, "{spans:?}");
     assert_eq!(client_spans(&spans).len(), 1, "{spans:?}");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_tracer_and_applies_a_changed_or_removed_block() {
+    let (a, b) = (collector().await, collector().await);
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("cfg.yaml");
+    // A reload reads the process environment: the upstream secret is a literal here.
+    let cfg = |traces: &str| config(&up.base_url(), traces).replace("\"${UP_KEY}\"", UP_SECRET);
+    let to_a = cfg(&format!("    endpoint: {}\n", a.http_endpoint()));
+    let gw = gateway(&to_a).await;
+    let reload = |yaml: String| {
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{e}"));
+        tollgate::reload::reload_now(&gw.state, &path).unwrap_or_else(|e| panic!("reload: {e}"));
+    };
+    let tracer = || gw.state.snapshot.load().tracing.clone();
+    let before = tracer().unwrap_or_else(|| panic!("traces are on"));
+
+    reload(to_a.clone());
+    let kept = tracer().unwrap_or_else(|| panic!("traces are on"));
+    assert!(std::sync::Arc::ptr_eq(&before, &kept));
+
+    reload(cfg(&format!(
+        "    endpoint: {}\n    protocol: grpc\n",
+        b.grpc_endpoint()
+    )));
+    assert_eq!(traced_chat(&gw, false).await.status, 200);
+    assert!(b.wait_spans(WAIT, |s| !server_spans(s).is_empty()).await);
+    assert!(a.spans().is_empty());
+
+    reload(cfg(""));
+    assert!(tracer().is_none());
+    up.clear_records();
+    let resp = gw
+        .post("/v1/chat/completions", chat("gpt", "hello", false))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(up.received()[0].headers.get("traceparent").is_none());
+}

@@ -57,9 +57,14 @@ pub mod keys {
 
 /// The process's tracer for one `telemetry.traces` config, with its export queue. Shared by
 /// the snapshots built from that config (a reload that leaves it unchanged keeps it).
+///
+/// Dropping the last snapshot that holds it (a reload with a changed block) ends nothing
+/// abruptly: requests still running keep the tracer (and so the queue) alive through their
+/// spans; once the last sender is gone the export task sends what is queued and stops.
 pub struct Tracing {
     config: TracesConfig,
-    provider: SdkTracerProvider,
+    /// Kept for the tracer's lifetime; its processor only queues.
+    _provider: SdkTracerProvider,
     tracer: SdkTracer,
     queue: export::Queue,
 }
@@ -86,7 +91,7 @@ impl Tracing {
         let tracer = provider.tracer("tollgate");
         Ok(Tracing {
             config: cfg.clone(),
-            provider,
+            _provider: provider,
             tracer,
             queue,
         })
@@ -136,16 +141,6 @@ impl Tracing {
     /// Spans ended after this still go out with the next batch.
     pub async fn flush(&self, within: Duration) -> bool {
         self.queue.flush(within).await
-    }
-}
-
-impl Drop for Tracing {
-    fn drop(&mut self) {
-        // The processor only queues, so this does not block; what is queued is still exported
-        // by the export task, which ends once the queue is empty and closed.
-        let _ = self
-            .provider
-            .shutdown_with_timeout(Duration::from_millis(1));
     }
 }
 
