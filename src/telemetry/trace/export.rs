@@ -201,6 +201,7 @@ struct Task {
 
 impl Task {
     async fn run(self, mut rx: mpsc::Receiver<Msg>) {
+        let mut failing = false;
         let mut batch = Vec::with_capacity(self.max_batch.min(1024));
         let mut flushes = Vec::new();
         while let Some(first) = rx.recv().await {
@@ -212,29 +213,39 @@ impl Task {
                     _ => break,
                 }
             }
-            self.export(&mut batch).await;
+            self.export(&mut batch, &mut failing).await;
             for f in flushes.drain(..) {
                 let _ = f.send(());
             }
         }
-        self.export(&mut batch).await;
+        self.export(&mut batch, &mut failing).await;
     }
 
-    async fn export(&self, batch: &mut Vec<SpanData>) {
+    /// Send one batch. The log says when exports start failing and when they work again (not
+    /// each failure: the counter has those).
+    async fn export(&self, batch: &mut Vec<SpanData>, failing: &mut bool) {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
         let spans = std::mem::take(batch);
-        match tokio::time::timeout(self.timeout, self.exporter.export(spans)).await {
-            Ok(Ok(())) => self.counters.exported.get().increment(n),
-            Ok(Err(e)) => {
-                self.counters.export_failed.get().increment(n);
-                tracing::debug!(error = %e, spans = n, "trace export failed; spans dropped");
+        let error = match tokio::time::timeout(self.timeout, self.exporter.export(spans)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {:?}", self.timeout)),
+        };
+        match error {
+            None => {
+                self.counters.exported.get().increment(n);
+                if std::mem::take(failing) {
+                    tracing::info!("trace export works again");
+                }
             }
-            Err(_) => {
+            Some(e) => {
                 self.counters.export_failed.get().increment(n);
-                tracing::debug!(spans = n, "trace export timed out; spans dropped");
+                if !std::mem::replace(failing, true) {
+                    tracing::warn!(error = %e, "trace export failing; spans are dropped and counted (tollgate_trace_spans_dropped_total)");
+                }
             }
         }
     }
