@@ -480,3 +480,54 @@ async fn a_reload_keeps_an_unchanged_tracer_and_applies_a_changed_or_removed_blo
     assert_eq!(resp.status(), 200);
     assert!(up.received()[0].headers.get("traceparent").is_none());
 }
+
+/// `tollgate check-config FILE` with `env`: exit code and what it printed.
+fn check_config(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check-config")
+        .arg(&path)
+        .envs(env.iter().copied())
+        .env_remove("OTLP_MISSING")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_config_passes_the_tracing_example_and_names_a_bad_traces_field() {
+    let example = std::fs::read_to_string("examples/tracing.yaml").unwrap_or_default();
+    let (code, out) = check_config(&example, &[]);
+    assert_eq!(code, 0, "{out}");
+    let bad = example.replace("sampling_ratio: 1 ", "sampling_ratio: 2 ");
+    let (code, out) = check_config(&bad, &[]);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("telemetry.traces.sampling_ratio: must be between 0 and 1"),
+        "{out}"
+    );
+    let secret = example.replace(
+        "    # headers:\n    #   authorization: ${OTLP_AUTH}",
+        "    headers:\n      authorization: ${OTLP_MISSING}",
+    );
+    let (code, out) = check_config(&secret, &[]);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains(
+            "telemetry.traces.headers.authorization: environment variable OTLP_MISSING is not set"
+        ),
+        "{out}"
+    );
+    let literal = secret.replace("${OTLP_MISSING}", "Bearer s3cr3t-value");
+    let (code, out) = check_config(&literal, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("telemetry.traces.headers.authorization: secret written literally"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t-value"), "{out}");
+}
