@@ -39,7 +39,7 @@
 //! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
-//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
+//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`] (request log, metrics, OpenTelemetry traces), [`error`], [`openai`],
 //! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;

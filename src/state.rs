@@ -43,6 +43,9 @@ pub struct Snapshot {
     /// The response cache (`models.<m>.cache`, `cache:`); its tiers are carried over by a
     /// reload that leaves their config unchanged.
     pub cache: Arc<crate::cache::Cache>,
+    /// OpenTelemetry traces (`telemetry.traces`); `None` when off, and then a request builds no
+    /// span. Carried over by a reload that leaves the block unchanged.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
 }
 
 impl Snapshot {
@@ -142,6 +145,15 @@ impl Snapshot {
             env,
             previous.map(|p| &*p.cache),
         )?);
+        let tracing = match &config.telemetry.traces {
+            None => None,
+            Some(t) => match previous.and_then(|p| p.tracing.as_ref()) {
+                Some(old) if old.config() == t => Some(old.clone()),
+                _ => Some(Arc::new(crate::telemetry::trace::Tracing::from_config(
+                    t, env,
+                )?)),
+            },
+        };
         let forward_headers = config
             .server
             .forward_headers
@@ -160,6 +172,7 @@ impl Snapshot {
             limiter,
             meters,
             cache,
+            tracing,
         })
     }
 }

@@ -139,6 +139,13 @@ pub(super) async fn serve(
     if !cache.flush(server_cfg.shutdown_grace.0).await {
         tracing::warn!("response cache writes still queued at shutdown were dropped");
     }
+    // The spans of the last requests, still queued for the collector (bounded by the grace).
+    let traces = state.snapshot.load().tracing.clone();
+    if let Some(t) = traces {
+        if !t.flush(server_cfg.shutdown_grace.0).await {
+            tracing::warn!("trace spans still queued at shutdown were dropped");
+        }
+    }
     // Connections are drained: write the usage rows still queued, then close the pool.
     if let Some(w) = writer {
         w.close().await;

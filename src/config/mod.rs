@@ -27,6 +27,7 @@ mod credentials;
 mod limits;
 mod store;
 mod teams;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -38,6 +39,7 @@ pub use credentials::*;
 pub use limits::*;
 pub use store::*;
 pub use teams::*;
+pub use telemetry::*;
 pub use tls::*;
 pub use upstreams::*;
 
@@ -154,6 +156,9 @@ pub struct Config {
     /// The egress proxy for upstreams and token endpoints that set none of their own.
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
+    /// OpenTelemetry traces (`telemetry.traces`); off unless written. See docs/TRACING.md.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -527,6 +532,9 @@ impl Config {
         check_admin_key_is_not_a_client_key(self, env)?;
         self.validate_limits(env, &mut warnings)?;
         self.validate_cache(env, &mut warnings)?;
+        if let Some(t) = &self.telemetry.traces {
+            t.validate(env, &mut warnings)?;
+        }
         Ok(warnings)
     }
 }

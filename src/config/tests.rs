@@ -364,3 +364,81 @@ fn listen_takes_a_host_name() {
     let e = Config::parse(&format!("{MIN}server: {{ listen: \"localhost\" }}\n")).err();
     assert!(e.is_some_and(|e| e.to_string().contains("server.listen")));
 }
+
+#[test]
+fn traces_are_off_by_default_and_their_fields_are_checked_with_paths() {
+    let cfg = Config::parse(BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.telemetry.traces.is_none());
+    let with = |fields: &str| format!("{BASE}telemetry:\n  traces: {{ {fields} }}\n");
+    let ok = with("endpoint: http://127.0.0.1:4318");
+    assert_eq!(check(&ok), Ok(Vec::new()));
+    let cases = [
+        ("endpoint: nope", "telemetry.traces.endpoint: invalid URL"),
+        (
+            "endpoint: ftp://x",
+            "telemetry.traces.endpoint: must be http or https",
+        ),
+        (
+            "endpoint: http://x, sampling_ratio: 1.5",
+            "telemetry.traces.sampling_ratio: must be between 0 and 1",
+        ),
+        (
+            "endpoint: http://x, queue_size: 0",
+            "telemetry.traces.queue_size: must be greater than 0",
+        ),
+        (
+            "endpoint: http://x, export_timeout: 0s",
+            "telemetry.traces.export_timeout: must be greater than 0",
+        ),
+        (
+            "endpoint: http://x, headers: { x-token: \"${NOT_SET}\" }",
+            "telemetry.traces.headers.x-token: environment variable NOT_SET is not set",
+        ),
+        (
+            "endpoint: http://x, headers: { X-Token: \"${NOT_SET}\" }",
+            "telemetry.traces.headers.X-Token: is not a valid lowercase header name",
+        ),
+        (
+            "endpoint: http://x, protocol: thrift",
+            "telemetry.traces.protocol: unknown variant",
+        ),
+        (
+            "endpoint: http://x, sampling: 1",
+            "telemetry.traces.sampling: unknown field",
+        ),
+    ];
+    for (fields, want) in cases {
+        let got = check(&with(fields)).err().unwrap_or_default();
+        assert!(got.starts_with(want), "{fields}: {got}");
+    }
+    // A literal header value is a secret written in the file: warned about, never printed.
+    let warned = check(&with("endpoint: http://x, headers: { x-token: s3cr3t }"));
+    let warnings = warned.unwrap_or_default();
+    assert!(warnings
+        .iter()
+        .any(|w| w.starts_with("telemetry.traces.headers.x-token: secret written literally")));
+    assert!(warnings.iter().all(|w| !w.contains("s3cr3t")));
+}
+
+#[test]
+fn the_http_export_url_gets_the_traces_path_only_when_it_has_none() {
+    let t = |endpoint: &str, protocol: OtlpProtocol| {
+        let yaml = format!("endpoint: {endpoint}");
+        let mut c: TracesConfig = serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        c.protocol = protocol;
+        c.export_url()
+    };
+    assert_eq!(
+        t("http://c:4318", OtlpProtocol::Http),
+        "http://c:4318/v1/traces"
+    );
+    assert_eq!(
+        t("http://c:4318/", OtlpProtocol::Http),
+        "http://c:4318/v1/traces"
+    );
+    assert_eq!(
+        t("https://c/otlp/v1/traces", OtlpProtocol::Http),
+        "https://c/otlp/v1/traces"
+    );
+    assert_eq!(t("http://c:4317", OtlpProtocol::Grpc), "http://c:4317");
+}

@@ -47,6 +47,8 @@ pub struct UpstreamRequest<'a> {
     pub lease: Option<&'a Lease>,
     /// The parsed body, for providers that answer in process.
     pub json: &'a crate::openai::Body,
+    /// W3C `traceparent` of the attempt's span (traces on), in place of any forwarded one.
+    pub traceparent: Option<http::HeaderValue>,
 }
 
 pub enum Provider {

@@ -17,8 +17,12 @@ use crate::credentials::Placed;
 use crate::error::ApiError;
 use crate::openai::Endpoint;
 
-/// Headers the provider adds to the forwarded ones: content type, accept, credential, host.
-const ADDED_HEADERS: usize = 4;
+/// Headers the provider adds to the forwarded ones: content type, accept, credential, host,
+/// traceparent.
+const ADDED_HEADERS: usize = 5;
+
+/// The W3C trace context header.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 pub struct OpenAi {
     /// The upstream's name, for errors and log lines that say which hop failed.
@@ -90,6 +94,9 @@ impl OpenAi {
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
+        }
+        if let Some(tp) = req.traceparent {
+            headers.insert(TRACEPARENT, tp);
         }
         Ok(request)
     }

@@ -332,7 +332,7 @@ async fn attempt(
     req: &Request<'_>,
     ledger: &mut Ledger,
 ) -> Result<Answer, Failure> {
-    ledger.upstream(&upstream.name);
+    ledger.upstream(upstream, target.model);
     let probe = match upstream.breaker.admit(Instant::now()) {
         Admit::Yes => false,
         Admit::Probe => true,
@@ -400,7 +400,8 @@ async fn attempt_inner(
     ledger: &mut Ledger,
 ) -> Result<Answer, Failure> {
     let deadline = target.deadline;
-    let left = deadline.saturating_duration_since(Instant::now());
+    let queued_at = Instant::now();
+    let left = deadline.saturating_duration_since(queued_at);
     let slot = upstream
         .gate
         .acquire(target.priority, left)
@@ -412,6 +413,7 @@ async fn attempt_inner(
             },
             retry_after_secs: 1,
         })?;
+    ledger.queued(queued_at.elapsed());
     let upstream_model = upstream.model.as_deref().unwrap_or(target.model);
     if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {
         json.insert("model", Value::from(upstream_model));
@@ -464,6 +466,7 @@ async fn send(
             headers: req.headers,
             lease: lease.as_ref(),
             json,
+            traceparent: ledger.traceparent(),
         };
         let wait = upstream
             .timeouts
@@ -475,6 +478,7 @@ async fn send(
         let mut response = tokio::time::timeout(wait, upstream.provider.send(request))
             .await
             .map_err(|_| ApiError::UpstreamTimeout)??;
+        ledger.upstream_status(response.status.as_u16());
         // One reading of the answer (an error body bounded), used by the credential, the
         // upstream's mark, the retry loop and what the client sees.
         let error = if response.status.is_success() {

@@ -7,6 +7,11 @@
 //! ([`crate::store::UsageSink::record`], a non-blocking queue send). Rows are written for
 //! requests whose caller was identified; a request refused before that (no or a wrong key, the
 //! gateway overloaded) has its log line and metrics only.
+//!
+//! With traces on (`telemetry.traces`), the ledger also carries the request's
+//! [`RequestTrace`]: each step it records becomes an event or attribute of the request span, each
+//! upstream attempt a child span, and the request span ends when the ledger drops. Off, the
+//! trace is `None` and each step pays one branch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +24,7 @@ use crate::policy::Shaped;
 use crate::providers::Usage;
 use crate::store::{now_ms, UsageRow, UsageSink};
 use crate::telemetry::meters::ModelMeters;
+use crate::telemetry::trace::{RequestTrace, Tracing};
 use crate::telemetry::{self, InFlightGuard, Meters, RequestRecord};
 
 /// Owned by the request's handler, lent to each step, and moved into the relay once an answer
@@ -37,6 +43,9 @@ pub struct Ledger {
     admission: Option<Admission>,
     /// Where the usage row goes; `None` without a store.
     usage: Option<UsageSink>,
+    /// The request's spans; `None` with traces off. Boxed: off, the ledger (moved from step to
+    /// relay) grows by one pointer, not by the 152 bytes of the trace.
+    trace: Option<Box<RequestTrace>>,
 }
 
 impl Ledger {
@@ -54,6 +63,50 @@ impl Ledger {
             _in_flight: InFlightGuard::new(),
             admission: None,
             usage,
+            trace: None,
+        }
+    }
+
+    /// Traces are on: the request span starts, a child of the client's `traceparent`.
+    pub fn traced(&mut self, tracing: Option<&Tracing>, headers: &http::HeaderMap) {
+        if let Some(t) = tracing {
+            let trace = t.request(self.rec.endpoint, headers, &self.rec.request_id);
+            self.trace = Some(Box::new(trace));
+        }
+    }
+    /// The `traceparent` sent upstream: the running attempt's span.
+    pub fn traceparent(&self) -> Option<http::HeaderValue> {
+        self.trace.as_deref().and_then(RequestTrace::traceparent)
+    }
+    /// With `capture_prompts` only: the prompt goes on the request span.
+    pub fn prompt(&mut self, json: &crate::openai::Body) {
+        if let Some(t) = &mut self.trace {
+            t.prompt(
+                ["messages", "prompt", "input"]
+                    .iter()
+                    .find_map(|k| json.raw(k)),
+            );
+        }
+    }
+    /// The attempt waited this long for a slot at its upstream.
+    pub fn queued(&mut self, waited: Duration) {
+        if let Some(t) = &mut self.trace {
+            t.queued(waited);
+        }
+    }
+    /// The answer about to be relayed: the trace reads the model it names.
+    pub fn answer(&mut self, body: &super::attempt::AnswerBody) {
+        if let Some(t) = &mut self.trace {
+            match body {
+                super::attempt::AnswerBody::Full(b, _) => t.answer(b, false),
+                super::attempt::AnswerBody::Stream { first, .. } => t.answer(first, true),
+            }
+        }
+    }
+    /// The upstream answered this attempt's request with `status`.
+    pub fn upstream_status(&mut self, status: u16) {
+        if let Some(t) = &mut self.trace {
+            t.upstream_status(status);
         }
     }
 
@@ -79,10 +132,16 @@ impl Ledger {
         self.rec.team = Some(c.team.clone());
         self.rec.key_id = Some(c.key_id.clone());
         self.rec.team_meters = self.rec.meters.as_ref().map(|m| m.team(&c.team));
+        if let Some(t) = &mut self.trace {
+            t.auth(&c.team, &c.key_id);
+        }
     }
     pub fn shaped(&mut self, s: &Shaped) {
         self.rec.model = Some(s.model.clone());
         self.rec.stream = s.stream;
+        if let Some(t) = &mut self.trace {
+            t.shaped(&s.model, s.stream);
+        }
     }
     /// The shaped model is one of the config's models (a metric label from now on).
     pub fn model_known(&mut self, meters: &Arc<ModelMeters>) {
@@ -91,13 +150,24 @@ impl Ledger {
     /// The request passed the limiter; its reservation is settled when this ledger drops.
     pub fn admitted(&mut self, a: Admission) {
         self.admission = Some(a);
+        if let Some(t) = &mut self.trace {
+            t.admitted();
+        }
     }
     /// The `x-ratelimit-*` values of the admission, if any.
     pub fn rate_headers(&self) -> Option<&RateHeaders> {
         self.admission.as_ref().map(Admission::headers)
     }
-    pub fn upstream(&mut self, name: &Arc<str>) {
-        self.rec.upstream = Some(name.clone());
+    /// An attempt on `u` starts (asking it for `model`).
+    pub fn upstream(&mut self, u: &crate::state::Upstream, model: &str) {
+        self.rec.upstream = Some(u.name.clone());
+        if let Some(t) = &mut self.trace {
+            let system = match u.provider {
+                crate::providers::Provider::OpenAi(_) => "openai",
+                crate::providers::Provider::Mock(_) => "mock",
+            };
+            t.attempt_start(&u.name, system, Some(u.model.as_deref().unwrap_or(model)));
+        }
     }
     pub fn attempted(&mut self) {
         self.rec.attempts += 1;
@@ -107,8 +177,11 @@ impl Ledger {
         self.sent = true;
     }
     /// One attempt's outcome, for the request log's attempt list (`name:outcome:ms,…`).
-    pub fn attempt(&mut self, upstream: &str, outcome: &str, took: Duration) {
+    pub fn attempt(&mut self, upstream: &str, outcome: &'static str, took: Duration) {
         use std::fmt::Write;
+        if let Some(t) = &mut self.trace {
+            t.attempt_end(outcome);
+        }
         if !self.rec.attempt_log.is_empty() {
             self.rec.attempt_log.push(',');
         }
@@ -130,6 +203,9 @@ impl Ledger {
     pub fn first_byte(&mut self) {
         if self.rec.ttfb.is_none() {
             self.rec.ttfb = Some(self.started.elapsed());
+            if let Some(t) = &mut self.trace {
+                t.first_byte();
+            }
         }
     }
     /// A stream's first content event is on its way to the client.
@@ -161,6 +237,9 @@ impl Ledger {
     /// What the response cache did (`hit`, `miss`, `bypass`, `refresh`), for the log line.
     pub fn cache_status(&mut self, status: &'static str) {
         self.rec.cache = Some(status);
+        if let Some(t) = &mut self.trace {
+            t.cache(status);
+        }
     }
     /// What the response cache did, if the model has a cache.
     pub fn cache_label(&self) -> Option<&'static str> {
@@ -216,6 +295,9 @@ impl Drop for Ledger {
         if let Some(a) = self.admission.take() {
             let usage = self.billed(&a);
             self.rec.cost_usd = a.settle(usage);
+        }
+        if let Some(t) = &mut self.trace {
+            t.finish(&self.rec);
         }
         telemetry::account(&self.rec);
         if let (Some(sink), Some(row)) = (&self.usage, usage_row(&self.rec)) {

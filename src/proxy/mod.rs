@@ -62,6 +62,7 @@ async fn run(
     ledger.meters(&snap.meters);
     let (parts, body) = req.into_parts();
     ledger.request(&parts);
+    ledger.traced(snap.tracing.as_deref(), &parts.headers);
 
     // authenticate: key -> caller.
     let caller = state
@@ -83,6 +84,7 @@ async fn run(
     // shape: validate fields, apply the team's defaults and caps, check the model.
     let shaped = policy::shape(endpoint, team, &parts.headers, &mut json)?;
     ledger.shaped(&shaped);
+    ledger.prompt(&json);
     let route = snap.routes.get(&shaped.model);
     let route = policy::check_model(&shaped.model, team, route, |m| caller.key_allows(m))?;
     ledger.model_known(&route.meters);

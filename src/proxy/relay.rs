@@ -48,6 +48,7 @@ pub fn respond(
     let mut headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
     // An answer from a fallback model's upstream is not the cached model's answer.
     let fill = fill.filter(|f| f.serves(&answer.upstream.name));
+    ledger.answer(&answer.body);
     ledger.status(answer.status.as_u16());
     ledger.first_byte();
     let body = match answer.body {

@@ -54,6 +54,8 @@ pub(super) const HELP: &[(Kind, &str, &str)] = &[
     (Gauge, CACHE_SAVED_USD, "US dollars the response cache saved (the price of the answers it served), since start."),
     (Counter, CACHE_WRITES, "Entries written to the shared cache tiers (disk, Redis)."),
     (Counter, CACHE_WRITES_DROPPED, "Cache writes dropped because the write queue was full."),
+    (Counter, TRACE_SPANS_DROPPED, "Finished trace spans not exported, by reason (queue_full, export_failed)."),
+    (Counter, TRACE_SPANS_EXPORTED, "Trace spans the OTLP collector accepted."),
 ];
 
 /// Describe every metric to the installed recorder.

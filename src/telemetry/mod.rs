@@ -7,11 +7,15 @@
 //! or a message. The one global is the metrics recorder, installed once per process (with the
 //! handles of its label-less series, [`meters::process`]). What a request touches is a handle made
 //! per config snapshot ([`meters`]) and a line handed to the log writer ([`request_log`]).
+//!
+//! [`trace`] holds OpenTelemetry traces (off unless `telemetry.traces` is set): the tracer built
+//! per config, the spans of one request, and their export over OTLP through a bounded queue.
 
 mod help;
 pub mod meters;
 mod request_log;
 pub mod spend;
+pub mod trace;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -81,6 +85,10 @@ pub mod names {
     pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
     /// Client connections the server closed, by `reason` (no_request / idle / write_timeout).
     pub const CONNECTIONS_CLOSED: &str = "tollgate_connections_closed_total";
+    /// Finished spans not exported, by `reason` (queue_full / export_failed).
+    pub const TRACE_SPANS_DROPPED: &str = "tollgate_trace_spans_dropped_total";
+    /// Spans the collector accepted.
+    pub const TRACE_SPANS_EXPORTED: &str = "tollgate_trace_spans_exported_total";
 }
 
 /// Handle to the process-wide Prometheus recorder.

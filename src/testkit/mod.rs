@@ -11,16 +11,20 @@
 //!   passed and can refuse (407, 403) ([`connect_proxy`]).
 //! - [`MockOAuth`]: an OAuth2 token server (standard and Baidu style) with
 //!   expiry, revocation and failure knobs ([`oauth`]).
+//! - [`MockCollector`]: an OTLP trace collector over HTTP/protobuf and gRPC that keeps the
+//!   spans it receives and can refuse or hang ([`otlp`]).
 //!
 //! Both listen on an ephemeral loopback port (`127.0.0.1:0`) and stop when the
 //! last handle is dropped or `shutdown()` is called.
 
 pub mod connect_proxy;
 pub mod oauth;
+pub mod otlp;
 pub mod upstream;
 
 pub use connect_proxy::ConnectProxy;
 pub use oauth::{MockOAuth, TokenRequest};
+pub use otlp::{CollectorMode, MockCollector, ReceivedSpan};
 pub use upstream::{Fault, MockUpstream, Received};
 
 use std::collections::VecDeque;

@@ -322,6 +322,9 @@ impl Gateway {
         // As the binary does: the limiter's last settlements, then the usage rows.
         let limiter = self.state.snapshot.load().limiter.clone();
         limiter.close(Duration::from_secs(10)).await;
+        if let Some(t) = self.state.snapshot.load().tracing.clone() {
+            t.flush(Duration::from_secs(10)).await;
+        }
         if let Some(w) = self.writer.take() {
             w.close().await;
         }
