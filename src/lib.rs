@@ -45,6 +45,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod cache;
 pub mod cli;
 pub mod config;

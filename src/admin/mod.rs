@@ -9,6 +9,7 @@
 //! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`, except a
 //! purge of the response cache (`/admin/cache`), which changes no record.
 
+mod batches;
 pub mod ops;
 
 use axum::body::Bytes;
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/usage", get(usage))
         .route("/admin/audit", get(audit))
         .route("/admin/cache", get(cache_stats).delete(cache_purge))
+        .route("/admin/batches", get(batches::list))
+        .route("/admin/batches/{id}", get(batches::view))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -103,6 +103,32 @@ impl Caller {
     }
 }
 
+/// A caller the gateway authenticated itself, in process: a batch line run by the batch worker
+/// as its batch's team. [`crate::state::AppState::authenticate`] honours it before any key.
+///
+/// It travels as a request extension, which only code in this process can set (the server
+/// never turns anything a client sends into an extension), and only this crate can make one
+/// (the constructor is `pub(crate)`, the fields private), so a client cannot forge it.
+#[derive(Debug, Clone)]
+pub struct InProcess {
+    caller: Caller,
+    batch_id: Option<Arc<str>>,
+}
+
+impl InProcess {
+    /// `caller`, already authenticated, running a line of `batch_id`.
+    pub(crate) fn new(caller: Caller, batch_id: Option<Arc<str>>) -> InProcess {
+        InProcess { caller, batch_id }
+    }
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+    /// The batch the request is a line of; its usage row carries it.
+    pub fn batch_id(&self) -> Option<&Arc<str>> {
+        self.batch_id.as_ref()
+    }
+}
+
 /// Authenticate from request headers: config keys, then (with a store) store keys. A request
 /// with no API key at all is authenticated by the connection's verified client certificate
 /// (`peer`) when a team lists it; a key that is presented always decides, even on such a

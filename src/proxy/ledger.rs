@@ -37,6 +37,8 @@ pub struct Ledger {
     admission: Option<Admission>,
     /// Where the usage row goes; `None` without a store.
     usage: Option<UsageSink>,
+    /// The batch this request is a line of (set for in-process batch lines only).
+    batch_id: Option<Arc<str>>,
 }
 
 impl Ledger {
@@ -54,6 +56,7 @@ impl Ledger {
             _in_flight: InFlightGuard::new(),
             admission: None,
             usage,
+            batch_id: None,
         }
     }
 
@@ -68,6 +71,10 @@ impl Ledger {
         self.rec.team = Some(c.team.clone());
         self.rec.key_id = Some(c.key_id.clone());
         self.rec.team_meters = self.rec.meters.as_ref().map(|m| m.team(&c.team));
+    }
+    /// The request is a line of batch `id`: its usage row says so.
+    pub fn batch(&mut self, id: Arc<str>) {
+        self.batch_id = Some(id);
     }
     pub fn shaped(&mut self, s: &Shaped) {
         self.rec.model = Some(s.model.clone());
@@ -187,7 +194,8 @@ impl Drop for Ledger {
             self.rec.cost_usd = a.settle(usage);
         }
         telemetry::account(&self.rec);
-        if let (Some(sink), Some(row)) = (&self.usage, usage_row(&self.rec)) {
+        if let (Some(sink), Some(mut row)) = (&self.usage, usage_row(&self.rec)) {
+            row.batch_id = self.batch_id.as_deref().map(str::to_owned);
             sink.record(row);
         }
     }
@@ -214,5 +222,6 @@ fn usage_row(r: &RequestRecord) -> Option<UsageRow> {
         latency_ms: ms(r.latency),
         ttfb_ms: r.ttfb.map(ms),
         cache_hit: r.cache_hit,
+        batch_id: None,
     })
 }
