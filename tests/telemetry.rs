@@ -147,7 +147,6 @@ async fn requests_touch_handles_made_once_not_the_metrics_registry() {
             .map(|s| s.contains(id))
             .unwrap_or(false)
     };
-    assert!(seen("tollgate_spend_usd_total{team=demo}"));
     assert!(seen("tollgate_request_duration_seconds{model=unknown}"));
     assert!(seen("tollgate_in_flight_requests{}"));
     let tokens_in = "tollgate_tokens_total{model=mock-gpt,team=demo,direction=in}";
@@ -172,9 +171,13 @@ async fn run_binary(log: &str) -> (String, Option<i32>) {
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = wait_for_addr_file(&addr_file).await;
     let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", addr.trim()))
+        .post(format!(
+            "http://{}/v1/chat/completions?trace=on",
+            addr.trim()
+        ))
         .bearer_auth(DEMO_KEY)
         .header("x-request-id", "log-test-1")
+        .header("user-agent", "log-test-agent/1.0")
         .json(&chat("mock-gpt", "x", false))
         .send()
         .await
@@ -233,6 +236,23 @@ async fn the_binary_writes_one_request_line_from_a_low_priority_thread() {
     );
     assert_eq!(line["status"], 200);
     assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+    // Who asked for what: the client's loopback address, the method, the path without its
+    // query, the user agent.
+    assert!(
+        line["client_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/v1/chat/completions");
+    assert_eq!(line["user_agent"], "log-test-agent/1.0");
+    // Rounded: milliseconds to the microsecond, dollars to the nano-dollar.
+    for (field, places) in [("latency_ms", 3), ("cost_usd", 9)] {
+        let text = line[field].to_string();
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= places, "{field} = {text}");
+    }
     assert!(
         line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{line}"
@@ -255,4 +275,87 @@ async fn rust_log_warn_turns_the_request_line_off() {
     assert!(!stderr.contains("\"log_type\":\"request\""), "{stderr}");
     let (stderr, _) = run_binary("warn,tollgate::request=info").await;
     assert!(stderr.contains("\"log_type\":\"request\""), "{stderr}");
+}
+
+/// `/metrics` as Prometheus and Grafana expect it: every series has `# HELP` and `# TYPE`,
+/// `_total` only on counters, the build, the process, spend as a counter per team and model,
+/// and a stream's time to first token and output rate.
+#[tokio::test]
+async fn metrics_follow_prometheus_conventions() {
+    let config = format!(
+        "{}prices:\n  mock-gpt: {{ input_per_million: 1, output_per_million: 2 }}\n",
+        mock_config(5, 2)
+    );
+    let gw = Gateway::start(&config).await;
+    let client = reqwest::Client::new();
+    for stream in [false, true] {
+        let r = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(DEMO_KEY)
+            .json(&chat("mock-gpt", "hello there", stream))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        // A whole answer says what it cost; a stream's usage comes after its headers.
+        let cost = r.headers().get("x-tollgate-cost-usd");
+        assert_eq!(cost.is_some(), !stream, "{:?}", r.headers());
+        let _ = r.bytes().await;
+    }
+    // The stream's accounting runs when its body ends, just after the client has it.
+    let ttft = "tollgate_time_to_first_token_seconds_count{model=\"mock-gpt\"}";
+    assert!(
+        common::await_metric(&gw, ttft, |v| v == 1.0).await,
+        "{ttft}"
+    );
+    let text = gw.metrics_text().await;
+    let mut types = std::collections::HashMap::new();
+    let mut helps = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            types.insert(name.to_owned(), kind.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!help.trim().is_empty(), "empty help: {line}");
+            helps.insert(name.to_owned());
+        }
+    }
+    assert!(types.len() > 15, "{text}");
+    for (name, kind) in &types {
+        assert!(helps.contains(name), "{name} has no # HELP");
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "{name} is a {kind}"
+        );
+    }
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    assert_eq!(
+        types.get("tollgate_spend_usd_total").map(String::as_str),
+        Some("counter")
+    );
+    let spend = value("tollgate_spend_usd_total{team=\"demo\",model=\"mock-gpt\"}");
+    assert!(spend.is_some_and(|v| v > 0.0), "{text}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        text.lines().any(|l| l.starts_with("tollgate_build_info{")
+            && l.contains(&format!("version=\"{version}\""))
+            && l.contains("commit=\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(
+            value("process_resident_memory_bytes").is_some_and(|v| v > 1e6),
+            "{text}"
+        );
+        assert!(value("process_open_fds").is_some_and(|v| v > 0.0), "{text}");
+    }
+    let rate = "tollgate_output_tokens_per_second_count{model=\"mock-gpt\"}";
+    assert_eq!(value(rate), Some(1.0), "{text}");
+    gw.stop().await;
 }

@@ -169,3 +169,60 @@ async fn sigterm_mid_run_keeps_every_completed_request() {
     let foreign = ids.iter().filter(|id| !sent.contains(id.as_str())).count();
     assert_eq!(foreign, 0, "rows of requests never sent");
 }
+
+/// A whole JSON answer carries its cost and the usage it was computed from; the usage row of
+/// the request says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_carries_the_cost_its_usage_row_records() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let config = format!(
+        "{}prices:\n  mock-gpt: {{ input_per_million: 1, output_per_million: 2 }}\n",
+        store_config(&url, &dir.path().join("spill.jsonl"), "")
+    );
+    let gw = Gateway::start(&config).await;
+    let store = gw.store();
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            common::chat("mock-gpt", "what does it cost", false),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let header = |name: &str| -> String {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (cost, prompt, completion) = (
+        header("x-tollgate-cost-usd"),
+        header("x-tollgate-prompt-tokens"),
+        header("x-tollgate-completion-tokens"),
+    );
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(prompt, body["usage"]["prompt_tokens"].to_string());
+    assert_eq!(completion, body["usage"]["completion_tokens"].to_string());
+    let expected = common::cost_nanos(&body);
+    assert!(expected > 0);
+    assert_eq!(
+        cost,
+        format!(
+            "{}.{:09}",
+            expected / 1_000_000_000,
+            expected % 1_000_000_000
+        )
+    );
+    gw.stop().await;
+    let report = store
+        .query_usage(&tollgate::store::usage::UsageFilter::default())
+        .await
+        .unwrap_or_else(|e| panic!("usage: {e}"));
+    assert_eq!(report.totals.requests, 1);
+    let cost: f64 = cost.parse().unwrap_or(-1.0);
+    assert!(
+        (report.totals.cost_usd - cost).abs() < 1e-12,
+        "{report:?} vs {cost}"
+    );
+}

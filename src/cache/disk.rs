@@ -156,7 +156,7 @@ impl Disk {
         }
         totals.insert(model.to_owned(), total);
         // Off the request path (the writer task): the registry lookup is fine here.
-        metrics::gauge!("tollgate_cache_bytes", "tier" => "disk", "model" => model.to_owned())
+        metrics::gauge!(crate::telemetry::names::CACHE_BYTES, "tier" => "disk", "model" => model.to_owned())
             .set(total as f64);
     }
 

@@ -518,7 +518,7 @@ impl ModelCache {
             upstreams,
             memory,
             memory_bytes: metrics::gauge!(
-                "tollgate_cache_bytes", "tier" => "memory", "model" => name.to_owned()
+                crate::telemetry::names::CACHE_BYTES, "tier" => "memory", "model" => name.to_owned()
             ),
         }
     }

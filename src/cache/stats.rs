@@ -39,13 +39,13 @@ impl Stats {
             label,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            hit_counter: metrics::counter!("tollgate_cache_hits_total", "tier" => label),
-            miss_counter: metrics::counter!("tollgate_cache_misses_total", "tier" => label),
+            hit_counter: metrics::counter!(crate::telemetry::names::CACHE_HITS, "tier" => label),
+            miss_counter: metrics::counter!(crate::telemetry::names::CACHE_MISSES, "tier" => label),
         };
         Stats {
             tiers: [tier("memory"), tier("redis"), tier("disk"), tier("flight")],
-            writes_dropped: metrics::counter!("tollgate_cache_writes_dropped_total"),
-            saved_usd: metrics::gauge!("tollgate_cache_saved_usd"),
+            writes_dropped: metrics::counter!(crate::telemetry::names::CACHE_WRITES_DROPPED),
+            saved_usd: metrics::gauge!(crate::telemetry::names::CACHE_SAVED_USD),
         }
     }
     pub(super) fn hit(&self, i: usize) {

@@ -27,7 +27,7 @@ pub(super) async fn writer(
     disk: Option<Arc<disk::Disk>>,
     redis: Option<Arc<redis::RedisTier>>,
 ) {
-    let written = metrics::counter!("tollgate_cache_writes_total");
+    let written = metrics::counter!(crate::telemetry::names::CACHE_WRITES);
     while let Some(w) = rx.recv().await {
         match w {
             Write::Put {

@@ -741,6 +741,15 @@ impl Admission {
         self.estimated_prompt
     }
 
+    /// What `usage` costs at this admission's price, in nano-dollars (what [`Admission::settle`]
+    /// will record for it).
+    pub fn cost_nanos(&self, usage: Usage) -> u64 {
+        match (&self.inner, self.price) {
+            (Some(_), Some(p)) => p.cost_of(usage),
+            _ => 0,
+        }
+    }
+
     /// The admission did not go through the backend (no limits, or failing open): settle only
     /// records spend.
     fn unchecked(&mut self) {

@@ -102,6 +102,10 @@ pub(super) fn serve(
     h.insert(cache::X_CACHE, HeaderValue::from_static("hit"));
     h.insert(cache::X_CACHE_TIER, HeaderValue::from_static(hit.tier));
     h.insert(super::relay::X_ATTEMPTS, HeaderValue::from(0));
+    if let (cache::Form::Json, Some(u)) = (e.form, e.usage) {
+        // A hit costs nothing; the usage is the cached answer's own.
+        super::ledger::cost_headers(h, 0, u);
+    }
     if let Some(rate) = rate {
         rate.apply(h);
     }

@@ -60,6 +60,17 @@ impl Ledger {
         }
     }
 
+    /// Who asked for what: client address, method, URI and user agent, for the log line.
+    pub fn request(&mut self, parts: &http::request::Parts) {
+        self.rec.client_addr = parts
+            .extensions
+            .get::<crate::server::conn::ClientAddr>()
+            .map(|a| a.0);
+        self.rec.method = Some(parts.method.clone());
+        self.rec.uri = Some(parts.uri.clone());
+        self.rec.user_agent = parts.headers.get(http::header::USER_AGENT).cloned();
+    }
+
     pub fn request_id(&self) -> &str {
         &self.rec.request_id
     }
@@ -128,6 +139,12 @@ impl Ledger {
             self.rec.ttfb = Some(self.started.elapsed());
         }
     }
+    /// A stream's first content event is on its way to the client.
+    pub fn first_token(&mut self) {
+        if self.rec.ttft.is_none() {
+            self.rec.ttft = Some(self.started.elapsed());
+        }
+    }
     /// Content chunks relayed so far: what a client that leaves mid-stream (or a stream that
     /// ends without the upstream's usage) is charged for.
     pub fn streamed(&mut self, chunks: u64) {
@@ -156,6 +173,29 @@ impl Ledger {
     pub fn cache_label(&self) -> Option<&'static str> {
         self.rec.cache
     }
+    /// The usage this request is billed for under admission `a`: the upstream's, or when there
+    /// is none (the client left, the stream broke, the upstream sent none) but the request
+    /// reached an upstream, which has at least read the prompt, the prompt's estimate. A request
+    /// refused before any upstream saw it costs nothing.
+    fn billed(&self, a: &Admission) -> Usage {
+        let mut usage = Usage {
+            prompt_tokens: self.rec.prompt_tokens,
+            completion_tokens: self.rec.completion_tokens,
+        };
+        if !self.usage_reported && self.sent {
+            usage.prompt_tokens = usage.prompt_tokens.max(a.estimated_prompt_tokens());
+        }
+        usage
+    }
+
+    /// `x-tollgate-cost-usd` and the usage it was computed from, for an answer whose usage is
+    /// known before its headers go out (a whole JSON answer): what the usage row will say.
+    pub fn cost_headers(&self, h: &mut http::HeaderMap) {
+        let Some(a) = &self.admission else { return };
+        let usage = self.billed(a);
+        cost_headers(h, a.cost_nanos(usage), usage);
+    }
+
     /// A stream broke after it started: the status stays, the kind says what happened.
     pub fn broken(&mut self, kind: &'static str) {
         self.rec.error_kind = Some(kind);
@@ -181,16 +221,7 @@ impl Drop for Ledger {
         }
         self.rec.latency = self.started.elapsed();
         if let Some(a) = self.admission.take() {
-            let mut usage = Usage {
-                prompt_tokens: self.rec.prompt_tokens,
-                completion_tokens: self.rec.completion_tokens,
-            };
-            if !self.usage_reported && self.sent {
-                // No real usage (the client left, the stream broke, the upstream sent none) but
-                // the request reached an upstream, which has at least read the prompt: charge
-                // its estimate. A request refused before any upstream saw it costs nothing.
-                usage.prompt_tokens = usage.prompt_tokens.max(a.estimated_prompt_tokens());
-            }
+            let usage = self.billed(&a);
             self.rec.cost_usd = a.settle(usage);
         }
         telemetry::account(&self.rec);
@@ -224,4 +255,29 @@ fn usage_row(r: &RequestRecord) -> Option<UsageRow> {
         cache_hit: r.cache_hit,
         batch_id: None,
     })
+}
+
+/// The answer's cost in US dollars (to the nano-dollar).
+pub const X_COST: http::HeaderName = http::HeaderName::from_static("x-tollgate-cost-usd");
+/// The prompt tokens the cost was computed from.
+pub const X_PROMPT_TOKENS: http::HeaderName =
+    http::HeaderName::from_static("x-tollgate-prompt-tokens");
+/// The completion tokens the cost was computed from.
+pub const X_COMPLETION_TOKENS: http::HeaderName =
+    http::HeaderName::from_static("x-tollgate-completion-tokens");
+
+/// Set the cost headers: `nanos` as dollars, and the usage.
+pub fn cost_headers(h: &mut http::HeaderMap, nanos: u64, usage: Usage) {
+    let usd = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    if let Ok(v) = http::HeaderValue::from_str(&usd) {
+        h.insert(X_COST, v);
+    }
+    h.insert(
+        X_PROMPT_TOKENS,
+        http::HeaderValue::from(usage.prompt_tokens),
+    );
+    h.insert(
+        X_COMPLETION_TOKENS,
+        http::HeaderValue::from(usage.completion_tokens),
+    );
 }

@@ -61,6 +61,7 @@ async fn run(
     let snap = state.snapshot.load_full();
     ledger.meters(&snap.meters);
     let (parts, body) = req.into_parts();
+    ledger.request(&parts);
 
     // authenticate: key -> caller.
     let caller = state

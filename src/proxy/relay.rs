@@ -45,7 +45,7 @@ pub fn respond(
     mut ledger: Ledger,
     fill: Option<Fill>,
 ) -> Response {
-    let headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
+    let mut headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
     // An answer from a fallback model's upstream is not the cached model's answer.
     let fill = fill.filter(|f| f.serves(&answer.upstream.name));
     ledger.status(answer.status.as_u16());
@@ -55,6 +55,7 @@ pub fn respond(
             if let Some(u) = usage {
                 ledger.usage(u);
             }
+            ledger.cost_headers(&mut headers);
             // Only a whole 200 is cached (errors never reach here as an answer).
             if let (Some(f), StatusCode::OK) = (fill, answer.status) {
                 f.json(bytes.clone(), usage);
@@ -251,7 +252,12 @@ impl SseRelay {
                 }
             }
             match seen {
-                Seen::Content => self.content_events += 1,
+                Seen::Content => {
+                    if self.content_events == 0 {
+                        self.ledger.first_token();
+                    }
+                    self.content_events += 1;
+                }
                 Seen::Usage { usage, usage_only } => {
                     self.usage = Some(usage);
                     if usage_only && self.strip_usage && cut.is_none() {

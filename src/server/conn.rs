@@ -178,7 +178,13 @@ pub struct Tracked {
     activity: Arc<Activity>,
     /// The connection's verified client certificate, put in every request's extensions.
     peer: Option<super::tls::PeerCertificate>,
+    /// The client's address, put in every request's extensions.
+    addr: Option<ClientAddr>,
 }
+
+/// The address a request's connection came from (the TCP peer), in every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 impl Tracked {
     pub fn new(router: Router, activity: Arc<Activity>) -> Tracked {
@@ -186,7 +192,14 @@ impl Tracked {
             router,
             activity,
             peer: None,
+            addr: None,
         }
+    }
+
+    /// Requests on this connection carry `addr` as an extension.
+    pub fn with_addr(mut self, addr: std::net::SocketAddr) -> Tracked {
+        self.addr = Some(ClientAddr(addr));
+        self
     }
 
     /// Requests on this connection carry `peer` as an extension.
@@ -212,6 +225,9 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Some(p) = self.peer {
             req.extensions_mut().insert(p);
+        }
+        if let Some(a) = self.addr {
+            req.extensions_mut().insert(a);
         }
         let guard = InFlight::new(self.activity.clone());
         let fut = self.router.call(req);

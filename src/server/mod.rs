@@ -136,7 +136,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -150,7 +150,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = conn::Activity::new();
-        let service = conn::Tracked::new(router.clone(), activity.clone());
+        let service = conn::Tracked::new(router.clone(), activity.clone()).with_addr(peer);
         let (header_read_timeout, idle_timeout, write_timeout) = (
             opts.header_read_timeout,
             opts.idle_timeout,

@@ -206,6 +206,8 @@ pub struct ModelMeters {
     label: SharedString,
     latency: Lazy<Histogram>,
     ttfb: Lazy<Histogram>,
+    ttft: Lazy<Histogram>,
+    output_rate: Lazy<Histogram>,
     retry_budget_exhausted: Lazy<Counter>,
     /// By the model fallen back to.
     fallbacks: Table,
@@ -218,6 +220,8 @@ impl ModelMeters {
             index,
             latency: Lazy::new(names::LATENCY, model()),
             ttfb: Lazy::new(names::TTFB, model()),
+            ttft: Lazy::new(names::TTFT, model()),
+            output_rate: Lazy::new(names::OUTPUT_RATE, model()),
             retry_budget_exhausted: Lazy::new(names::RETRY_BUDGET_EXHAUSTED, model()),
             fallbacks: Table::new(names::FALLBACKS, vec![label("from", name.clone())], "to"),
             label: name,
@@ -228,6 +232,13 @@ impl ModelMeters {
         self.latency.get().record(whole);
         if let Some(t) = first_byte {
             self.ttfb.get().record(t);
+        }
+    }
+    /// A stream's time to its first content event, and its output tokens per second after it.
+    pub fn generation(&self, first_token: Duration, tokens_per_second: Option<f64>) {
+        self.ttft.get().record(first_token);
+        if let Some(r) = tokens_per_second {
+            self.output_rate.get().record(r);
         }
     }
     pub fn retry_budget_exhausted(&self) {
@@ -243,7 +254,6 @@ impl ModelMeters {
 /// model, so teams × models costs only the pairs that occur).
 pub struct TeamMeters {
     team: SharedString,
-    spend: Lazy<Gauge>,
     models: Box<[OnceLock<Box<TeamModel>>]>,
 }
 
@@ -254,12 +264,13 @@ struct TeamModel {
     requests: [OnceLock<Counter>; STATUSES.len()],
     tokens_in: Lazy<Counter>,
     tokens_out: Lazy<Counter>,
+    /// `tollgate_spend_usd_total` ([`super::spend`]), made on the first spend.
+    spend: OnceLock<super::spend::Cell>,
 }
 
 impl TeamMeters {
     fn new(team: SharedString, models: usize) -> TeamMeters {
         TeamMeters {
-            spend: Lazy::new(names::SPEND_USD, vec![label("team", team.clone())]),
             team,
             models: (0..models).map(|_| OnceLock::new()).collect(),
         }
@@ -280,6 +291,7 @@ impl TeamMeters {
                 requests: std::array::from_fn(|_| OnceLock::new()),
                 tokens_in: Lazy::new(names::TOKENS, labels("in")),
                 tokens_out: Lazy::new(names::TOKENS, labels("out")),
+                spend: OnceLock::new(),
             })
         }))
     }
@@ -306,9 +318,14 @@ impl TeamMeters {
         }
     }
 
-    /// US dollars this team's request cost (a gauge that only goes up: see [`names::SPEND_USD`]).
-    pub fn spend(&self, usd: f64) {
-        self.spend.get().increment(usd);
+    /// US dollars this team's request for `model` cost.
+    pub fn spend(&self, model: &ModelMeters, usd: f64) {
+        if let Some(c) = self.cells(model) {
+            let cell = c
+                .spend
+                .get_or_init(|| super::spend::cell(&self.team, &c.model));
+            super::spend::add(cell, usd);
+        }
     }
 
     /// Tokens read and written for this team with `model`.

@@ -8,8 +8,10 @@
 //! handles of its label-less series, [`meters::process`]). What a request touches is a handle made
 //! per config snapshot ([`meters`]) and a line handed to the log writer ([`request_log`]).
 
+mod help;
 pub mod meters;
 mod request_log;
+pub mod spend;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -19,11 +21,23 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub use meters::Meters;
 use meters::{ModelMeters, TeamMeters};
 
+/// The crate's version and the commit it was built from (`--version`, `tollgate_build_info`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TOLLGATE_COMMIT"),
+    ")"
+);
+
 /// Metric names, one place.
 pub mod names {
     pub const REQUESTS: &str = "tollgate_requests_total";
     pub const LATENCY: &str = "tollgate_request_duration_seconds";
     pub const TTFB: &str = "tollgate_time_to_first_byte_seconds";
+    /// Streams: time to the first content event.
+    pub const TTFT: &str = "tollgate_time_to_first_token_seconds";
+    /// Streams: output tokens per second after the first one.
+    pub const OUTPUT_RATE: &str = "tollgate_output_tokens_per_second";
     pub const OVERHEAD: &str = "tollgate_overhead_seconds";
     pub const TOKENS: &str = "tollgate_tokens_total";
     pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
@@ -48,9 +62,17 @@ pub mod names {
     pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
     /// Limiter backend calls that failed, by `backend` and `op` (admit/settle).
     pub const LIMITER_BACKEND_ERRORS: &str = "tollgate_limiter_backend_errors_total";
-    /// USD spent, by `team`. A gauge only because the metrics facade counts integers; it only
-    /// ever goes up (per process).
+    /// USD spent, by `team` and `model`: a counter rendered by [`super::spend`].
     pub const SPEND_USD: &str = "tollgate_spend_usd_total";
+    /// 1, labelled with the version and commit.
+    pub const BUILD_INFO: &str = "tollgate_build_info";
+    /// The response cache ([`crate::cache`]), by tier.
+    pub const CACHE_HITS: &str = "tollgate_cache_hits_total";
+    pub const CACHE_MISSES: &str = "tollgate_cache_misses_total";
+    pub const CACHE_BYTES: &str = "tollgate_cache_bytes";
+    pub const CACHE_SAVED_USD: &str = "tollgate_cache_saved_usd";
+    pub const CACHE_WRITES: &str = "tollgate_cache_writes_total";
+    pub const CACHE_WRITES_DROPPED: &str = "tollgate_cache_writes_dropped_total";
     /// Usage rows by outcome: written, spilled, replayed, lost.
     pub const USAGE_ROWS: &str = "tollgate_usage_rows_total";
     pub const USAGE_QUEUE: &str = "tollgate_usage_queue_depth";
@@ -80,26 +102,59 @@ impl Metrics {
             let overhead = [
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1,
             ];
+            let tokens_per_second = [
+                1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
+                1000.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(names::OVERHEAD.into()), &overhead)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::OUTPUT_RATE.into()),
+                        &tokens_per_second,
+                    )
+                })
                 .and_then(|b| b.set_buckets(&latency))
                 .map(|b| b.build_recorder());
-            match recorder {
+            let handle = match recorder {
                 Ok(r) => {
                     let handle = r.handle();
                     metrics::set_global_recorder(r).ok().map(|_| handle)
                 }
                 Err(_) => None,
+            };
+            if handle.is_some() {
+                help::describe();
+                process_collector().describe();
+                metrics::gauge!(names::BUILD_INFO,
+                    "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("TOLLGATE_COMMIT"))
+                .set(1.0);
             }
+            handle
         });
         Metrics {
             handle: handle.clone(),
         }
     }
 
+    /// The Prometheus text: the recorder's series (with the process's CPU, memory and file
+    /// descriptors read now), then spend ([`spend`]).
     pub fn render(&self) -> String {
-        self.handle.as_ref().map(|h| h.render()).unwrap_or_default()
+        let Some(h) = &self.handle else {
+            return String::new();
+        };
+        process_collector().collect();
+        let mut out = h.render();
+        spend::render(&mut out);
+        out
     }
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds` and the
+/// rest of Prometheus's standard process metrics, read when `/metrics` is scraped.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 /// Install the JSON log subscriber (`RUST_LOG` filters; default info) and the log writer.
@@ -178,6 +233,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueueWriter {
 pub struct RequestRecord {
     pub request_id: Arc<str>,
     pub endpoint: &'static str,
+    /// The client's address (the TCP peer).
+    pub client_addr: Option<std::net::SocketAddr>,
+    pub method: Option<http::Method>,
+    /// The request's URI; only its path is logged (a query may carry what must not be logged).
+    pub uri: Option<http::Uri>,
+    pub user_agent: Option<http::HeaderValue>,
     pub team: Option<Arc<str>>,
     pub key_id: Option<Arc<str>>,
     pub model: Option<String>,
@@ -195,6 +256,8 @@ pub struct RequestRecord {
     pub stream: bool,
     pub latency: Duration,
     pub ttfb: Option<Duration>,
+    /// Streams: time to the first content event.
+    pub ttft: Option<Duration>,
     /// Time spent waiting on the upstream (send to last byte); excluded from overhead.
     pub upstream_time: Duration,
     pub prompt_tokens: u64,
@@ -236,6 +299,10 @@ fn trace_line(r: &RequestRecord) {
         log_type = "request",
         request_id = %r.request_id,
         endpoint = r.endpoint,
+        client_addr = %OrDash(r.client_addr),
+        method = r.method.as_ref().map_or("-", http::Method::as_str),
+        path = r.uri.as_ref().map_or("-", http::Uri::path),
+        user_agent = &*user_agent(r),
         team = r.team.as_deref().unwrap_or("-"),
         key_id = r.key_id.as_deref().unwrap_or("-"),
         model = r.model.as_deref().unwrap_or("-"),
@@ -243,16 +310,48 @@ fn trace_line(r: &RequestRecord) {
         status = r.status,
         error_kind = r.error_kind.unwrap_or("-"),
         stream = r.stream,
-        latency_ms = r.latency.as_secs_f64() * 1000.0,
-        ttfb_ms = r.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+        latency_ms = millis(r.latency),
+        ttfb_ms = r.ttfb.map(millis),
         prompt_tokens = r.prompt_tokens,
         completion_tokens = r.completion_tokens,
-        cost_usd = r.cost_usd,
+        cost_usd = dollars(r.cost_usd),
         client_disconnected = r.client_disconnected,
         attempts = r.attempts,
         attempt_log = %r.attempt_log,
         cache = r.cache,
     );
+}
+
+/// A duration in milliseconds rounded to the microsecond, as the log line shows it.
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// US dollars rounded to the nano-dollar (the unit spend is counted in), as the log line shows
+/// them: `0.00015546`, not `0.00015546000000000001`.
+pub(crate) fn dollars(usd: f64) -> f64 {
+    (usd * 1e9).round() / 1e9
+}
+
+/// The `User-Agent` as text (invalid UTF-8 replaced), `-` when there is none.
+pub(crate) fn user_agent(r: &RequestRecord) -> std::borrow::Cow<'_, str> {
+    r.user_agent
+        .as_ref()
+        .map_or(std::borrow::Cow::Borrowed("-"), |v| {
+            String::from_utf8_lossy(v.as_bytes())
+        })
+}
+
+/// An optional value shown as itself or `-`.
+pub(crate) struct OrDash<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The request's metrics, through the handles of its snapshot.
@@ -286,8 +385,18 @@ fn count(r: &RequestRecord) {
         process.errors.increment(kind, 1);
     }
     if r.cost_usd > 0.0 {
-        team.spend(r.cost_usd);
+        team.spend(model, r.cost_usd);
     }
+    if let Some(first) = r.ttft {
+        model.generation(first, output_rate(r, first));
+    }
+}
+
+/// A stream's output tokens per second after its first content event: the tokens after the
+/// first over the time after it; `None` with fewer than two tokens or no time between.
+fn output_rate(r: &RequestRecord, first: Duration) -> Option<f64> {
+    let after = r.latency.checked_sub(first)?.as_secs_f64();
+    (r.completion_tokens >= 2 && after > 0.0).then(|| (r.completion_tokens - 1) as f64 / after)
 }
 
 /// Counts a request in flight for as long as it lives (streams included).
@@ -365,6 +474,12 @@ mod tests {
         let full = RequestRecord {
             request_id: Arc::from("8cf4-\u{1}-id"),
             endpoint: "chat",
+            client_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 52_114))),
+            method: Some(http::Method::POST),
+            uri: Some(http::Uri::from_static(
+                "/v1/chat/completions?api-key=secret",
+            )),
+            user_agent: Some(http::HeaderValue::from_static("OpenAI/Python 1.54.0")),
             team: Some(Arc::from("demo")),
             key_id: Some(Arc::from("demo key")),
             model: Some("a \"quoted\"\\ model\n\t\r\u{8}\u{c}\u{1f}\u{7f} é 模型 😀".into()),
@@ -377,7 +492,7 @@ mod tests {
             upstream_time: Duration::from_millis(120),
             prompt_tokens: 2,
             completion_tokens: 18_446_744_073_709_551_615,
-            cost_usd: 0.000_012_5,
+            cost_usd: (0.1 + 0.2) * 1e-3, // 0.00030000000000000003
             client_disconnected: false,
             attempts: 2,
             attempt_log: "a:upstream_server_error:0.4ms,mock:ok:1.2ms".into(),
@@ -416,6 +531,29 @@ mod tests {
             assert_eq!(v["request_id"].as_str(), Some(&*r.request_id));
             assert_eq!(v["model"].as_str(), Some(r.model.as_deref().unwrap_or("-")));
         }
+    }
+
+    #[test]
+    fn the_line_names_the_client_and_rounds_its_numbers() {
+        let line = formatted(&records()[0]);
+        for part in [
+            "\"client_addr\":\"127.0.0.1:52114\"",
+            "\"method\":\"POST\"",
+            // The path only: a query may carry a secret.
+            "\"path\":\"/v1/chat/completions\",",
+            "\"user_agent\":\"OpenAI/Python 1.54.0\"",
+            "\"latency_ms\":127.934,",
+            "\"ttfb_ms\":0.612,",
+            "\"cost_usd\":0.0003,",
+        ] {
+            assert!(line.contains(part), "{part} not in {line}");
+        }
+        assert!(!line.contains("secret"), "{line}");
+        let refused = formatted(&records()[1]);
+        assert!(
+            refused.contains("\"client_addr\":\"-\",\"method\":\"-\""),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -136,6 +136,18 @@ pub(super) fn format(r: &RequestRecord, now: SystemTime, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"log_type\":\"request\"");
     string_field(out, "request_id", &r.request_id);
     string_field(out, "endpoint", r.endpoint);
+    key(out, "client_addr");
+    out.push(b'"');
+    // An address needs no escaping.
+    let _ = write!(out, "{}", super::OrDash(r.client_addr));
+    out.push(b'"');
+    string_field(
+        out,
+        "method",
+        r.method.as_ref().map_or("-", http::Method::as_str),
+    );
+    string_field(out, "path", r.uri.as_ref().map_or("-", http::Uri::path));
+    string_field(out, "user_agent", &super::user_agent(r));
     string_field(out, "team", r.team.as_deref().unwrap_or("-"));
     string_field(out, "key_id", r.key_id.as_deref().unwrap_or("-"));
     string_field(out, "model", r.model.as_deref().unwrap_or("-"));
@@ -143,13 +155,13 @@ pub(super) fn format(r: &RequestRecord, now: SystemTime, out: &mut Vec<u8>) {
     int_field(out, "status", u64::from(r.status));
     string_field(out, "error_kind", r.error_kind.unwrap_or("-"));
     bool_field(out, "stream", r.stream);
-    float_field(out, "latency_ms", r.latency.as_secs_f64() * 1000.0);
+    float_field(out, "latency_ms", super::millis(r.latency));
     if let Some(t) = r.ttfb {
-        float_field(out, "ttfb_ms", t.as_secs_f64() * 1000.0);
+        float_field(out, "ttfb_ms", super::millis(t));
     }
     int_field(out, "prompt_tokens", r.prompt_tokens);
     int_field(out, "completion_tokens", r.completion_tokens);
-    float_field(out, "cost_usd", r.cost_usd);
+    float_field(out, "cost_usd", super::dollars(r.cost_usd));
     bool_field(out, "client_disconnected", r.client_disconnected);
     int_field(out, "attempts", u64::from(r.attempts));
     string_field(out, "attempt_log", &r.attempt_log);
