@@ -83,6 +83,11 @@ impl Worker {
         self.ctx.stop.cancel();
     }
 
+    /// The token that stops the worker taking new lines, for a shutdown signal to cancel.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.ctx.stop.clone()
+    }
+
     /// Stop: no new lines; lines in flight get up to `grace` to finish and be recorded; then
     /// every lease this gateway holds is given back. Progress is in the store line by line, so
     /// nothing recorded is lost and a line cut off is done again by whoever takes it.

@@ -8,9 +8,13 @@
 //! config file (`--config`), apply migrations if needed, and run the same operations as the
 //! admin API (with the same checks and audit rows, actor `cli:$USER`). Output is JSON.
 //!
+//! `batch` talks to a running gateway over HTTP with a Tollgate key (see `batch.rs`).
+//!
 //! The command-line module is split by concern: this file parses and dispatches and checks a
-//! config; [`serve`] runs the gateway; [`store_ops`] holds the store commands.
+//! config; [`serve`] runs the gateway; [`store_ops`] holds the store commands; `batch` the
+//! batch commands.
 
+mod batch;
 mod serve;
 mod store_ops;
 
@@ -69,6 +73,8 @@ pub enum Command {
         #[command(subcommand)]
         command: TeamsCommand,
     },
+    /// Batches on a running gateway: submit (and follow), status, cancel, download.
+    Batch(batch::BatchArgs),
     /// Usage totals: requests, tokens, cost, by team, key, model and period.
     Usage {
         #[command(flatten)]
@@ -134,6 +140,7 @@ pub async fn run(cli: Cli) -> u8 {
             listen,
             addr_file,
         } => serve::serve(&config, listen, addr_file).await,
+        Command::Batch(args) => batch::run(args).await,
         Command::Keys { store, command } => admin_cli(&store.config, Op::Keys(command)).await,
         Command::Teams { store, command } => admin_cli(&store.config, Op::Teams(command)).await,
         Command::Usage {
