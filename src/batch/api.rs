@@ -190,9 +190,8 @@ async fn file_content(
         .into_response())
 }
 
-/// `POST /v1/batches`.
+/// `POST /v1/batches`. Fields Tollgate does not know (newer SDKs' options) are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NewBatch {
     input_file_id: String,
     endpoint: String,
