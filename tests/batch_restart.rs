@@ -194,3 +194,46 @@ async fn tollgate_batch_submit_turns_prompts_into_a_batch_and_downloads_its_outp
     sigterm(&child);
     assert_eq!(exits(&mut child).await, Some(0));
 }
+
+/// Two `tollgate` processes share one PostgreSQL store and files directory; one is killed with
+/// `kill -9` midway and the other takes its lines over once their leases expire: every line
+/// ends with exactly one output line.
+#[tokio::test]
+async fn a_replica_killed_midway_on_postgres_has_its_lines_taken_over() {
+    let pg = common::PgDb::create().await;
+    let shared = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let cfg = config(shared.path()).replace(
+        &format!("sqlite://{}?mode=rwc", shared.path().join("t.db").display()),
+        &pg.url,
+    );
+    let (da, db) = (
+        tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+        tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+    );
+    let (mut a, addr_a) = serve_binary(da.path(), &cfg);
+    let (mut b, addr_b) = serve_binary(db.path(), &cfg);
+    let url_a = format!("http://{}", wait_for_addr_file(&addr_a).await);
+    let url_b = format!("http://{}", wait_for_addr_file(&addr_b).await);
+    let n = 400;
+    let api_a = Api::new(&url_a, DEMO_KEY);
+    let batch = api_a
+        .submit(chat_lines(n, "mock-gpt"), "/v1/chat/completions")
+        .await;
+    let id = batch["id"].as_str().unwrap_or_default().to_owned();
+    api_a
+        .wait_for(&id, Duration::from_secs(30), |b| {
+            b["request_counts"]["completed"].as_i64().unwrap_or(0) >= 40
+        })
+        .await;
+    a.start_kill().unwrap_or_else(|e| panic!("kill -9: {e}"));
+    let _ = a.wait().await;
+    let api_b = Api::new(&url_b, DEMO_KEY);
+    let ended = api_b.wait_end(&id, Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["request_counts"]["completed"], Value::from(n));
+    let (output, errors) = files_of(&api_b, &ended).await;
+    assert_eq!(output.lines().count(), n);
+    assert_eq!(results(&output, &errors), expected(n));
+    sigterm(&b);
+    assert_eq!(exits(&mut b).await, Some(0));
+}

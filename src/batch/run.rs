@@ -274,13 +274,22 @@ async fn record(
     give_back(ctx, batch, l, now_ms(), l.attempts).await;
 }
 
+/// Give a line back, retrying a store error for about a minute: the worker renews every lease
+/// it holds, so a line it failed to give back would stay with it. If the store stays down that
+/// long, renewals fail too and the lease expires by itself.
 async fn give_back(ctx: &Ctx, batch: &Batch, l: &LeasedLine, not_before: i64, attempts: i64) {
-    if let Err(e) = ctx
-        .db
-        .release_line(&batch.id, l.line, &ctx.owner, not_before, attempts)
-        .await
-    {
-        tracing::warn!(batch = %batch.id, line = l.line, error = %e,
-            "cannot give a line back; its lease expires by itself");
+    for attempt in 0..8u32 {
+        match ctx
+            .db
+            .release_line(&batch.id, l.line, &ctx.owner, not_before, attempts)
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(batch = %batch.id, line = l.line, error = %e,
+                    "cannot give a line back; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
     }
 }
