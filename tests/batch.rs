@@ -502,3 +502,70 @@ batch:
     a.stop().await;
     b_gw.stop().await;
 }
+
+/// A pool member revoked midway (its token answers 401 from then on): the pool rotates to the
+/// others and every line still ends with one answer.
+#[tokio::test]
+async fn a_pool_member_revoked_midway_still_gives_one_answer_per_line() {
+    let dir = tmp();
+    let up = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("upstream: {e}"));
+    up.set_first_byte_delay(Duration::from_millis(5));
+    let cfg = format!(
+        r#"
+credentials:
+  up-key: {{ kind: pool, tokens: ["tok-1", "tok-2", "tok-3"] }}
+upstreams:
+  up: {{ provider: openai, base_url: {base}, credential: up-key }}
+models:
+  gpt: {{ targets: [ {{ upstream: up }} ] }}
+teams:
+  demo: {{ models: ["*"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+store:
+  url: "sqlite://{db}?mode=rwc"
+  usage: {{ spill_path: {spill} }}
+batch:
+  files_dir: {files}
+  poll_interval: 50ms
+  concurrency: 4
+  retry_backoff: 20ms
+"#,
+        base = up.base_url(),
+        db = dir.path().join("t.db").display(),
+        spill = dir.path().join("spill.jsonl").display(),
+        files = dir.path().join("files").display(),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let api = Api::new(&gw.url(""), DEMO_KEY);
+    let n = 300;
+    let b = api
+        .submit(chat_lines(n, "gpt"), "/v1/chat/completions")
+        .await;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    api.wait_for(&id, Duration::from_secs(30), |b| {
+        b["request_counts"]["completed"].as_i64().unwrap_or(0) >= 30
+    })
+    .await;
+    up.set_recording(true);
+    up.set_token_status("tok-2", Some((401, None)));
+    let b = api.wait_end(&id, Duration::from_secs(60)).await;
+    let refused = up
+        .received()
+        .iter()
+        .filter(|r| {
+            r.headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tok-2")
+        })
+        .count();
+    assert!(refused > 0, "the revoked member was never tried");
+    assert_eq!(b["status"], "completed", "{b}");
+    let (output, errors) = files_of(&api, &b).await;
+    let got = results(&output, &errors);
+    let want: std::collections::BTreeMap<_, _> = (0..n)
+        .map(|i| (format!("req-{i}"), (200, format!("echo: line {i}"))))
+        .collect();
+    assert_eq!(got, want);
+    gw.stop().await;
+}
