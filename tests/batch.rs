@@ -569,3 +569,60 @@ batch:
     assert_eq!(got, want);
     gw.stop().await;
 }
+
+/// A batch takes at most its share of the team's rate limit and backs off when it meets it:
+/// with `rpm: 60` and `share: 0.5` its lines stop after 30 in the minute, none of them failed,
+/// and the team's interactive requests still get the other half.
+#[tokio::test]
+async fn a_batch_stops_at_its_share_of_the_team_rate_and_interactive_requests_keep_the_rest() {
+    let dir = tmp();
+    let cfg = config(dir.path(), "{}", "  share: 0.5\n  retry_backoff: 20ms").replace(
+        "demo: { models: [\"*\"] }",
+        "demo: { models: [\"*\"], rpm: 60 }",
+    );
+    assert!(cfg.contains("rpm: 60"), "{cfg}");
+    let gw = start(&cfg).await;
+    let api = Api::new(&gw.url(""), DEMO_KEY);
+    let n = 100;
+    let b = api
+        .submit(chat_lines(n, "mock-gpt"), "/v1/chat/completions")
+        .await;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    let b = api
+        .wait_for(&id, Duration::from_secs(20), |b| {
+            b["request_counts"]["completed"].as_i64().unwrap_or(0) >= 30
+        })
+        .await;
+    // The batch's half of the minute is spent; the team's other half is not.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                common::chat("mock-gpt", "now", false),
+            )
+            .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let (_, now) = api.get(&format!("/v1/batches/{id}")).await;
+    let done = now["request_counts"]["completed"].as_i64().unwrap_or(0);
+    assert!(
+        (30..=33).contains(&done),
+        "the batch went past its share: {now}"
+    );
+    assert_eq!(
+        now["request_counts"]["failed"],
+        json!(0),
+        "a limited line failed: {now}"
+    );
+    assert_eq!(now["status"], "in_progress", "{b}");
+    let (status, _) = api
+        .post(&format!("/v1/batches/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let b = api.wait_end(&id, Duration::from_secs(20)).await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    assert_eq!(b["request_counts"]["failed"], json!(0), "{b}");
+    gw.stop().await;
+}

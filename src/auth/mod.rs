@@ -51,6 +51,10 @@ pub struct Caller {
     /// Store keys: when the key stops working (ms since the epoch; rotation grace or expiry),
     /// checked on every request.
     pub expires_at: Option<i64>,
+    /// The name the limiter counts `key_limits` under when it is not the key's id: batch lines
+    /// (`batch:<team>`), so a team's batches are held to their share of the team's limits
+    /// apart from the key's own interactive requests. Usage rows still name `key_id`.
+    pub limit_id: Option<Arc<str>>,
 }
 
 /// A store team, with the policy the request path applies for it.
@@ -88,7 +92,7 @@ impl Caller {
     /// The caller as the limiter counts it.
     pub fn subject(&self) -> crate::limits::Subject<'_> {
         crate::limits::Subject {
-            key_id: &self.key_id,
+            key_id: self.limit_id.as_ref().unwrap_or(&self.key_id),
             team: &self.team,
             key_limits: self.key_limits,
             team_limits: self.team_limits,

@@ -55,7 +55,7 @@ pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord) {
     // At most the team's concurrency share at once: more would only be refused by its limit.
     let cap = batch
         .caller
-        .team_limits
+        .key_limits
         .max_concurrent
         .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
     let slots = Arc::new(Semaphore::new(ctx.cfg.concurrency.min(cap).max(1)));
@@ -142,23 +142,29 @@ async fn idle(ctx: &Ctx, batch: &Batch, tasks: &mut JoinSet<()>) -> bool {
     }
 }
 
-/// The caller a batch's lines run as: its team (config or store) with the team's limits cut to
-/// `batch.share`, named by the key that made the batch (usage rows carry it). The key's own
-/// limits do not apply to batch lines; the team's do.
+/// The caller a batch's lines run as: its team (config or store), named by the key that made
+/// the batch (usage rows carry it). Two counts hold batch lines to their share: the team's own
+/// limits, counted with its interactive requests, and the same limits cut to `batch.share`,
+/// counted apart under `batch:<team>` (the key scope of the limiter). So batch lines stop at
+/// their share while interactive requests keep the rest of the team's room. The key's own limits
+/// do not apply to batch lines; the team's budget does (once, in the team scope).
 async fn caller(ctx: &Ctx, b: &BatchRecord) -> Caller {
     let share = ctx.cfg.share;
     let mut c = Caller {
         key_id: Arc::from(b.key_id.as_str()),
         team: Arc::from(b.team.as_str()),
+        limit_id: Some(Arc::from(format!("batch:{}", b.team))),
         ..Caller::default()
     };
     if let Some(t) = ctx.state.snapshot.load().config.teams.get(&b.team) {
-        c.team_limits = scaled(t.limits, share);
+        c.team_limits = t.limits;
+        c.key_limits = scaled(t.limits, share);
         return c;
     }
     match ctx.db.get_team(&b.team).await {
         Ok(Some(rec)) => {
-            c.team_limits = scaled(rec.limits, share);
+            c.team_limits = rec.limits;
+            c.key_limits = scaled(rec.limits, share);
             c.store_team = Some(Arc::new(StoreTeam::from(rec)));
         }
         // A team that is gone: the request path refuses its lines, which end as errors.
@@ -168,12 +174,14 @@ async fn caller(ctx: &Ctx, b: &BatchRecord) -> Caller {
     c
 }
 
-/// `l` with its rates and concurrency cut to `share` (at least 1 each); the budget stays whole.
+/// `l`'s rates and concurrency cut to `share` (at least 1 each), without its budget (the team
+/// scope carries that).
 fn scaled(mut l: Limits, share: f64) -> Limits {
     let cut = |v: Option<u64>| v.map(|v| ((v as f64 * share).floor() as u64).max(1));
     l.requests_per_minute = cut(l.requests_per_minute);
     l.tokens_per_minute = cut(l.tokens_per_minute);
     l.max_concurrent = cut(l.max_concurrent);
+    l.budget = None;
     l
 }
 
