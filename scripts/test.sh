@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: ./scripts/test.sh
 #
-# Services (PostgreSQL, Redis), a Python venv with the official openai SDK, then
-# rustfmt check, clippy (warnings are errors) and the test suite. Every step is time-bounded;
+# Services (PostgreSQL, Redis), headless Chromium for the console's browser test, a Python venv
+# with the official openai SDK and selenium, then rustfmt check, clippy (warnings are errors) and
+# the test suite. Every step is time-bounded;
 # the script exits non-zero on the first failing step.
 set -euo pipefail
 
@@ -50,18 +51,29 @@ run() {
 step "services: PostgreSQL and Redis"
 run 20m "services" "$ROOT/scripts/services.sh"
 
-step "python venv: target/pyvenv with openai"
+step "browser: chromium and chromium-driver (the console's browser test)"
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    echo "$(/usr/bin/chromedriver --version | head -1) already installed" >&2
+else
+    command -v apt-get >/dev/null || fail "chromium and chromium-driver are missing and there is no apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    run 10m "apt-get update" apt-get update -q
+    run 20m "apt-get install chromium chromium-driver" apt-get install -y -q chromium chromium-driver
+fi
+
+step "python venv: target/pyvenv with openai and selenium"
 VENV=$ROOT/target/pyvenv
-if "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
-    echo "openai $("$VENV/bin/python" -c 'import openai; print(openai.__version__)') already installed" >&2
+if "$VENV/bin/python" -c 'import openai, selenium' >/dev/null 2>&1; then
+    echo "openai $("$VENV/bin/python" -c 'import openai; print(openai.__version__)'), selenium $("$VENV/bin/python" -c 'import selenium; print(selenium.__version__)') already installed" >&2
 else
     if ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
         run 2m "python3 -m venv (on Debian this needs the python3-venv package)" \
             python3 -m venv --clear "$VENV"
     fi
-    run 10m "pip install openai" \
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
-    "$VENV/bin/python" -c 'import openai' || fail "openai still not importable in $VENV"
+    # selenium drives the system chromedriver (never a downloaded one: see tests/console_browser.rs).
+    run 10m "pip install openai selenium" \
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'selenium>=4.20,<5'
+    "$VENV/bin/python" -c 'import openai, selenium' || fail "openai or selenium still not importable in $VENV"
 fi
 
 export TOLLGATE_TEST_PYTHON=$VENV/bin/python

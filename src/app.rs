@@ -2,7 +2,8 @@
 //!
 //! [`router`] is what the server runs and what tests call. Authentication is on for every
 //! `/v1` route; the only unauthenticated routes are `/health`, `/ready` and `/metrics` (which
-//! takes `server.metrics_key` when set, and can move to its own listener). Unknown
+//! takes `server.metrics_key` when set, and can move to its own listener); `/admin` and the web
+//! console (`/console`, [`crate::console`]) have their own gates. Unknown
 //! routes and wrong methods answer OpenAI-shaped 404/405. This module does not relay anything
 //! itself: `/v1` handlers hand off to [`crate::proxy::handle`].
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::batch::api::router())
         .merge(crate::admin::router(state.clone()))
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
@@ -159,7 +161,8 @@ async fn method_not_allowed(req: Request) -> ApiError {
 ///    Transfer-Encoding, several Content-Length values, or a head the framing guard marked (bare
 ///    LF line ends, an overlong line, a Content-Length that is not one plain number; see
 ///    [`crate::server::framing`]), and close the connection;
-/// 3. admin hiding: without an admin key, `/admin/*` is an unknown path for every method.
+/// 3. admin hiding: without an admin key, `/admin/*` is an unknown path for every method; so
+///    is `/console/*` with the console off.
 async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let id: Arc<str> = req
         .headers()
@@ -180,7 +183,9 @@ async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Respon
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         resp
-    } else if crate::admin::hidden(&s, req.uri().path()) {
+    } else if crate::admin::hidden(&s, req.uri().path())
+        || crate::console::hidden(&s, req.uri().path())
+    {
         not_found(req).await.into_response()
     } else {
         next.run(req).await

@@ -34,6 +34,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("model '{model}' is not allowed for this key's team")]
     ModelNotAllowed { model: String },
+    /// A write to the admin API authenticated by a console session cookie without that
+    /// session's CSRF token in `x-csrf-token` (see [`crate::auth::session`]).
+    #[error("a console write needs its session's CSRF token in the x-csrf-token header")]
+    CsrfRejected,
     #[error("model '{model}' does not exist")]
     ModelNotFound { model: String },
     /// A rate or concurrency limit of the key or its team (see [`crate::limits`]).
@@ -136,7 +140,7 @@ impl ApiError {
             RouteNotFound { .. } | ModelNotFound { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ModelNotAllowed { .. } | CsrfRejected => StatusCode::FORBIDDEN,
             RateLimited { .. } | InsufficientQuota { .. } | CredentialsRateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -166,6 +170,7 @@ impl ApiError {
             RouteNotFound { .. } | MethodNotAllowed { .. } => "client_route",
             Unauthorized => "auth_failed",
             ModelNotAllowed { .. } => "policy_model_denied",
+            CsrfRejected => "auth_csrf",
             ModelNotFound { .. } => "client_model_unknown",
             RateLimited { .. } => "policy_rate_limited",
             InsufficientQuota { .. } => "policy_budget_exceeded",
@@ -197,7 +202,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthorized => "authentication_error",
-            ModelNotAllowed { .. } => "permission_error",
+            ModelNotAllowed { .. } | CsrfRejected => "permission_error",
             RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_error",
             InsufficientQuota { .. } => "insufficient_quota",
             InvalidRequest { .. }
@@ -223,6 +228,7 @@ impl ApiError {
             MethodNotAllowed { .. } => "method_not_allowed",
             Unauthorized => "invalid_api_key",
             ModelNotAllowed { .. } => "model_not_allowed",
+            CsrfRejected => "csrf_token_invalid",
             ModelNotFound { .. } => "model_not_found",
             RateLimited { .. } | CredentialsRateLimited { .. } => "rate_limit_exceeded",
             InsufficientQuota { .. } => "insufficient_quota",

@@ -30,7 +30,7 @@
 //! ground    secret  server  telemetry  config  error  openai (wire types)  egress
 //! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth  cache
 //! assembly  state (the snapshot built from config and the domain)
-//! edges     proxy  batch  admin  app  reload  cli  testkit
+//! edges     proxy  batch  admin  console  app  reload  cli  testkit
 //! ```
 //!
 //! [`cli`] (commands; [`cli::main`] is the program), [`server`] (listener, connection limits,
@@ -40,7 +40,7 @@
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
 //! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`batch`] (the
-//! OpenAI Batch API and the worker that runs its lines through the request path), [`admin`], [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
+//! OpenAI Batch API and the worker that runs its lines through the request path), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`], [`error`], [`openai`],
 //! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
@@ -50,6 +50,7 @@ pub mod batch;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod egress;
 pub mod error;

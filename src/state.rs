@@ -203,6 +203,9 @@ pub struct AppState {
     pub store_keys: Option<Arc<KeyCache>>,
     /// Rung when a batch is made or cancelled, so the batch worker looks at once.
     pub batch_wake: Arc<tokio::sync::Notify>,
+    /// The web console's login sessions (`admin.console`). Outside the snapshot: a reload keeps
+    /// them (a session of a former admin key is refused when used).
+    pub sessions: Arc<crate::auth::session::Sessions>,
 }
 
 impl AppState {
@@ -226,6 +229,7 @@ impl AppState {
             store,
             store_keys,
             batch_wake: Arc::new(tokio::sync::Notify::new()),
+            sessions: Arc::default(),
         }
     }
 

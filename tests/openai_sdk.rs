@@ -181,6 +181,7 @@ fn sdk_script(script: &str, cwd: &Path, scratch: &Path) -> Result<()> {
         .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--addr-file"])
         .arg(&addr_file)
+        .env("TOLLGATE_ADMIN_KEY", "sk-admin-sdk-test")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(&log_file).context("gateway log file")?);

@@ -324,3 +324,57 @@ async fn two_replicas_share_keys_revocations_and_usage() {
     assert_eq!(tokens, report.totals.prompt_tokens);
     assert!(tokens > 0);
 }
+
+/// Deleting a store team revokes its keys at once (here) and keeps its usage; a config team
+/// cannot be deleted through the API; an unknown team is a 404.
+#[tokio::test]
+async fn deleting_a_team_revokes_its_keys() {
+    let dir = tempdir();
+    let gw = Gateway::start(&store_config(&sqlite(&dir), &dir.path().join("s"), "")).await;
+    let (s, _) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "gone", "models": ["*"]})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, k) = admin(&gw, "POST", "/admin/keys", Some(json!({"team": "gone"}))).await;
+    assert_eq!(s, 201);
+    let key = k["key"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(chat_status(&gw, &key, "mock-gpt").await, 200);
+
+    let (s, v) = admin(&gw, "DELETE", "/admin/teams/gone", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["keys_revoked"], 1);
+    assert_eq!(chat_status(&gw, &key, "mock-gpt").await, 401);
+    let (_, teams) = admin(&gw, "GET", "/admin/teams", None).await;
+    assert!(
+        !teams["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|t| t["name"] == "gone")),
+        "{teams}"
+    );
+    let (s, v) = admin(&gw, "DELETE", "/admin/teams/gone", None).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (s, v) = admin(&gw, "DELETE", "/admin/teams/demo", None).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("config file")),
+        "{v}"
+    );
+    // The deleted team's request stays in the usage (read once the writer has flushed).
+    let store = gw.store();
+    gw.stop().await;
+    let usage = store
+        .query_usage(&tollgate::store::usage::UsageFilter {
+            team: Some("gone".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("usage: {e}"));
+    assert_eq!(usage.totals.requests, 1, "{usage:?}");
+}

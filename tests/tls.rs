@@ -694,6 +694,45 @@ async fn the_listener_serves_tls_and_picks_up_a_replaced_certificate_without_dro
     gw.stop().await;
 }
 
+/// On a TLS listener the console's session cookie is marked `Secure` (sent over HTTPS only).
+#[tokio::test]
+async fn on_a_tls_listener_the_console_cookie_is_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("listener CA");
+    let leaf = ca.leaf(&["127.0.0.1"], false);
+    let cert = write(dir.path(), "tls.crt", &leaf.cert_pem);
+    let key = write(dir.path(), "tls.key", &leaf.key_pem);
+    let mock = MockUpstream::start().await.unwrap();
+    let tls = format!(
+        "{{ cert_file: {}, key_file: {} }}",
+        cert.display(),
+        key.display()
+    );
+    let yaml = format!(
+        "{}admin: {{ sha256: {}, console: {{ enabled: true }} }}\n",
+        listener_config(&mock.base_url(), &tls, &"0".repeat(64)),
+        common::sha256_hex(common::ADMIN_KEY)
+    );
+    let gw = Gateway::start(&yaml).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("https://{}/console/login", gw.addr))
+        .json(&serde_json::json!({ "key": common::ADMIN_KEY }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let attrs: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attrs.contains(&flag), "{flag} missing: {cookie}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_certificate_listed_for_a_team_authenticates_as_that_team() {
     use sha2::Digest;

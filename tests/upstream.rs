@@ -471,6 +471,7 @@ async fn the_binary_never_logs_keys() {
         ])
         .arg("--addr-file")
         .arg(&addr_file)
+        .env("TOLLGATE_ADMIN_KEY", "sk-admin-never-logged")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));

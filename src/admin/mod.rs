@@ -8,9 +8,13 @@
 //! codes and drop changed keys from this replica's key cache at once. Without a store those routes answer
 //! 404 naming `store.url`. Every change writes an audit row with actor `admin-api`, except a
 //! purge of the response cache (`/admin/cache`), which changes no record.
+//!
+//! The gate ([`require_admin`]) also admits the web console's session cookie (see
+//! [`crate::auth::session`]): the console is a client of this API, not a second one.
 
 mod batches;
 pub mod ops;
+mod series;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -50,8 +54,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/keys/{id}/rotate", post(rotate_key))
         .route("/admin/teams", post(create_team).get(list_teams))
-        .route("/admin/teams/{name}", patch(update_team))
+        .route(
+            "/admin/teams/{name}",
+            patch(update_team).delete(delete_team),
+        )
         .route("/admin/usage", get(usage))
+        .route("/admin/usage/series", get(series::usage_series))
+        .route("/admin/usage/errors", get(series::recent_errors))
         .route("/admin/audit", get(audit))
         .route("/admin/cache", get(cache_stats).delete(cache_purge))
         .route("/admin/batches", get(batches::list))
@@ -173,6 +182,19 @@ async fn update_team(
     Ok(Json(rec).into_response())
 }
 
+async fn delete_team(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let h = store(&s)?;
+    let v = ops::delete_team(&s.snapshot.load().config, &h.db, ACTOR, &name).await?;
+    // The team's keys are revoked: drop cached callers so they are refused here at once.
+    if let Some(k) = &s.store_keys {
+        k.invalidate_all();
+    }
+    Ok(Json(v).into_response())
+}
+
 async fn list_teams(State(s): State<AppState>) -> Result<Response, ApiError> {
     let h = store(&s)?;
     let data = ops::list_teams(&s.snapshot.load().config, &h.db).await?;
@@ -253,16 +275,27 @@ async fn cache_purge(
     )
 }
 
-/// Upstreams with their health, models and teams: what this replica is serving.
+/// Upstreams with their health (breaker state, time to first byte, requests in flight and
+/// queued against their caps), models and teams: what this replica is serving.
 async fn status(State(s): State<AppState>) -> Response {
     let snap = s.snapshot.load();
     let upstreams: Vec<_> = snap
         .config
         .upstreams
         .keys()
-        .map(|name| {
-            let healthy = snap.upstreams.get(name).is_some_and(|u| u.is_healthy());
-            json!({"name": name, "healthy": healthy})
+        .map(|name| match snap.upstreams.get(name) {
+            Some(u) => json!({
+                "name": name,
+                "healthy": u.is_healthy(),
+                "breaker": u.breaker.state().label(),
+                "ewma_ttfb_ms": u.ewma_ttfb_ms(),
+                "in_flight": u.gate.in_flight(),
+                "queued": u.gate.queued(),
+                "max_concurrent": u.config().max_concurrent,
+                "max_queue": u.config().max_queue,
+                "credential": u.config().credential,
+            }),
+            None => json!({"name": name, "healthy": false}),
         })
         .collect();
     Json(json!({
@@ -305,16 +338,31 @@ async fn enable_member(
     }
 }
 
+/// The admin API's one gate: the admin key (`Authorization: Bearer` or `x-api-key`), or, with
+/// the console on and no key presented, a console session cookie (with its CSRF token on
+/// writes; see [`crate::auth::session`]). A presented key always decides.
 async fn require_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let snap = s.snapshot.load();
-    match &snap.admin {
-        None => ApiError::RouteNotFound {
+    let Some(admin) = &snap.admin else {
+        return ApiError::RouteNotFound {
             path: req.uri().path().chars().take(200).collect(),
         }
-        .into_response(),
-        Some(admin) => match admin.authenticate(req.headers()) {
-            Ok(_) => next.run(req).await,
-            Err(e) => e.into_response(),
-        },
+        .into_response();
+    };
+    let h = req.headers();
+    let by_key = h.contains_key(http::header::AUTHORIZATION) || h.contains_key("x-api-key");
+    let console = snap
+        .config
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.console.enabled);
+    let admitted = if by_key || !console {
+        admin.authenticate(h).map(drop)
+    } else {
+        crate::auth::session::authorize(&s.sessions, admin, req.method(), h).map(drop)
+    };
+    match admitted {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
 }

@@ -137,6 +137,18 @@ pub async fn update_team(
     Ok(db.update_team(actor, name, patch).await?)
 }
 
+/// Delete a store team and revoke its keys (config teams are refused: change the file).
+pub async fn delete_team(
+    cfg: &Config,
+    db: &Store,
+    actor: &str,
+    name: &str,
+) -> Result<Value, OpError> {
+    writable_team(cfg, name)?;
+    let revoked = db.delete_team(actor, name).await?;
+    Ok(json!({"name": name, "deleted": true, "keys_revoked": revoked}))
+}
+
 /// Config teams, then store teams, each with its `source`.
 pub async fn list_teams(cfg: &Config, db: &Store) -> Result<Vec<Value>, OpError> {
     let mut data: Vec<Value> = cfg

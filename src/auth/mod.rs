@@ -9,9 +9,11 @@
 //! and, when a store is configured, keys made through the admin API, read through
 //! [`KeyCache`] (this module's) so the request path does not query the database in steady
 //! state. It reads the store and hands the limiter its limits; it must not use the assembled
-//! state (`state`), which is built from it.
+//! state (`state`), which is built from it. [`session`] holds the web console's login sessions,
+//! which stand for the admin key.
 
 mod key_cache;
+pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -56,14 +56,23 @@ pub enum BatchCommand {
         output: Option<PathBuf>,
     },
     /// Print a batch (OpenAI's batch object, JSON).
-    Status { id: String },
+    Status {
+        /// The batch id (`batch_…`).
+        id: String,
+    },
     /// Ask a batch to stop; lines already done stay in its output.
-    Cancel { id: String },
+    Cancel {
+        /// The batch id (`batch_…`).
+        id: String,
+    },
     /// Write a batch's output file (and with --errors its error file).
     Download {
+        /// The batch id (`batch_…`).
         id: String,
+        /// Where the output file (answers with status 200) goes.
         #[arg(long, short)]
         output: PathBuf,
+        /// Where the error file (failed lines) goes, if the batch has one.
         #[arg(long)]
         errors: Option<PathBuf>,
     },

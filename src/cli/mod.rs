@@ -15,6 +15,7 @@
 //! batch commands.
 
 mod batch;
+mod output;
 mod serve;
 mod store_ops;
 
@@ -38,35 +39,48 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gateway.
+    #[command(after_help = "Examples:\n  \
+        tollgate serve --config examples/quickstart.yaml\n  \
+        TOLLGATE_CONFIG=/etc/tollgate/tollgate.yaml tollgate serve --listen 0.0.0.0:8080")]
     Serve {
-        /// The config file (YAML).
-        #[arg(
-            long,
-            short,
-            default_value = "examples/quickstart.yaml",
-            env = "TOLLGATE_CONFIG"
-        )]
-        config: PathBuf,
-        /// Listen here instead of `server.listen` (port 0 picks a free port).
-        #[arg(long)]
+        /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
+        #[arg(long, short, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen here instead of `server.listen` (port 0 picks a free port), e.g.
+        /// 127.0.0.1:8080 or localhost:8080.
+        #[arg(long, value_parser = crate::config::listen_addr)]
         listen: Option<SocketAddr>,
         /// Write the bound address to this file once listening (for scripts and tests).
         #[arg(long)]
         addr_file: Option<PathBuf>,
     },
     /// Validate a config file without serving; exit non-zero on the first error.
+    #[command(after_help = "Examples:\n  \
+        tollgate check-config examples/quickstart.yaml\n  \
+        tollgate check-config            # ./tollgate.yaml or $TOLLGATE_CONFIG")]
     CheckConfig {
-        /// The config file (YAML).
-        file: PathBuf,
+        /// The config file (YAML); else $TOLLGATE_CONFIG, else ./tollgate.yaml.
+        #[arg(env = "TOLLGATE_CONFIG")]
+        file: Option<PathBuf>,
     },
     /// Create, list, revoke, rotate and change keys in the store.
+    #[command(after_help = "Examples:\n  \
+        tollgate keys create --team ml --name ci --rpm 60 --expires-in 30d\n  \
+        tollgate keys list --team ml\n  \
+        tollgate keys rotate key_0123456789abcdef --grace 24h\n  \
+        tollgate keys revoke key_0123456789abcdef")]
     Keys {
         #[command(flatten)]
         store: StoreArgs,
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Create, list and change store teams (config teams are read-only).
+    /// Create, list, change and delete store teams (config teams are read-only).
+    #[command(after_help = "Examples:\n  \
+        tollgate teams create ml --models mock-gpt --rpm 600 --budget-usd 50 --budget-period monthly\n  \
+        tollgate teams set ml --tpm 100000\n  \
+        tollgate teams list --json\n  \
+        tollgate teams delete ml")]
     Teams {
         #[command(flatten)]
         store: StoreArgs,
@@ -74,16 +88,27 @@ pub enum Command {
         command: TeamsCommand,
     },
     /// Batches on a running gateway: submit (and follow), status, cancel, download.
+    #[command(after_help = "Examples:\n  \
+        export TOLLGATE_URL=http://127.0.0.1:8080 TOLLGATE_API_KEY=sk-tollgate-demo\n  \
+        tollgate batch submit requests.jsonl --wait -o out.jsonl\n  \
+        tollgate batch submit prompts.txt --model mock-gpt --wait\n  \
+        tollgate batch status batch_0123\n  \
+        tollgate batch download batch_0123 -o out.jsonl --errors errors.jsonl")]
     Batch(batch::BatchArgs),
     /// Usage totals: requests, tokens, cost, by team, key, model and period.
+    #[command(after_help = "Examples:\n  \
+        tollgate usage --from 7d --group-by team\n  \
+        tollgate usage --team ml --from 2026-12-01 --to 2026-12-02 --group-by model --json")]
     Usage {
         #[command(flatten)]
         store: StoreArgs,
+        /// Only this team's requests.
         #[arg(long)]
         team: Option<String>,
         /// A key id (`key_…`) or a config key's name.
         #[arg(long)]
         key: Option<String>,
+        /// Only requests for this model.
         #[arg(long)]
         model: Option<String>,
         /// Start: 2024-05-01, 2024-05-01T12:00:00Z, epoch seconds, or an age like 24h or 7d.
@@ -95,6 +120,15 @@ pub enum Command {
         /// team, key, model or day.
         #[arg(long)]
         group_by: Option<String>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        tollgate completions bash > ~/.local/share/bash-completion/completions/tollgate\n  \
+        tollgate completions zsh > ~/.zfunc/_tollgate\n  \
+        tollgate completions fish > ~/.config/fish/completions/tollgate.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -132,17 +166,67 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
+/// The config file a command uses, found as servers find theirs: `--config` (or the
+/// command's file argument), else `$TOLLGATE_CONFIG` (clap reads both into `given`), else
+/// `./tollgate.yaml`; otherwise a message saying so.
+pub fn find_config(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let local = PathBuf::from(DEFAULT_CONFIG);
+    if local.is_file() {
+        return Ok(local);
+    }
+    Err(format!(
+        "no config file: pass --config FILE, set TOLLGATE_CONFIG, or put {DEFAULT_CONFIG} in \
+         the current directory (examples/quickstart.yaml in the repository is a start)"
+    ))
+}
+
+/// The config file looked for in the current directory.
+pub const DEFAULT_CONFIG: &str = "tollgate.yaml";
+
 pub async fn run(cli: Cli) -> u8 {
+    // `batch` talks to a running gateway over HTTP: it reads no config file.
+    let cli = match cli.command {
+        Command::Batch(args) => return batch::run(args).await,
+        command => Cli { command },
+    };
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "tollgate",
+            &mut std::io::stdout(),
+        );
+        return 0;
+    }
+    let config = match &cli.command {
+        Command::Completions { .. } | Command::Batch(_) => None,
+        Command::CheckConfig { file } => file.clone(),
+        Command::Serve { config, .. } => config.clone(),
+        Command::Keys { store, .. }
+        | Command::Teams { store, .. }
+        | Command::Usage { store, .. } => store.config.clone(),
+    };
+    let config = match find_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { .. } => check_config(&config),
         Command::Serve {
-            config,
-            listen,
-            addr_file,
+            listen, addr_file, ..
         } => serve::serve(&config, listen, addr_file).await,
         Command::Batch(args) => batch::run(args).await,
-        Command::Keys { store, command } => admin_cli(&store.config, Op::Keys(command)).await,
-        Command::Teams { store, command } => admin_cli(&store.config, Op::Teams(command)).await,
+        Command::Keys { command, store } => admin_cli(&config, store.json, Op::Keys(command)).await,
+        Command::Teams { command, store } => {
+            admin_cli(&config, store.json, Op::Teams(command)).await
+        }
         Command::Usage {
             store,
             team,
@@ -165,14 +249,14 @@ pub async fn run(cli: Cli) -> u8 {
                     q.insert(k.to_owned(), v);
                 }
             }
-            admin_cli(&store.config, Op::Usage(q)).await
+            admin_cli(&config, store.json, Op::Usage(q)).await
         }
+        Command::Completions { .. } => 0,
     }
 }
 fn check_config(file: &std::path::Path) -> u8 {
     let result = Config::load(file).and_then(|c| {
-        let mut warnings = c.validate(&ProcessEnv)?;
-        warnings.extend(crate::limits::prices::unpriced_warnings(&c));
+        let warnings = config_warnings(&c)?;
         check_tls_files(&c).map_err(|message| crate::config::ConfigError {
             path: String::new(),
             message,
@@ -192,6 +276,14 @@ fn check_config(file: &std::path::Path) -> u8 {
             EXIT_CONFIG
         }
     }
+}
+
+/// Validate `c`; its warnings (a secret written literally, a model without a price under a
+/// budget, …), said by `check-config` and logged by `serve`.
+fn config_warnings(c: &Config) -> Result<Vec<String>, crate::config::ConfigError> {
+    let mut warnings = c.validate(&ProcessEnv)?;
+    warnings.extend(crate::limits::prices::unpriced_warnings(c));
+    Ok(warnings)
 }
 
 /// The certificate and key files the config names, read and parsed as serving would: the
@@ -218,4 +310,38 @@ fn check_tls_files(c: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is, and every command shows an example.
+    #[test]
+    fn every_argument_has_help_and_every_command_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, leaf_examples: bool) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} {id} has no help");
+            }
+            let subs: Vec<&clap::Command> = cmd.get_subcommands().collect();
+            if leaf_examples {
+                let after = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(after.contains("Examples:"), "{path} has no example");
+            }
+            for sub in subs {
+                let name = sub.get_name();
+                // Commands of the top level carry the examples for their subcommands.
+                walk(sub, &format!("{path} {name}"), path == "tollgate");
+            }
+        }
+        walk(&Cli::command(), "tollgate", false);
+    }
 }

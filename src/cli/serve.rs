@@ -23,6 +23,18 @@ pub(super) async fn serve(
             return EXIT_CONFIG;
         }
     };
+    // The warnings `check-config` gives, in the log of the server that runs with them.
+    match super::config_warnings(&config) {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!(config = %path.display(), warning = %w, "config warning");
+            }
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "invalid config");
+            return EXIT_CONFIG;
+        }
+    }
     let snapshot = match Snapshot::build(config, &ProcessEnv, None) {
         Ok(s) => s,
         Err(e) => {

@@ -1,5 +1,6 @@
 //! The store commands (`keys`, `teams`, `usage`): their arguments, and running them against the
-//! store named in the config with the admin API's operations. Output is JSON.
+//! store named in the config with the admin API's operations. Output: tables on a terminal,
+//! JSON with `--json` or when piped ([`super::output`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,15 +14,14 @@ use super::EXIT_CONFIG;
 
 #[derive(clap::Args, Debug)]
 pub struct StoreArgs {
-    /// The config file whose `store.url` (and teams and models) to use.
-    #[arg(
-        long,
-        short,
-        default_value = "examples/quickstart.yaml",
-        env = "TOLLGATE_CONFIG",
-        global = true
-    )]
-    pub(super) config: PathBuf,
+    /// The config file whose `store.url` (and teams and models) to use; else $TOLLGATE_CONFIG,
+    /// else ./tollgate.yaml.
+    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
+    pub(super) config: Option<PathBuf>,
+    /// Print JSON (the admin API's answer) instead of tables; the default when stdout is not a
+    /// terminal.
+    #[arg(long, global = true)]
+    pub(super) json: bool,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -47,8 +47,10 @@ pub struct LimitArgs {
 pub enum KeysCommand {
     /// Make a key; the plaintext is printed once.
     Create {
+        /// The team the key belongs to (a config or store team).
         #[arg(long)]
         team: String,
+        /// A name to know the key by (logged instead of the key).
         #[arg(long)]
         name: Option<String>,
         /// Comma-separated models, narrowing the team's.
@@ -62,22 +64,31 @@ pub enum KeysCommand {
     },
     /// List keys (display prefix, never the key).
     List {
+        /// Only this team's keys.
         #[arg(long)]
         team: Option<String>,
     },
     /// Revoke a key now.
-    Revoke { id: String },
+    Revoke {
+        /// The key's id (`key_…`).
+        id: String,
+    },
     /// Replace a key; the old one keeps working for --grace.
     Rotate {
+        /// The key's id (`key_…`).
         id: String,
+        /// How long the old key keeps working, e.g. 1h, 7d.
         #[arg(long, default_value = "1h")]
         grace: String,
     },
     /// Change a key's models, limits or budget.
     Set {
+        /// The key's id (`key_…`).
         id: String,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// Comma-separated models, narrowing the team's.
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
         #[command(flatten)]
@@ -89,6 +100,7 @@ pub enum KeysCommand {
 pub enum TeamsCommand {
     /// Make a store team.
     Create {
+        /// The team's name.
         name: String,
         /// Comma-separated models the team may use (`*` for all).
         #[arg(long, value_delimiter = ',')]
@@ -98,7 +110,9 @@ pub enum TeamsCommand {
     },
     /// Change a store team's models, limits or budget.
     Set {
+        /// The store team's name.
         name: String,
+        /// Comma-separated models the team may use (`*` for all).
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
         #[command(flatten)]
@@ -106,6 +120,11 @@ pub enum TeamsCommand {
     },
     /// List config and store teams.
     List,
+    /// Delete a store team and revoke its keys (its usage rows stay).
+    Delete {
+        /// The store team's name.
+        name: String,
+    },
 }
 
 pub(super) enum Op {
@@ -155,16 +174,13 @@ impl LimitArgs {
     }
 }
 
-/// `30d`, `12h`, `90m`, `45s` as seconds.
+/// `30d`, `12h`, `90m`, `45s` as seconds (the config's durations).
 fn lifetime_secs(s: &str) -> Result<u64, String> {
-    if let Some(d) = s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
-        return Ok(d * 86_400);
-    }
     crate::config::Dur::parse(s).map(|d| d.0.as_secs())
 }
 
 /// Run a store operation against the store named in `config`; prints JSON.
-pub(super) async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
+pub(super) async fn admin_cli(config: &std::path::Path, json: bool, op: Op) -> u8 {
     let cfg = match Config::load(config).and_then(|c| c.validate(&ProcessEnv).map(|_| c)) {
         Ok(c) => c,
         Err(e) => {
@@ -176,7 +192,7 @@ pub(super) async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
         eprintln!("{}: no store configured (store.url)", config.display());
         return EXIT_CONFIG;
     };
-    let url = match store_cfg.url.resolve(&ProcessEnv) {
+    let url = match store_cfg.connect_url(&ProcessEnv) {
         Ok(u) => u,
         Err(e) => {
             eprintln!("store.url: {e}");
@@ -199,10 +215,7 @@ pub(super) async fn admin_cli(config: &std::path::Path, op: Op) -> u8 {
     db.close().await;
     match result {
         Ok(v) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
-            );
+            super::output::print(&v, json);
             0
         }
         Err(e) => {
@@ -292,6 +305,9 @@ async fn run_op(
             json!(ops::update_team(cfg, db, actor, &name, &p)
                 .await
                 .map_err(e)?)
+        }
+        Op::Teams(TeamsCommand::Delete { name }) => {
+            ops::delete_team(cfg, db, actor, &name).await.map_err(e)?
         }
         Op::Teams(TeamsCommand::List) => json!(ops::list_teams(cfg, db).await.map_err(e)?),
         Op::Usage(q) => {

@@ -23,6 +23,7 @@ use checks::{
     check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
     check_secret,
 };
+mod console;
 mod credentials;
 mod limits;
 mod store;
@@ -34,6 +35,7 @@ mod upstreams;
 
 pub use batch::*;
 pub use cache::*;
+pub use console::*;
 pub use credentials::*;
 pub use limits::*;
 pub use store::*;
@@ -56,7 +58,7 @@ impl Dur {
         let s = s.trim();
         let split = s
             .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| format!("duration '{s}' needs a unit (ms, s, m, h)"))?;
+            .ok_or_else(|| format!("duration '{s}' needs a unit (ms, s, m, h, d)"))?;
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
@@ -66,6 +68,7 @@ impl Dur {
             "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
+            "d" => n * 86_400.0,
             _ => return Err(format!("duration '{s}' has an unknown unit '{unit}'")),
         };
         if !(0.0..=31_536_000.0).contains(&secs) {
@@ -73,6 +76,35 @@ impl Dur {
         }
         Ok(Dur(Duration::from_secs_f64(secs)))
     }
+}
+
+/// An address to listen on: an IP and port, or a host name and port resolved once, now (an IPv4
+/// address preferred: `localhost:8080` is `127.0.0.1:8080`).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not an address and port ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    listen_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn opt_socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| listen_addr(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -139,12 +171,16 @@ pub struct AdminConfig {
     /// The admin key as an `${ENV}` or `file:` reference.
     #[serde(default)]
     pub key: Option<SecretRef>,
+    /// The web console (`/console`), signed into with the admin key.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on: `127.0.0.1:8080`, `[::1]:8080` or `localhost:8080`.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Largest request body accepted from any client (teams may set lower).
     pub max_body_bytes: usize,
@@ -175,6 +211,7 @@ pub struct ServerConfig {
     /// A bearer key `/metrics` requires (`${ENV}` or `file:` reference); unset: open.
     pub metrics_key: Option<SecretRef>,
     /// Serve `/metrics` on this address only (not on `listen`); read at start.
+    #[serde(deserialize_with = "opt_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on `listen` (HTTPS, HTTP/2 by ALPN); read at start, the files reloaded when they
     /// change. Unset: plain HTTP.
@@ -290,7 +327,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text)
+        let mut c = Config::parse(&text)?;
+        if let Some(store) = &mut c.store {
+            store.base_dir = path.parent().map(Path::to_path_buf);
+        }
+        Ok(c)
     }
 
     /// Check cross references and resolve every secret. Returns warnings (e.g. literal secrets);
@@ -474,6 +515,7 @@ impl Config {
         }
         if let Some(a) = &self.admin {
             check_key_source(&a.sha256, &a.key, "admin", env, &mut warnings)?;
+            a.console.validate()?;
         }
         if let Some(st) = &self.store {
             st.validate(env, &mut warnings)?;

@@ -24,6 +24,46 @@ pub struct StoreConfig {
     /// same settings written in the URL (`?sslmode=…&sslrootcert=…`). Not with SQLite.
     #[serde(default)]
     pub tls: Option<PostgresTlsConfig>,
+    /// The directory of the config file this came from: a relative SQLite path is resolved
+    /// against it (set by [`Config::load`]; `None` for a config parsed from text).
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
+}
+
+impl StoreConfig {
+    /// The URL to connect to: `url` resolved, with a relative SQLite path made relative to the
+    /// config file's directory (so a command run from elsewhere opens the same database).
+    pub fn connect_url(&self, env: &dyn EnvSource) -> Result<crate::secret::Secret, String> {
+        let url = self.url.resolve(env)?;
+        Ok(match &self.base_dir {
+            Some(dir) => {
+                sqlite_relative_to(url.expose(), dir).map_or(url, crate::secret::Secret::new)
+            }
+            None => url,
+        })
+    }
+}
+
+/// `sqlite://data.db?mode=rwc` with `dir` = `/etc/tollgate` → `sqlite:///etc/tollgate/data.db?mode=rwc`;
+/// `None` when `url` is not a relative SQLite file path (PostgreSQL, an absolute path, memory).
+pub fn sqlite_relative_to(url: &str, dir: &std::path::Path) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.find('?') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if path.is_empty() || path.starts_with('/') || path.starts_with(":memory:") {
+        return None;
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        std::env::current_dir().ok()?
+    } else if dir.is_relative() {
+        std::env::current_dir().ok()?.join(dir)
+    } else {
+        dir.to_path_buf()
+    };
+    Some(format!("sqlite://{}{query}", dir.join(path).display()))
 }
 
 /// TLS to the PostgreSQL store.

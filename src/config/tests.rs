@@ -69,6 +69,14 @@ fn durations_parse_with_units() {
         Ok(Duration::from_millis(250))
     );
     assert_eq!(Dur::parse("2m").map(|d| d.0), Ok(Duration::from_secs(120)));
+    assert_eq!(
+        Dur::parse("1d").map(|d| d.0),
+        Ok(Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        Dur::parse("1.5d").map(|d| d.0),
+        Ok(Duration::from_secs(129_600))
+    );
     assert!(Dur::parse("5").is_err());
     assert!(Dur::parse("5y").is_err());
 }
@@ -311,4 +319,48 @@ fn the_cache_is_validated_with_field_paths() {
         check(&t).err().as_deref(),
         Some("teams.t.cache.ttl: must be at least 1s")
     );
+}
+
+#[test]
+fn a_relative_sqlite_path_is_the_config_files_directorys() {
+    use super::store::sqlite_relative_to;
+    let dir = std::path::Path::new("/etc/tollgate");
+    assert_eq!(
+        sqlite_relative_to("sqlite://tollgate.db?mode=rwc", dir).as_deref(),
+        Some("sqlite:///etc/tollgate/tollgate.db?mode=rwc")
+    );
+    assert_eq!(
+        sqlite_relative_to("sqlite:data/t.db", dir).as_deref(),
+        Some("sqlite:///etc/tollgate/data/t.db")
+    );
+    for unchanged in [
+        "sqlite:///var/lib/t.db",
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "postgres://u@h/db",
+    ] {
+        assert_eq!(sqlite_relative_to(unchanged, dir), None, "{unchanged}");
+    }
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    const MIN: &str = BASE;
+    let c = Config::parse(&format!(
+        "{MIN}server: {{ listen: \"localhost:8080\", metrics_listen: \"localhost:9090\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.server.listen,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+    );
+    assert_eq!(
+        c.server.metrics_listen,
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9090)))
+    );
+    let c = Config::parse(&format!("{MIN}server: {{ listen: \"[::1]:81\" }}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.server.listen.is_ipv6());
+    let e = Config::parse(&format!("{MIN}server: {{ listen: \"localhost\" }}\n")).err();
+    assert!(e.is_some_and(|e| e.to_string().contains("server.listen")));
 }

@@ -12,7 +12,8 @@
 //! What is here: connecting and migrating ([`Store::connect`]), the admin operations on teams
 //! and keys, each with its audit row in the same transaction ([`records`]), the key cache the
 //! request path reads instead of the database ([`key_cache`]), usage rows and their queries
-//! ([`usage`]) and the batched, off-path usage writer ([`writer`]). [`open`] starts all of it.
+//! ([`usage`]), usage over time and recent failures ([`series`]) and the batched, off-path
+//! usage writer ([`writer`]). [`open`] starts all of it.
 //!
 //! Config keys and teams stay in the config file and are read-only here; store teams add to
 //! them and a name clash is refused. Failure policy: if the store is unreachable the request
@@ -23,6 +24,7 @@ pub mod batches;
 pub mod files;
 mod key_lookup;
 pub mod records;
+pub mod series;
 pub mod usage;
 pub mod writer;
 
@@ -322,7 +324,7 @@ pub async fn open(
     cfg: &StoreConfig,
     env: &dyn EnvSource,
 ) -> Result<(Arc<Handle>, UsageWriter), String> {
-    let url = cfg.url.resolve(env)?;
+    let url = cfg.connect_url(env)?;
     let db = Store::connect_tls(url.expose(), cfg.max_connections, cfg.tls.as_ref(), env).await?;
     let (usage, writer) = writer::start(db.clone(), &cfg.usage)?;
     tracing::info!(backend = db.backend(), "store ready");

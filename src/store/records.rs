@@ -441,6 +441,37 @@ impl Store {
         Ok(rec)
     }
 
+    /// Delete a store team: its keys that still work are revoked in the same transaction (a
+    /// deleted team's key must not outlive it), its usage rows stay (they are history). Returns
+    /// how many keys were revoked.
+    pub async fn delete_team(&self, actor: &str, name: &str) -> Result<u64, StoreError> {
+        if self.get_team(name).await?.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "team '{name}' is not in the store"
+            )));
+        }
+        let now = now_ms();
+        let revoked;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            revoked = sqlx::query(
+                "UPDATE keys SET revoked_at = $2 WHERE team = $1 AND revoked_at IS NULL",
+            )
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("DELETE FROM teams WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            audit!(tx, actor, "team.delete", name, json!({"keys_revoked": revoked}));
+            tx.commit().await?;
+        });
+        Ok(revoked)
+    }
+
     pub async fn list_keys(&self, team: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         let sql = format!(
             "SELECT {KEY_COLS} FROM keys WHERE ($1 IS NULL OR team = $1) ORDER BY created_at, id"

@@ -322,6 +322,13 @@ fn trace_line(r: &RequestRecord) {
     );
 }
 
+/// `t` as RFC 3339 in UTC with microseconds (`2026-12-02T02:16:48.123456Z`), as the logs write it.
+pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(27);
+    request_log::timestamp(t, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A duration in milliseconds rounded to the microsecond, as the log line shows it.
 pub(crate) fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0

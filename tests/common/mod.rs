@@ -154,6 +154,8 @@ pub fn serve_binary_under(
         .arg("--addr-file")
         .arg(&addr_file)
         .env("RUST_LOG", "warn")
+        // The quickstart's admin key (admin API and console) comes from the environment.
+        .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn tollgate: {e}"));
