@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -66,21 +67,52 @@ async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
 
 /// The models the caller's team may use.
 async fn models(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let data: Vec<_> = visible_models(&s, req.headers(), req.extensions())
+        .await?
+        .into_iter()
+        .map(model_object)
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): a model the caller may use, else the
+/// same 404 an unknown model gets on a request.
+async fn model(
+    State(s): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !visible_models(&s, req.headers(), req.extensions())
+        .await?
+        .contains(&id)
+    {
+        return Err(ApiError::ModelNotFound { model: id });
+    }
+    Ok(Json(model_object(id)).into_response())
+}
+
+/// The config's models the caller's team and key may use.
+async fn visible_models(
+    s: &AppState,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Vec<String>, ApiError> {
     let snap = s.snapshot.load_full();
-    let caller = s
-        .authenticate(&snap, req.headers(), req.extensions())
-        .await?;
+    let caller = s.authenticate(&snap, headers, extensions).await?;
     let team = caller
         .team_policy(&snap.config.teams)
         .ok_or(ApiError::Internal)?;
-    let data: Vec<_> = snap
+    Ok(snap
         .config
         .models
         .keys()
         .filter(|m| policy::model_allowed(team, m) && caller.key_allows(m))
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})).into_response())
+        .cloned()
+        .collect())
+}
+
+fn model_object(id: String) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"})
 }
 
 async fn health() -> Response {

@@ -17,8 +17,9 @@ use crate::config::MockConfig;
 use crate::openai::Endpoint;
 
 /// The request fields the mock's answer depends on.
-const READ: [&str; 7] = [
+const READ: [&str; 8] = [
     "model",
+    "encoding_format",
     "messages",
     "prompt",
     "input",
@@ -98,6 +99,17 @@ pub fn split_chunks(text: &str, n: usize) -> Vec<String> {
     words.chunks(per).map(|c| c.concat()).collect()
 }
 
+/// A vector as OpenAI sends it: numbers, or with `encoding_format: base64` the little-endian
+/// `f32` bytes in base64 (what the Node SDK asks for by default).
+fn embedding(v: &[f32], base64: bool) -> Value {
+    if !base64 {
+        return json!(v);
+    }
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
 impl Mock {
     pub fn new(cfg: MockConfig) -> Mock {
         Mock { cfg }
@@ -123,10 +135,11 @@ impl Mock {
                 Some(Value::Array(a)) => a.len().max(1),
                 _ => 1,
             };
+            let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
             let data: Vec<Value> = (0..inputs)
                 .map(|i| {
-                    let v: Vec<f64> = (0..8).map(|k| ((i * 8 + k) as f64 * 0.37).sin()).collect();
-                    json!({"object": "embedding", "index": i, "embedding": v})
+                    let v: Vec<f32> = (0..8).map(|k| ((i * 8 + k) as f32 * 0.37).sin()).collect();
+                    json!({"object": "embedding", "index": i, "embedding": embedding(&v, base64)})
                 })
                 .collect();
             let out = json!({"object": "list", "data": data, "model": model,

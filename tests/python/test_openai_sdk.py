@@ -100,6 +100,31 @@ def check_models(base_url):
     assert MODEL in ids, f"{MODEL} not in {ids}"
 
 
+def check_models_retrieve(base_url):
+    client = make_client(base_url)
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL, f"retrieved {m.id}"
+    try:
+        client.models.retrieve("no-such-model")
+    except openai.NotFoundError:
+        return
+    raise AssertionError("an unknown model was retrieved")
+
+
+def check_embeddings_base64(base_url):
+    import base64
+    import struct
+    client = make_client(base_url)
+    floats = client.embeddings.create(model=MODEL, input=["a", "b"], encoding_format="float")
+    raw = client.embeddings.create(model=MODEL, input=["a", "b"], encoding_format="base64")
+    for f, b in zip(floats.data, raw.data):
+        assert isinstance(b.embedding, str), f"not base64: {b.embedding!r}"
+        data = base64.b64decode(b.embedding)
+        decoded = struct.unpack(f"<{len(data) // 4}f", data)
+        assert len(decoded) == len(f.embedding), f"{len(decoded)} != {len(f.embedding)}"
+        assert all(abs(x - y) < 1e-6 for x, y in zip(decoded, f.embedding)), "vectors differ"
+
+
 def check_embeddings(base_url):
     resp = make_client(base_url).embeddings.create(model=MODEL, input=["a", "b"])
     assert len(resp.data) == 2, f"{len(resp.data)} vectors, want 2"
@@ -117,6 +142,8 @@ CHECKS = [
     ("unknown model -> NotFoundError", check_unknown_model),
     ("models.list", check_models),
     ("embeddings", check_embeddings),
+    ("embeddings as base64 (the Node SDK's default)", check_embeddings_base64),
+    ("models.retrieve", check_models_retrieve),
 ]
 
 
