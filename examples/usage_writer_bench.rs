@@ -43,6 +43,7 @@ fn row(i: usize) -> UsageRow {
         latency_ms: 850,
         ttfb_ms: Some(120),
         cache_hit: false,
+        batch_id: None,
     }
 }
 

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::batch::api::router())
         .merge(crate::admin::router(state.clone()))
         .merge(crate::console::router())
         .fallback(not_found)

@@ -30,7 +30,7 @@
 //! ground    secret  server  telemetry  config  error  openai (wire types)  egress
 //! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth  cache
 //! assembly  state (the snapshot built from config and the domain)
-//! edges     proxy  admin  console  app  reload  cli  testkit
+//! edges     proxy  batch  admin  console  app  reload  cli  testkit
 //! ```
 //!
 //! [`cli`] (commands; [`cli::main`] is the program), [`server`] (listener, connection limits,
@@ -39,12 +39,14 @@
 //! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
-//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`] (request log, metrics, OpenTelemetry traces), [`error`], [`openai`],
+//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`batch`] (the
+//! OpenAI Batch API and the worker that runs its lines through the request path), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`] (request log, metrics, OpenTelemetry traces), [`error`], [`openai`],
 //! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod cache;
 pub mod cli;
 pub mod config;

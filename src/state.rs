@@ -214,6 +214,8 @@ pub struct AppState {
     pub store: Option<Arc<crate::store::Handle>>,
     /// Store keys, cached for the request path (with a store only).
     pub store_keys: Option<Arc<KeyCache>>,
+    /// Rung when a batch is made or cancelled, so the batch worker looks at once.
+    pub batch_wake: Arc<tokio::sync::Notify>,
     /// The web console's login sessions (`admin.console`). Outside the snapshot: a reload keeps
     /// them (a session of a former admin key is refused when used).
     pub sessions: Arc<crate::auth::session::Sessions>,
@@ -239,18 +241,24 @@ impl AppState {
             in_flight: Arc::new(Semaphore::new(max)),
             store,
             store_keys,
+            batch_wake: Arc::new(tokio::sync::Notify::new()),
             sessions: Arc::default(),
         }
     }
 
     /// Authenticate a request's headers against config keys, then store keys; without a key,
-    /// by the connection's client certificate (`extensions`).
+    /// by the connection's client certificate (`extensions`). A request made in process with
+    /// its caller already known ([`crate::auth::InProcess`], set by the batch worker) is that
+    /// caller.
     pub async fn authenticate(
         &self,
         snap: &Snapshot,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Result<crate::auth::Caller, crate::error::ApiError> {
+        if let Some(p) = extensions.get::<crate::auth::InProcess>() {
+            return Ok(p.caller().clone());
+        }
         crate::auth::authenticate(
             &snap.keys,
             self.store_keys.as_deref(),

@@ -151,14 +151,34 @@ fn read_log(path: &Path) -> String {
 
 #[test]
 fn openai_python_sdk_against_a_running_gateway() -> Result<()> {
-    let python = python()?;
     let dir = tempfile::tempdir().context("tempdir")?;
-    let addr_file = dir.path().join("addr");
-    let log_file = dir.path().join("gateway.log");
+    sdk_script(
+        "tests/python/test_openai_sdk.py",
+        Path::new(MANIFEST_DIR),
+        dir.path(),
+    )
+}
+
+/// The Batch API with the SDK, on the quickstart config as it ships (its SQLite store and
+/// files directory land in a temporary working directory).
+#[test]
+fn openai_python_sdk_batch_lifecycle_on_the_quickstart() -> Result<()> {
+    let dir = tempfile::tempdir().context("tempdir")?;
+    sdk_script("tests/python/test_openai_batch.py", dir.path(), dir.path())
+}
+
+/// Serve the quickstart from `cwd`, run `script` against it, stop the gateway with SIGTERM.
+fn sdk_script(script: &str, cwd: &Path, scratch: &Path) -> Result<()> {
+    let python = python()?;
+    let addr_file = scratch.join("addr");
+    let log_file = scratch.join("gateway.log");
+    let config = Path::new(MANIFEST_DIR).join("examples/quickstart.yaml");
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.current_dir(MANIFEST_DIR)
-        .args(["serve", "--config", "examples/quickstart.yaml"])
+    cmd.current_dir(cwd)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--addr-file"])
         .arg(&addr_file)
         .env("TOLLGATE_ADMIN_KEY", "sk-admin-sdk-test")
@@ -168,7 +188,7 @@ fn openai_python_sdk_against_a_running_gateway() -> Result<()> {
     let mut gateway = Running::spawn("tollgate serve", cmd)?;
     let addr = wait_for_addr(&mut gateway, &addr_file, &log_file)?;
 
-    let script = Path::new(MANIFEST_DIR).join("tests/python/test_openai_sdk.py");
+    let script = Path::new(MANIFEST_DIR).join(script);
     let mut cmd = Command::new(&python);
     cmd.current_dir(MANIFEST_DIR)
         .arg(&script)

@@ -183,6 +183,7 @@ fn row(i: usize) -> tollgate::store::usage::UsageRow {
         latency_ms: 3,
         ttfb_ms: Some(2),
         cache_hit: false,
+        batch_id: None,
     }
 }
 

@@ -12,6 +12,7 @@
 //! The gate ([`require_admin`]) also admits the web console's session cookie (see
 //! [`crate::auth::session`]): the console is a client of this API, not a second one.
 
+mod batches;
 pub mod ops;
 mod series;
 
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/usage/errors", get(series::recent_errors))
         .route("/admin/audit", get(audit))
         .route("/admin/cache", get(cache_stats).delete(cache_purge))
+        .route("/admin/batches", get(batches::list))
+        .route("/admin/batches/{id}", get(batches::view))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

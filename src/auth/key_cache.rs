@@ -142,6 +142,7 @@ async fn read(store: &Store, hash: [u8; 32]) -> Result<Entry, StoreError> {
             team_limits: team.as_ref().map(|t| t.limits).unwrap_or_default(),
             store_team: team.map(|t| Arc::new(StoreTeam::from(t))),
             expires_at: k.expires_at,
+            limit_id: None,
         });
     Ok(Entry {
         caller,

@@ -53,6 +53,10 @@ pub struct Caller {
     /// Store keys: when the key stops working (ms since the epoch; rotation grace or expiry),
     /// checked on every request.
     pub expires_at: Option<i64>,
+    /// The name the limiter counts `key_limits` under when it is not the key's id: batch lines
+    /// (`batch:<team>`), so a team's batches are held to their share of the team's limits
+    /// apart from the key's own interactive requests. Usage rows still name `key_id`.
+    pub limit_id: Option<Arc<str>>,
 }
 
 /// A store team, with the policy the request path applies for it.
@@ -90,7 +94,7 @@ impl Caller {
     /// The caller as the limiter counts it.
     pub fn subject(&self) -> crate::limits::Subject<'_> {
         crate::limits::Subject {
-            key_id: &self.key_id,
+            key_id: self.limit_id.as_ref().unwrap_or(&self.key_id),
             team: &self.team,
             key_limits: self.key_limits,
             team_limits: self.team_limits,
@@ -102,6 +106,32 @@ impl Caller {
         self.models
             .as_ref()
             .is_none_or(|m| m.iter().any(|m| m == "*" || m == model))
+    }
+}
+
+/// A caller the gateway authenticated itself, in process: a batch line run by the batch worker
+/// as its batch's team. [`crate::state::AppState::authenticate`] honours it before any key.
+///
+/// It travels as a request extension, which only code in this process can set (the server
+/// never turns anything a client sends into an extension), and only this crate can make one
+/// (the constructor is `pub(crate)`, the fields private), so a client cannot forge it.
+#[derive(Debug, Clone)]
+pub struct InProcess {
+    caller: Caller,
+    batch_id: Option<Arc<str>>,
+}
+
+impl InProcess {
+    /// `caller`, already authenticated, running a line of `batch_id`.
+    pub(crate) fn new(caller: Caller, batch_id: Option<Arc<str>>) -> InProcess {
+        InProcess { caller, batch_id }
+    }
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+    /// The batch the request is a line of; its usage row carries it.
+    pub fn batch_id(&self) -> Option<&Arc<str>> {
+        self.batch_id.as_ref()
     }
 }
 

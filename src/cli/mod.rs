@@ -8,9 +8,13 @@
 //! config file (`--config`), apply migrations if needed, and run the same operations as the
 //! admin API (with the same checks and audit rows, actor `cli:$USER`). Output is JSON.
 //!
+//! `batch` talks to a running gateway over HTTP with a Tollgate key (see `batch.rs`).
+//!
 //! The command-line module is split by concern: this file parses and dispatches and checks a
-//! config; [`serve`] runs the gateway; [`store_ops`] holds the store commands.
+//! config; [`serve`] runs the gateway; [`store_ops`] holds the store commands; `batch` the
+//! batch commands.
 
+mod batch;
 mod output;
 mod serve;
 mod store_ops;
@@ -83,6 +87,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TeamsCommand,
     },
+    /// Batches on a running gateway: submit (and follow), status, cancel, download.
+    #[command(after_help = "Examples:\n  \
+        export TOLLGATE_URL=http://127.0.0.1:8080 TOLLGATE_API_KEY=sk-tollgate-demo\n  \
+        tollgate batch submit requests.jsonl --wait -o out.jsonl\n  \
+        tollgate batch submit prompts.txt --model mock-gpt --wait\n  \
+        tollgate batch status batch_0123\n  \
+        tollgate batch download batch_0123 -o out.jsonl --errors errors.jsonl")]
+    Batch(batch::BatchArgs),
     /// Usage totals: requests, tokens, cost, by team, key, model and period.
     #[command(after_help = "Examples:\n  \
         tollgate usage --from 7d --group-by team\n  \
@@ -175,6 +187,11 @@ pub fn find_config(given: Option<PathBuf>) -> Result<PathBuf, String> {
 pub const DEFAULT_CONFIG: &str = "tollgate.yaml";
 
 pub async fn run(cli: Cli) -> u8 {
+    // `batch` talks to a running gateway over HTTP: it reads no config file.
+    let cli = match cli.command {
+        Command::Batch(args) => return batch::run(args).await,
+        command => Cli { command },
+    };
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
         clap_complete::generate(
@@ -186,7 +203,7 @@ pub async fn run(cli: Cli) -> u8 {
         return 0;
     }
     let config = match &cli.command {
-        Command::Completions { .. } => None,
+        Command::Completions { .. } | Command::Batch(_) => None,
         Command::CheckConfig { file } => file.clone(),
         Command::Serve { config, .. } => config.clone(),
         Command::Keys { store, .. }
@@ -205,6 +222,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Serve {
             listen, addr_file, ..
         } => serve::serve(&config, listen, addr_file).await,
+        Command::Batch(args) => batch::run(args).await,
         Command::Keys { command, store } => admin_cli(&config, store.json, Op::Keys(command)).await,
         Command::Teams { command, store } => {
             admin_cli(&config, store.json, Op::Teams(command)).await

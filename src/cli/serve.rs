@@ -117,8 +117,21 @@ pub(super) async fn serve(
             return 1;
         }
     }
+    // The batch worker (with a store): it takes no new lines from the moment shutdown begins;
+    // its lines in flight finish within the grace and are recorded before the store closes.
+    let worker = crate::batch::start(&state);
+    let worker_stop = worker.as_ref().map(crate::batch::Worker::stop_token);
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(t) = worker_stop {
+            t.cancel();
+        }
+    };
     let router = crate::app::router(state.clone());
     server::serve(listener, router, opts, shutdown).await;
+    if let Some(w) = worker {
+        w.stop(server_cfg.shutdown_grace.0).await;
+    }
     let _ = metrics_stop.send(());
     if let Some(t) = metrics_task {
         let _ = t.await;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::secret::{EnvSource, SecretRef};
 
+mod batch;
 mod cache;
 mod checks;
 pub use checks::check_limits;
@@ -33,6 +34,7 @@ mod tests;
 mod tls;
 mod upstreams;
 
+pub use batch::*;
 pub use cache::*;
 pub use console::*;
 pub use credentials::*;
@@ -149,6 +151,10 @@ pub struct Config {
     /// config keys work and no usage rows are written.
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// The Batch API (`/v1/files`, `/v1/batches`) and its worker; on whenever `store` is set.
+    /// See docs/BATCH.md.
+    #[serde(default)]
+    pub batch: BatchConfig,
     /// Where the response cache's shared tiers (disk, Redis) live; what is cached is set per
     /// model (`models.<m>.cache`). See docs/CACHE.md.
     #[serde(default)]
@@ -337,6 +343,7 @@ impl Config {
     /// the first hard error aborts.
     pub fn validate(&self, env: &dyn EnvSource) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
+        self.batch.validate()?;
         let s = &self.server;
         if s.max_body_bytes == 0 {
             return Err(err("server.max_body_bytes", "must be greater than 0"));

@@ -46,6 +46,8 @@ pub struct Ledger {
     /// The request's spans; `None` with traces off. Boxed: off, the ledger (moved from step to
     /// relay) grows by one pointer, not by the 152 bytes of the trace.
     trace: Option<Box<RequestTrace>>,
+    /// The batch this request is a line of (set for in-process batch lines only).
+    batch_id: Option<Arc<str>>,
 }
 
 impl Ledger {
@@ -64,6 +66,7 @@ impl Ledger {
             admission: None,
             usage,
             trace: None,
+            batch_id: None,
         }
     }
 
@@ -135,6 +138,10 @@ impl Ledger {
         if let Some(t) = &mut self.trace {
             t.auth(&c.team, &c.key_id);
         }
+    }
+    /// The request is a line of batch `id`: its usage row says so.
+    pub fn batch(&mut self, id: Arc<str>) {
+        self.batch_id = Some(id);
     }
     pub fn shaped(&mut self, s: &Shaped) {
         self.rec.model = Some(s.model.clone());
@@ -300,7 +307,8 @@ impl Drop for Ledger {
             t.finish(&self.rec);
         }
         telemetry::account(&self.rec);
-        if let (Some(sink), Some(row)) = (&self.usage, usage_row(&self.rec)) {
+        if let (Some(sink), Some(mut row)) = (&self.usage, usage_row(&self.rec)) {
+            row.batch_id = self.batch_id.as_deref().map(str::to_owned);
             sink.record(row);
         }
     }
@@ -327,6 +335,7 @@ fn usage_row(r: &RequestRecord) -> Option<UsageRow> {
         latency_ms: ms(r.latency),
         ttfb_ms: r.ttfb.map(ms),
         cache_hit: r.cache_hit,
+        batch_id: None,
     })
 }
 

@@ -69,6 +69,13 @@ async fn run(
         .authenticate(&snap, &parts.headers, &parts.extensions)
         .await?;
     ledger.caller(&caller);
+    if let Some(id) = parts
+        .extensions
+        .get::<crate::auth::InProcess>()
+        .and_then(|p| p.batch_id())
+    {
+        ledger.batch(id.clone());
+    }
     let team = caller
         .team_policy(&snap.config.teams)
         .ok_or(ApiError::Internal)?;

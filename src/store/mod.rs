@@ -20,6 +20,8 @@
 //! path keeps serving config keys and cached store keys (see [`key_cache`]), and usage rows
 //! queue, then spill to a local file (see [`writer`]); nothing is dropped silently.
 
+pub mod batches;
+pub mod files;
 mod key_lookup;
 pub mod records;
 pub mod series;
@@ -46,8 +48,10 @@ pub use writer::{UsageSink, UsageWriter};
 /// with `sqlx::migrate!`, which would pull sqlx's proc-macro crates (and a second build of both
 /// database drivers) into every build; the version, description and SQL are what `migrate!`
 /// read from the file names, so databases migrated before keep their checksums.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "store", include_str!("../../migrations/0001_store.sql")),
+    (2, "batch", include_str!("../../migrations/0002_batch.sql")),
+];
 
 /// Hands [`MIGRATIONS`] to sqlx's migrator.
 #[derive(Debug)]

@@ -30,6 +30,10 @@ pub struct UsageRow {
     pub latency_ms: i64,
     pub ttfb_ms: Option<i64>,
     pub cache_hit: bool,
+    /// The batch this request was a line of (`batch_…`); `None` for interactive requests.
+    /// Absent from spill files written before batches existed.
+    #[serde(default)]
+    pub batch_id: Option<String>,
 }
 
 impl UsageRow {
@@ -41,8 +45,8 @@ impl UsageRow {
 }
 
 /// Columns per row: PostgreSQL allows 65,535 bind parameters per statement, so a batch is at
-/// most 65,535 / 17 rows; [`MAX_BATCH`] stays well below.
-const COLS: usize = 17;
+/// most 65,535 / 18 rows; [`MAX_BATCH`] stays well below.
+const COLS: usize = 18;
 pub const MAX_BATCH: usize = 2000;
 const _: () = assert!(MAX_BATCH * COLS < 65_535);
 
@@ -136,7 +140,7 @@ macro_rules! totals_from_row {
     }};
 }
 
-/// PostgreSQL: one array per column through `UNNEST` — 17 parameters however many rows, which
+/// PostgreSQL: one array per column through `UNNEST` — 18 parameters however many rows, which
 /// PostgreSQL parses and binds far faster than a 17,000-parameter `VALUES` list.
 async fn insert_usage_pg(p: &sqlx::PgPool, rows: &[UsageRow]) -> Result<(), sqlx::Error> {
     let col = |f: &dyn Fn(&UsageRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
@@ -145,9 +149,10 @@ async fn insert_usage_pg(p: &sqlx::PgPool, rows: &[UsageRow]) -> Result<(), sqlx
     sqlx::query(
         "INSERT INTO usage (id, ts, request_id, team, key_id, model, upstream, endpoint, stream, \
          status, error_kind, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttfb_ms, \
-         cache_hit) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], \
-         $12::int8[], $13::int8[], $14::float8[], $15::int8[], $16::int8[], $17::int8[]) \
+         cache_hit, batch_id) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], \
+         $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], \
+         $11::text[], $12::int8[], $13::int8[], $14::float8[], $15::int8[], $16::int8[], \
+         $17::int8[], $18::text[]) \
          ON CONFLICT DO NOTHING",
     )
     .bind(col(&|r| r.id.clone()))
@@ -167,6 +172,7 @@ async fn insert_usage_pg(p: &sqlx::PgPool, rows: &[UsageRow]) -> Result<(), sqlx
     .bind(int(&|r| r.latency_ms))
     .bind(rows.iter().map(|r| r.ttfb_ms).collect::<Vec<Option<i64>>>())
     .bind(int(&|r| i64::from(r.cache_hit)))
+    .bind(opt(&|r| r.batch_id.clone()))
     .execute(p)
     .await
     .map(|_| ())
@@ -188,7 +194,7 @@ impl Store {
                 let mut qb = sqlx::QueryBuilder::new(
                     "INSERT INTO usage (id, ts, request_id, team, key_id, model, upstream, \
                      endpoint, stream, status, error_kind, prompt_tokens, completion_tokens, \
-                     cost_usd, latency_ms, ttfb_ms, cache_hit) ",
+                     cost_usd, latency_ms, ttfb_ms, cache_hit, batch_id) ",
                 );
                 qb.push_values(chunk, |mut b, r| {
                     b.push_bind(&r.id)
@@ -207,7 +213,8 @@ impl Store {
                         .push_bind(r.cost_usd)
                         .push_bind(r.latency_ms)
                         .push_bind(r.ttfb_ms)
-                        .push_bind(i64::from(r.cache_hit));
+                        .push_bind(i64::from(r.cache_hit))
+                        .push_bind(&r.batch_id);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
                 qb.build().execute(&mut *tx).await?;

@@ -47,6 +47,7 @@ pub(super) const HELP: &[(Kind, &str, &str)] = &[
     (Counter, CONNECTIONS_CLOSED, "Client connections the server closed, by reason (no_request, idle, write_timeout)."),
     // Rendered by `spend` itself (a float counter), not described to the recorder.
     (Counter, SPEND_USD, super::spend::HELP),
+    (Counter, BATCH_LINES, "Batch lines answered and recorded, by outcome (completed, failed)."),
     (Gauge, BUILD_INFO, "Always 1; the labels say the version and the commit of the binary."),
     (Counter, CACHE_HITS, "Response cache hits, by tier."),
     (Counter, CACHE_MISSES, "Response cache misses, by tier."),

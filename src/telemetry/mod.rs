@@ -70,6 +70,8 @@ pub mod names {
     pub const SPEND_USD: &str = "tollgate_spend_usd_total";
     /// 1, labelled with the version and commit.
     pub const BUILD_INFO: &str = "tollgate_build_info";
+    /// Batch lines recorded, by outcome (completed, failed).
+    pub const BATCH_LINES: &str = "tollgate_batch_lines_total";
     /// The response cache ([`crate::cache`]), by tier.
     pub const CACHE_HITS: &str = "tollgate_cache_hits_total";
     pub const CACHE_MISSES: &str = "tollgate_cache_misses_total";

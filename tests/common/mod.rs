@@ -205,6 +205,8 @@ pub struct Gateway {
     task: Option<JoinHandle<()>>,
     /// The usage writer when the config has a store; flushed by [`Gateway::stop`].
     writer: Option<tollgate::store::UsageWriter>,
+    /// The batch worker when the config has a store; stopped by [`Gateway::stop`].
+    worker: Option<tollgate::batch::Worker>,
 }
 
 impl Gateway {
@@ -232,6 +234,7 @@ impl Gateway {
             },
         };
         let state = AppState::with_store(snapshot, store);
+        let worker = tollgate::batch::start(&state);
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => l,
             Err(e) => panic!("cannot bind: {e}"),
@@ -256,6 +259,7 @@ impl Gateway {
             stop: Some(tx),
             task: Some(task),
             writer,
+            worker,
         }
     }
 
@@ -316,8 +320,14 @@ impl Gateway {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        if let Some(w) = &self.worker {
+            w.begin_stop();
+        }
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+        if let Some(w) = self.worker.take() {
+            w.stop(Duration::from_secs(10)).await;
         }
         // As the binary does: the limiter's last settlements, then the usage rows.
         let limiter = self.state.snapshot.load().limiter.clone();
