@@ -333,8 +333,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
         let mut c = Config::parse(&text)?;
+        // Relative paths of data the server keeps (the SQLite file, batch files) are the config
+        // file's directory's, whatever the working directory of the command.
+        let dir = path.parent().map(Path::to_path_buf);
         if let Some(store) = &mut c.store {
-            store.base_dir = path.parent().map(Path::to_path_buf);
+            store.base_dir = dir.clone();
+        }
+        if let Some(d) = dir.filter(|_| c.batch.files_dir.is_relative()) {
+            c.batch.files_dir = d.join(&c.batch.files_dir);
         }
         Ok(c)
     }

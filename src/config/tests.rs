@@ -442,3 +442,16 @@ fn the_http_export_url_gets_the_traces_path_only_when_it_has_none() {
     );
     assert_eq!(t("http://c:4317", OtlpProtocol::Grpc), "http://c:4317");
 }
+
+#[test]
+fn relative_batch_files_are_the_config_files_directorys() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, BASE).unwrap_or_else(|e| panic!("{e}"));
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.batch.files_dir, dir.path().join("tollgate-files"));
+    let abs = format!("{BASE}batch: {{ files_dir: /var/lib/tollgate/files }}\n");
+    std::fs::write(&path, abs).unwrap_or_else(|e| panic!("{e}"));
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.batch.files_dir, std::path::Path::new("/var/lib/tollgate/files"));
+}
