@@ -453,5 +453,8 @@ fn relative_batch_files_are_the_config_files_directorys() {
     let abs = format!("{BASE}batch: {{ files_dir: /var/lib/tollgate/files }}\n");
     std::fs::write(&path, abs).unwrap_or_else(|e| panic!("{e}"));
     let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.batch.files_dir, std::path::Path::new("/var/lib/tollgate/files"));
+    assert_eq!(
+        c.batch.files_dir,
+        std::path::Path::new("/var/lib/tollgate/files")
+    );
 }
