@@ -257,7 +257,12 @@ impl AppState {
         extensions: &http::Extensions,
     ) -> Result<crate::auth::Caller, crate::error::ApiError> {
         if let Some(p) = extensions.get::<crate::auth::InProcess>() {
-            return Ok(p.caller().clone());
+            // The key behind it may have expired or been revoked since (both set `expires_at`).
+            let c = p.caller();
+            if c.expires_at.is_some_and(|e| crate::store::now_ms() >= e) {
+                return Err(crate::error::ApiError::Unauthorized);
+            }
+            return Ok(c.clone());
         }
         crate::auth::authenticate(
             &snap.keys,

@@ -629,3 +629,62 @@ async fn a_batch_stops_at_its_share_of_the_team_rate_and_interactive_requests_ke
     assert_eq!(b["request_counts"]["failed"], json!(0), "{b}");
     gw.stop().await;
 }
+
+/// A batch runs as the key that made it: once that store key has expired (or is revoked), its
+/// remaining lines are refused (401) and end in the error file, not answered on its team's
+/// account; the lines before were answered.
+#[tokio::test]
+async fn a_batch_stops_answering_when_its_key_expires() {
+    let dir = tmp();
+    let gw = start(&config(
+        dir.path(),
+        "{ latency: 150ms }",
+        "  concurrency: 1\n",
+    ))
+    .await;
+    let admin = Api::new(&gw.url(""), "sk-admin");
+    let (status, k) = admin
+        .post(
+            "/admin/keys",
+            json!({"team": "demo", "name": "short", "expires_in_secs": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{k}");
+    let api = Api::new(&gw.url(""), k["key"].as_str().unwrap_or_default());
+    let n = 20;
+    let b = api
+        .submit(chat_lines(n, "mock-gpt"), "/v1/chat/completions")
+        .await;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    // The key is gone for the batch's own status too: read it with another key of the team.
+    let watcher = Api::new(&gw.url(""), DEMO_KEY);
+    let b = watcher.wait_end(&id, Duration::from_secs(30)).await;
+    let counts = &b["request_counts"];
+    assert_eq!(counts["total"], n, "{b}");
+    let failed = counts["failed"].as_u64().unwrap_or(0);
+    assert!(failed >= 1, "no line refused after the key expired: {b}");
+    let (_, errors) = files_of(&watcher, &b).await;
+    assert!(
+        errors.lines().all(|l| l.contains("\"status_code\":401")),
+        "{errors}"
+    );
+    gw.stop().await;
+}
+
+/// A `purpose` field is read bounded: a long one is a 400 naming it, not read whole.
+#[tokio::test]
+async fn an_overlong_purpose_field_is_refused() {
+    let dir = tmp();
+    let gw = start(&config(dir.path(), "{}", "")).await;
+    let api = Api::new(&gw.url(""), DEMO_KEY);
+    let (status, body) = api
+        .upload_purpose(
+            "in.jsonl",
+            chat_lines(1, "mock-gpt"),
+            &"b".repeat(64 * 1024),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "purpose", "{body}");
+    gw.stop().await;
+}

@@ -148,6 +148,11 @@ async fn a_wrong_key_is_refused_and_the_right_one_gets_a_strict_httponly_cookie(
     }
     let long = login(&gw, &"k".repeat(5000)).await;
     assert_eq!(long.status, 413, "a sign-in body is bounded: {}", long.body);
+    assert!(
+        long.body.contains("\"error\"") && long.body.contains("\"type\""),
+        "OpenAI-shaped: {}",
+        long.body
+    );
     assert_eq!(gw.state.sessions.len(), 0);
 
     let s = sign_in(&gw).await;

@@ -67,11 +67,24 @@ async fn receive_into(part: &Path, max: u64, form: &mut Multipart) -> Result<Upl
         filename: String::new(),
         purpose: None,
     };
+    /// The most a `purpose` field may hold (OpenAI's values are a few characters).
+    const MAX_PURPOSE_BYTES: usize = 1024;
     let mut seen_file = false;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         match field.name() {
             Some("purpose") => {
-                let text = field.text().await.map_err(bad)?;
+                // Read in pieces, bounded: a field is not read whole into memory.
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    if text.len() + chunk.len() > MAX_PURPOSE_BYTES {
+                        return Err(ApiError::invalid(
+                            format!("the purpose field is longer than {MAX_PURPOSE_BYTES} bytes"),
+                            Some("purpose"),
+                        ));
+                    }
+                    text.extend_from_slice(&chunk);
+                }
+                let text = String::from_utf8_lossy(&text);
                 up.purpose = Some(text.chars().take(64).collect());
             }
             Some("file") if !seen_file => {

@@ -156,6 +156,15 @@ async fn caller(ctx: &Ctx, b: &BatchRecord) -> Caller {
         limit_id: Some(Arc::from(format!("batch:{}", b.team))),
         ..Caller::default()
     };
+    // A store key's models narrow the lines as they narrow its requests; once it is revoked or
+    // expired its lines are refused (401) and end in the error file.
+    if let Ok(k) = ctx.db.get_key(&b.key_id).await {
+        c.models = k.models.map(Arc::from);
+        c.expires_at = match (k.expires_at, k.revoked_at) {
+            (Some(e), Some(r)) => Some(e.min(r)),
+            (e, r) => e.or(r),
+        };
+    }
     if let Some(t) = ctx.state.snapshot.load().config.teams.get(&b.team) {
         c.team_limits = t.limits;
         c.key_limits = scaled(t.limits, share);

@@ -20,8 +20,9 @@ use crate::auth::session::{self, COOKIE};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A sign-in body is one key: anything longer is refused unread.
-const MAX_LOGIN_BYTES: usize = 4096;
+/// A sign-in body is one key: anything longer is refused (the route's body limit stops reading
+/// past it).
+pub(super) const MAX_LOGIN_BYTES: usize = 4096;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +51,14 @@ fn private(status: StatusCode, body: serde_json::Value, cookie: Option<HeaderVal
 }
 
 /// `{"key": "<admin key>"}` → a session: its cookie and `{"csrf", "expires_in_secs"}`.
-pub(super) async fn login(State(s): State<AppState>, b: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn login(
+    State(s): State<AppState>,
+    b: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    // Past the route's body limit the body is not read on: the same 413 as any body too large.
+    let b = b.map_err(|_| ApiError::BodyTooLarge {
+        limit: MAX_LOGIN_BYTES,
+    })?;
     let snap = s.snapshot.load();
     let (Some(admin), Some(cfg)) = (&snap.admin, snap.config.admin.as_ref()) else {
         return Err(ApiError::RouteNotFound {

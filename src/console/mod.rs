@@ -29,7 +29,10 @@ pub fn router() -> Router<AppState> {
         .route("/console", get(assets::index))
         .route("/console/", get(assets::index))
         .route("/console/assets/{*file}", get(assets::asset))
-        .route("/console/login", post(login::login))
+        .route(
+            "/console/login",
+            post(login::login).layer(axum::extract::DefaultBodyLimit::max(login::MAX_LOGIN_BYTES)),
+        )
         .route("/console/logout", post(login::logout))
         .route("/console/session", get(login::session))
         .layer(middleware::map_response(security_headers))

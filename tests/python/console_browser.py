@@ -227,7 +227,19 @@ def check_csrf(c):
     assert c.fetch("GET", "/admin/teams", None, None) == 200, "a read with the cookie failed"
 
 
-def check_pages(c, credential):
+def make_batch(base, key):
+    """A one-line batch made with the official SDK and the given key; its id."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base + "/v1", api_key=key)
+    line = json.dumps({"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}})
+    f = client.files.create(file=("console.jsonl", (line + "\n").encode()), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h").id
+
+
+def check_pages(c, credential, batch_id=None):
     c.page("upstreams")
     c.wait(lambda d: "closed" in c.one("#upstreams-table").text, "the mock upstream's breaker")
     c.shot("upstreams")
@@ -243,7 +255,11 @@ def check_pages(c, credential):
     c.one("#cache-tiers")
     c.shot("cache")
     c.page("batches")
-    c.one("#batches-placeholder")
+    if batch_id:
+        c.wait(lambda d: batch_id in c.one("#batches").text, f"the batch {batch_id}")
+        c.wait(lambda d: "completed" in c.one("#batches").text, "its state, once it is done")
+    else:
+        c.one("#batches")
     c.shot("batches")
 
 
@@ -321,9 +337,12 @@ def run(base, admin_key, shots, seed_db, credential):
             ("the new key works against /v1/chat/completions", use_key),
             ("the key is not shown again", lambda: check_key_shown_once(c, state["key"])),
             ("the spend page charts the requests", spend),
+            # After the chart: the batch's line is a request of the team too.
+            ("a batch made with the new key", lambda: state.update(batch=make_batch(base, state["key"]))),
             ("a revoked key gets 401", revoked),
             ("a write without the CSRF token is refused", lambda: check_csrf(c)),
-            ("every page renders", lambda: check_pages(c, credential)),
+            ("every page renders, the batch made with the key on the batches page",
+             lambda: check_pages(c, credential, state.get("batch"))),
             ("signing out ends the session", lambda: check_logout(c)),
         ]
         failed = 0
