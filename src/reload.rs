@@ -1,7 +1,8 @@
 //! Config reload without a restart: on `SIGHUP`, or when the config file's modification time or
 //! size changes (checked every second), the file is loaded and validated and a new snapshot is
 //! swapped in. Requests in flight keep the snapshot they started with. A bad new config is
-//! refused with a logged reason and the old one keeps serving.
+//! refused with a logged reason and the old one keeps serving. The `batch:` block is the one
+//! part read only at start (the batch worker's): a reload keeps the old one and says so.
 //!
 //! Polling the file's metadata is deliberate: it survives editors that replace the file and
 //! config maps that swap symlinks, and costs one `stat` a second.
@@ -17,8 +18,14 @@ use crate::state::{AppState, Snapshot};
 
 /// Load `path` and swap it in; the error says why the old config stays.
 pub fn reload_now(state: &AppState, path: &Path) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
     let old = state.snapshot.load_full();
+    // `batch:` is read once, by the worker at start: the Files and Batch API keep the same one,
+    // so both read and write the same `files_dir` until a restart.
+    if config.batch != old.config.batch {
+        tracing::warn!("batch: changed in the config; it applies at the next restart");
+        config.batch = old.config.batch.clone();
+    }
     let snapshot = Snapshot::build(config, &ProcessEnv, Some(&old))?;
     state.snapshot.store(std::sync::Arc::new(snapshot));
     Ok(())

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, DEMO_KEY, DEMO_KEY_SHA256};
+use common::{mock_config, Gateway, DEMO_KEY, DEMO_KEY_SHA256};
 use serde_json::{json, Value};
 
 fn config(weights: (u32, u32), mock: &str) -> String {
@@ -313,4 +313,35 @@ async fn the_binary_reloads_on_file_change_and_on_sighup() {
 
 async fn served_by_is(client: &reqwest::Client, base: &str, want: &str) -> bool {
     served_by(client, base, "poll").await == want
+}
+
+/// `batch:` applies at a restart only (the worker reads it at start): a reload keeps the batch
+/// block the API and the worker share, and applies the rest.
+#[tokio::test]
+async fn a_reload_keeps_the_batch_block_it_started_with() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.yaml");
+    let before = format!(
+        "{}batch: {{ files_dir: {} }}\n",
+        mock_config(1, 0),
+        dir.path().join("a").display()
+    );
+    let gw = Gateway::start(&before).await;
+    let after = before.replace("/a }", "/b }").replace(
+        "demo: { models: [\"*\"] }",
+        "demo: { models: [\"*\"], requests_per_minute: 7 }",
+    );
+    assert_ne!(after, before);
+    std::fs::write(&path, &after).unwrap_or_else(|e| panic!("{e}"));
+    tollgate::reload::reload_now(&gw.state, &path).unwrap_or_else(|e| panic!("reload: {e}"));
+    let snap = gw.state.snapshot.load();
+    assert_eq!(snap.config.batch.files_dir, dir.path().join("a"));
+    let rpm = snap
+        .config
+        .teams
+        .get("demo")
+        .and_then(|t| t.limits.requests_per_minute);
+    assert_eq!(rpm, Some(7), "the rest of the reload applies");
+    drop(snap);
+    gw.stop().await;
 }
