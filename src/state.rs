@@ -16,7 +16,7 @@ use crate::config::{Config, ProviderKind};
 use crate::credentials::Credential;
 use crate::limits::Limiter;
 use crate::providers::openai::{ClientOptions, OpenAi};
-use crate::providers::{mock::Mock, Provider};
+use crate::providers::{anthropic, mock::Mock, Provider};
 use crate::routing::Route;
 pub use crate::routing::Upstream;
 use crate::secret::EnvSource;
@@ -115,10 +115,17 @@ impl Snapshot {
             let provider = match u.provider {
                 ProviderKind::Openai => {
                     let base_url = u.base_url.as_deref().unwrap_or_default();
-                    let connect = client_options(name, u, config.proxy.as_ref(), env)?;
+                    let connect = client_options(name, u, base_url, config.proxy.as_ref(), env)?;
                     Provider::OpenAi(Box::new(OpenAi::new(name, base_url, connect)?))
                 }
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
+                ProviderKind::Anthropic => {
+                    let base_url = u.base_url.as_deref().unwrap_or(anthropic::DEFAULT_BASE_URL);
+                    let connect = client_options(name, u, base_url, config.proxy.as_ref(), env)?;
+                    let version = u.anthropic_version.as_deref();
+                    let p = anthropic::Anthropic::new(name, base_url, version, connect)?;
+                    Provider::Anthropic(Box::new(p))
+                }
             };
             upstreams.insert(
                 name.clone(),
@@ -183,12 +190,12 @@ impl Snapshot {
 fn client_options(
     name: &str,
     u: &crate::config::UpstreamConfig,
+    base: &str,
     gateway_proxy: Option<&crate::config::ProxyConfig>,
     env: &dyn EnvSource,
 ) -> Result<ClientOptions, String> {
     let path = format!("upstreams.{name}");
     let tls = crate::egress::client_config(u.tls.as_ref(), &format!("{path}.tls"), env)?;
-    let base = u.base_url.as_deref().unwrap_or_default();
     let dst = crate::providers::client::endpoint_uri(base, "")?;
     let (proxy, proxy_path) = match &u.proxy {
         Some(p) => (Some(p), format!("{path}.proxy")),

@@ -403,8 +403,10 @@ impl Config {
         }
         for (name, u) in &self.upstreams {
             let path = format!("upstreams.{name}");
-            if u.provider == ProviderKind::Openai {
+            if u.provider != ProviderKind::Mock {
                 match &u.base_url {
+                    // `anthropic` has a default (its public API).
+                    None if u.provider == ProviderKind::Anthropic => {}
                     None => return Err(err(format!("{path}.base_url"), "is required")),
                     Some(url) => {
                         let parsed = reqwest::Url::parse(url).map_err(|e| {
@@ -414,6 +416,20 @@ impl Config {
                             return Err(err(format!("{path}.base_url"), "must be http or https"));
                         }
                     }
+                }
+            }
+            if let Some(v) = &u.anthropic_version {
+                if u.provider != ProviderKind::Anthropic {
+                    return Err(err(
+                        format!("{path}.anthropic_version"),
+                        "is only for `provider: anthropic`",
+                    ));
+                }
+                if v.is_empty() || http::HeaderValue::from_str(v).is_err() {
+                    return Err(err(
+                        format!("{path}.anthropic_version"),
+                        "must be a version such as 2023-06-01",
+                    ));
                 }
             }
             if let Some(t) = &u.tls {

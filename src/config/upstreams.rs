@@ -10,13 +10,16 @@ pub enum ProviderKind {
     Openai,
     /// The built-in mock model: answers without any network.
     Mock,
+    /// Anthropic's Messages API, translated to and from OpenAI chat completions.
+    Anthropic,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub provider: ProviderKind,
-    /// Base URL including the version path, e.g. `http://127.0.0.1:8000/v1`. Not used by `mock`.
+    /// Base URL including the version path, e.g. `http://127.0.0.1:8000/v1`. Not used by `mock`;
+    /// for `anthropic` it defaults to `https://api.anthropic.com` (`/v1/messages` is appended).
     #[serde(default)]
     pub base_url: Option<String>,
     /// Name of an entry under `credentials`; none for open upstreams.
@@ -38,6 +41,9 @@ pub struct UpstreamConfig {
     /// Behaviour of the `mock` provider.
     #[serde(default)]
     pub mock: MockConfig,
+    /// `anthropic` only: the `anthropic-version` header sent upstream; unset: `2023-06-01`.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
     /// TLS towards this upstream: a private CA, a client certificate, a server name, a
     /// minimum version. Unset: the public roots, TLS 1.2+.
     #[serde(default)]

@@ -2,14 +2,17 @@
 //!
 //! One file per kind. Each builds the upstream request from the shaped body, sends it, and hands
 //! back an [`UpstreamResponse`] whose body is a stream of bytes, so the relay treats an HTTP
-//! upstream and the in-process mock alike. Usage parsing for OpenAI-shaped bodies lives here too.
+//! upstream, a translated one (Anthropic) and the in-process mock alike; translating providers
+//! also build the upstream body ([`Provider::body`]). Usage parsing for OpenAI-shaped bodies lives here too.
 //! HTTP providers send through the one pooled client of [`client`].
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
+pub mod anthropic;
 pub mod client;
 pub mod mock;
 pub mod openai;
 pub mod reading;
+pub mod sse;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -25,6 +28,12 @@ pub use crate::openai::{Endpoint, Usage};
 pub enum BodyError {
     /// The connection was reset or the body was cut.
     Reset,
+    /// A translated stream ended before its closing event, or in the middle of an event.
+    Cut,
+    /// One event of a translated stream grew past the translator's bound.
+    Overlong,
+    /// The upstream reported an error inside the stream (Anthropic's `error` event).
+    Reported(reading::Reported),
 }
 
 pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
@@ -55,14 +64,34 @@ pub enum Provider {
     // Boxed: the pooled client and the pre-parsed URIs make it large.
     OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
+    Anthropic(Box<anthropic::Anthropic>),
 }
 
 impl Provider {
+    /// The provider's name for traces (`gen_ai.system`).
+    pub fn system(&self) -> &'static str {
+        match self {
+            Provider::OpenAi(_) => "openai",
+            Provider::Mock(_) => "mock",
+            Provider::Anthropic(_) => "anthropic",
+        }
+    }
+
+    /// The upstream body for the shaped request: the OpenAI body as it is, or its translation
+    /// (a 400 naming what cannot be translated, before anything is sent).
+    pub fn body(&self, endpoint: Endpoint, json: &crate::openai::Body) -> Result<Bytes, ApiError> {
+        match self {
+            Provider::Anthropic(p) => p.body(endpoint, json),
+            Provider::OpenAi(_) | Provider::Mock(_) => Ok(json.to_bytes()),
+        }
+    }
+
     /// Send the request; resolves when the response headers arrived.
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
         match self {
             Provider::OpenAi(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
+            Provider::Anthropic(p) => p.send(req).await,
         }
     }
 }

@@ -122,6 +122,9 @@ impl Reading {
                 Health::Up,
                 context_too_long(body).then_some(FallbackReason::ContextLength),
             ),
+            // Anthropic's `overloaded_error`: the service is short of capacity for everyone;
+            // another attempt (here or elsewhere) may pass, exactly as after a 503.
+            529 => (true, Health::Down, Some(FallbackReason::Unavailable)),
             500..=599 => (true, Health::Down, Some(FallbackReason::Unavailable)),
             // Anything else is not an answer a client could use, nor one worth repeating.
             _ => (false, Health::Down, Some(FallbackReason::Unavailable)),
@@ -151,6 +154,31 @@ pub enum Break {
     Overlong,
     /// The request's own deadline passed: not the upstream's fault.
     Deadline,
+    /// The upstream reported an error inside the stream (Anthropic's `error` event).
+    Reported(Reported),
+}
+
+/// An error an upstream reported inside a stream it had started, by what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// Short of capacity (Anthropic `overloaded_error`).
+    Overloaded,
+    /// Rate limited (Anthropic `rate_limit_error`).
+    RateLimited,
+    /// Anything else (Anthropic `api_error` and the other types).
+    Failed,
+}
+
+impl From<crate::providers::BodyError> for Break {
+    fn from(e: crate::providers::BodyError) -> Break {
+        use crate::providers::BodyError;
+        match e {
+            BodyError::Reset => Break::Reset,
+            BodyError::Cut => Break::Cut,
+            BodyError::Overlong => Break::Overlong,
+            BodyError::Reported(r) => Break::Reported(r),
+        }
+    }
 }
 
 impl Break {
@@ -183,19 +211,38 @@ impl Break {
                 "the request reached its deadline in the middle of the stream",
                 Health::Unrelated,
             ),
+            Break::Reported(Reported::Overloaded) => (
+                "upstream_overloaded",
+                "the upstream reported it is overloaded in the middle of the stream",
+                Health::Down,
+            ),
+            Break::Reported(Reported::RateLimited) => (
+                "upstream_rate_limited",
+                "the upstream reported a rate limit in the middle of the stream",
+                Health::Busy,
+            ),
+            Break::Reported(Reported::Failed) => (
+                "upstream_error",
+                "the upstream reported an error in the middle of the stream",
+                Health::Down,
+            ),
         }
     }
 }
 
-/// Whether a client-error body says the prompt is longer than the model takes.
+/// Whether a client-error body says the prompt is longer than the model takes (OpenAI's code or
+/// wording, Anthropic's `prompt is too long`).
 fn context_too_long(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body);
-    text.contains("context_length_exceeded") || text.contains("maximum context length")
+    text.contains("context_length_exceeded")
+        || text.contains("maximum context length")
+        || text.contains("prompt is too long")
 }
 
 /// Whether a 429 says the upstream *account* is out, rather than something about this one
 /// request: the upstream's own `x-ratelimit-remaining-requests: 0` or
-/// `x-ratelimit-remaining-tokens: 0`, or an `insufficient_quota` code or type.
+/// `x-ratelimit-remaining-tokens: 0` (Anthropic: `anthropic-ratelimit-*-remaining: 0`), or an
+/// `insufficient_quota` code or type (Anthropic: `enforced_spend_limit_reached`).
 fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
     let zero = |name: &str| {
         headers
@@ -203,7 +250,15 @@ fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() == "0")
     };
-    if zero("x-ratelimit-remaining-requests") || zero("x-ratelimit-remaining-tokens") {
+    const ZERO_MEANS_ACCOUNT: [&str; 6] = [
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-input-tokens-remaining",
+        "anthropic-ratelimit-output-tokens-remaining",
+    ];
+    if ZERO_MEANS_ACCOUNT.iter().any(|h| zero(h)) {
         return true;
     }
     #[derive(serde::Deserialize)]
@@ -218,9 +273,12 @@ fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
         kind: Option<Value>,
     }
     serde_json::from_slice::<Body>(body).is_ok_and(|b| {
-        [b.error.code, b.error.kind]
-            .iter()
-            .any(|v| v.as_ref().and_then(Value::as_str) == Some("insufficient_quota"))
+        [b.error.code, b.error.kind].iter().any(|v| {
+            matches!(
+                v.as_ref().and_then(Value::as_str),
+                Some("insufficient_quota" | "enforced_spend_limit_reached")
+            )
+        })
     })
 }
 
@@ -304,6 +362,11 @@ mod tests {
         let long = br#"{"error":{"code":"context_length_exceeded"}}"#;
         assert_eq!(r(400, long).fallback, Some(FallbackReason::ContextLength));
         assert_eq!(Reading::answer(StatusCode::OK, &none, b""), Reading::OK);
+        // Anthropic: 529 overloaded is a 503; its "prompt is too long" a context-length 400.
+        let overloaded = r(529, br#"{"error":{"type":"overloaded_error"}}"#);
+        assert_eq!(overloaded, r(503, b""));
+        let long = br#"{"error":{"message":"prompt is too long: 210000 tokens > 200000"}}"#;
+        assert_eq!(r(400, long).fallback, Some(FallbackReason::ContextLength));
     }
 
     #[test]
@@ -325,6 +388,15 @@ mod tests {
         assert_eq!(about(&h, quota), (Some(Duration::from_secs(3)), true));
         h.insert("x-ratelimit-remaining-tokens", "0".parse().unwrap());
         assert!(about(&h, b"").1);
+        let mut a = HeaderMap::new();
+        a.insert(
+            "anthropic-ratelimit-requests-remaining",
+            "0".parse().unwrap(),
+        );
+        assert!(about(&a, b"").1);
+        let spent =
+            br#"{"error":{"type":"rate_limit_error","code":"enforced_spend_limit_reached"}}"#;
+        assert!(about(&HeaderMap::new(), spent).1);
     }
 
     #[test]

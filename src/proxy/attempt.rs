@@ -418,7 +418,7 @@ async fn attempt_inner(
     if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {
         json.insert("model", Value::from(upstream_model));
     }
-    let body = json.to_bytes();
+    let body = upstream.provider.body(req.endpoint, json)?;
     let sent = send(upstream, &body, json, req, deadline, ledger).await?;
     if let Some((raw, reading)) = &sent.error {
         ledger.upstream_time(sent.at.elapsed());

@@ -169,10 +169,7 @@ impl Ledger {
     pub fn upstream(&mut self, u: &crate::state::Upstream, model: &str) {
         self.rec.upstream = Some(u.name.clone());
         if let Some(t) = &mut self.trace {
-            let system = match u.provider {
-                crate::providers::Provider::OpenAi(_) => "openai",
-                crate::providers::Provider::Mock(_) => "mock",
-            };
+            let system = u.provider.system();
             t.attempt_start(&u.name, system, Some(u.model.as_deref().unwrap_or(model)));
         }
     }

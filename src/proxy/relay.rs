@@ -215,7 +215,9 @@ impl SseRelay {
                     return Some(self.end(Break::Deadline))
                 }
                 Err(_) => return Some(self.end(Break::Stalled)),
-                Ok(Some(Err(_))) => return Some(self.end(Break::Reset)),
+                // A reset, or what a translating provider saw end its stream early (a cut,
+                // an over-long event, an error the upstream reported in the stream).
+                Ok(Some(Err(e))) => return Some(self.end(Break::from(e))),
                 // Ended in the middle of an event: the cut event is not passed on.
                 Ok(None) if !self.buf.is_empty() => return Some(self.end(Break::Cut)),
                 Ok(None) => {

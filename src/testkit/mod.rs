@@ -7,6 +7,8 @@
 //! It re-exports the mocks:
 //! - [`MockUpstream`]: an OpenAI-compatible upstream with fault knobs and
 //!   request records ([`upstream`]), over plain HTTP or TLS.
+//! - [`MockAnthropic`]: Anthropic's Messages API as documented, with its error types and
+//!   stream events, and fault knobs ([`anthropic`]).
 //! - [`ConnectProxy`]: an HTTP CONNECT proxy that counts the tunnels and bytes it
 //!   passed and can refuse (407, 403) ([`connect_proxy`]).
 //! - [`MockOAuth`]: an OAuth2 token server (standard and Baidu style) with
@@ -17,11 +19,13 @@
 //! Both listen on an ephemeral loopback port (`127.0.0.1:0`) and stop when the
 //! last handle is dropped or `shutdown()` is called.
 
+pub mod anthropic;
 pub mod connect_proxy;
 pub mod oauth;
 pub mod otlp;
 pub mod upstream;
 
+pub use anthropic::{AnthropicFault, AnthropicReceived, MockAnthropic};
 pub use connect_proxy::ConnectProxy;
 pub use oauth::{MockOAuth, TokenRequest};
 pub use otlp::{CollectorMode, MockCollector, ReceivedSpan};

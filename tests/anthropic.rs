@@ -1,0 +1,464 @@
+//! The `anthropic` provider through real sockets: clients speak OpenAI chat completions to
+//! Tollgate, Tollgate speaks the Messages API to the test kit's fake Anthropic
+//! ([`tollgate::testkit::MockAnthropic`]). Chat and streams, tools both ways, every error type
+//! with its status, 529 retried and failed over, errors in the middle of a stream, usage rows
+//! and cost, team limits, credential pools, and the official `openai` Python SDK as a client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{chat, sha256_hex, Gateway, Reply, DEMO_KEY_SHA256};
+use serde_json::{json, Value};
+use tollgate::testkit::{AnthropicFault, MockAnthropic};
+
+/// `claude` served by the fake at `base` with the fake's key; `extra` is appended (models,
+/// teams, prices, store).
+fn config(base: &str, model_extra: &str, team_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+credentials:
+  ant: {{ kind: static, secret: "sk-ant-test" }}
+upstreams:
+  claude-up:
+    provider: anthropic
+    base_url: "{base}"
+    credential: ant
+    model: claude-sonnet-test
+models:
+  claude: {{ targets: [ {{ upstream: claude-up }} ] {model_extra} }}
+teams:
+  demo: {{ models: ["*"] {team_extra} }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+{extra}
+"#
+    )
+}
+
+/// The Python with the `openai` SDK: `TOLLGATE_TEST_PYTHON`, else the venv `scripts/test.sh`
+/// makes.
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the openai SDK: set TOLLGATE_TEST_PYTHON or run ./scripts/test.sh"
+    );
+    venv
+}
+
+async fn fake() -> MockAnthropic {
+    MockAnthropic::start()
+        .await
+        .unwrap_or_else(|e| panic!("fake anthropic: {e}"))
+}
+
+async fn post(gw: &Gateway, body: Value) -> Reply {
+    Reply::read(gw.post("/v1/chat/completions", body).await).await
+}
+
+fn tools_body(stream: bool) -> Value {
+    json!({"model": "claude", "stream": stream,
+        "messages": [{"role": "user", "content": "weather in Paris"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]})
+}
+
+/// The data of each event of a stream, parsed (`[DONE]` as a string).
+fn parsed(r: &Reply) -> Vec<Value> {
+    r.events()
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|_| Value::from(e.as_str())))
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_and_stream_go_through_the_messages_api() {
+    let up = fake().await;
+    let gw = Gateway::start(&config(&up.base_url(), "", "", "")).await;
+    let mut body = chat("claude", "hello there", false);
+    body["messages"] = json!([{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello there"}]);
+    body["max_tokens"] = json!(100);
+    let r = post(&gw, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(r.content(), "echo: hello there");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens"], 4);
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["usage"]["total_tokens"], 7);
+    // What Anthropic received: its path, its headers, its body.
+    let got = up.received();
+    let req = &got[0];
+    assert_eq!(req.path, "/v1/messages");
+    assert_eq!(req.headers["x-api-key"], "sk-ant-test");
+    assert_eq!(req.headers["anthropic-version"], "2023-06-01");
+    assert!(req.headers.get("authorization").is_none());
+    assert_eq!(req.body["model"], "claude-sonnet-test");
+    assert_eq!(
+        req.body["system"],
+        json!([{"type": "text", "text": "Be brief."}])
+    );
+    assert_eq!(req.body["max_tokens"], 100);
+
+    // Streamed, the client not asking for usage: chunks, a finish reason, [DONE], no usage.
+    body["stream"] = json!(true);
+    let r = post(&gw, body.clone()).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    let ev = parsed(&r);
+    assert_eq!(r.content(), "echo: hello there");
+    assert_eq!(ev[0]["object"], "chat.completion.chunk");
+    assert_eq!(ev[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(ev
+        .iter()
+        .any(|e| e["choices"][0]["finish_reason"] == "stop"));
+    assert_eq!(ev.last(), Some(&Value::from("[DONE]")));
+    assert!(ev.iter().all(|e| e.get("usage").is_none()), "{}", r.body);
+    // The gateway asked for usage, as from every upstream; Anthropic got `stream: true`.
+    assert_eq!(up.received()[1].body["stream"], true);
+    assert!(up.received()[1].body.get("stream_options").is_none());
+
+    // Asking for usage: the last chunk before [DONE] carries it.
+    body["stream_options"] = json!({"include_usage": true});
+    let r = post(&gw, body).await;
+    let ev = parsed(&r);
+    let usage = &ev[ev.len() - 2]["usage"];
+    assert_eq!(usage["prompt_tokens"], 4, "{}", r.body);
+    assert_eq!(usage["completion_tokens"], 3);
+    assert_eq!(ev[ev.len() - 2]["choices"], json!([]));
+}
+
+#[tokio::test]
+async fn the_anthropic_version_comes_from_the_config() {
+    let up = fake().await;
+    let cfg = config(&up.base_url(), "", "", "").replace(
+        "    model: claude-sonnet-test\n",
+        "    model: claude-sonnet-test\n    anthropic_version: \"2024-01-01\"\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let r = post(&gw, chat("claude", "hi", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.received()[0].headers["anthropic-version"], "2024-01-01");
+}
+
+#[tokio::test]
+async fn tools_and_tool_results_translate_both_ways() {
+    let up = fake().await;
+    let gw = Gateway::start(&config(&up.base_url(), "", "", "")).await;
+    let r = post(&gw, tools_body(false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or(""))
+        .unwrap_or_default();
+    assert_eq!(args, json!({"query": "weather in Paris"}));
+    let sent = &up.received()[0].body;
+    assert_eq!(sent["tools"][0]["name"], "get_weather");
+    assert_eq!(sent["tools"][0]["input_schema"]["type"], "object");
+
+    // The tool's result goes back as a tool_result block; the answer is text again.
+    let mut follow = tools_body(false);
+    follow["tool_choice"] = json!("auto");
+    follow["messages"] = json!([
+        {"role": "user", "content": "weather in Paris"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+    ]);
+    let r = post(&gw, follow).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.content(), "echo: result: sunny");
+    let sent = &up.received()[1].body;
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
+    assert_eq!(sent["messages"][1]["content"][0]["input"], args);
+    assert_eq!(sent["messages"][2]["content"][0]["type"], "tool_result");
+    assert_eq!(sent["messages"][2]["content"][0]["tool_use_id"], call["id"]);
+    assert_eq!(sent["tool_choice"], json!({"type": "auto"}));
+
+    // Streamed: the call's id and name first, its arguments in fragments.
+    let r = post(&gw, tools_body(true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ev = parsed(&r);
+    let calls: Vec<&Value> = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert!(calls[0]["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("toolu_")));
+    let joined: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert!(
+        calls.len() >= 3,
+        "arguments not streamed in parts: {calls:?}"
+    );
+    assert_eq!(serde_json::from_str::<Value>(&joined).ok(), Some(args));
+    assert!(ev
+        .iter()
+        .any(|e| e["choices"][0]["finish_reason"] == "tool_calls"));
+}
+
+#[tokio::test]
+async fn a_field_that_cannot_be_translated_is_a_400_naming_it_before_any_upstream_call() {
+    let up = fake().await;
+    let gw = Gateway::start(&config(&up.base_url(), "", "", "")).await;
+    let mut body = chat("claude", "hi", false);
+    body["seed"] = json!(7);
+    let r = post(&gw, body).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = r.error();
+    assert_eq!(e["param"], "seed");
+    assert_eq!(e["type"], "invalid_request_error");
+    let audio = json!({"model": "claude", "messages": [{"role": "user",
+        "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]});
+    let r = post(&gw, audio).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error()["param"], "messages[0].content[0].type");
+    let r = Reply::read(
+        gw.post("/v1/embeddings", json!({"model": "claude", "input": "x"}))
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(up.request_count(), 0);
+}
+
+#[tokio::test]
+async fn every_anthropic_error_type_keeps_its_status_in_an_openai_shape() {
+    let up = fake().await;
+    let no_retry = ", retry: { max_attempts: 1 }";
+    let gw = Gateway::start(&config(&up.base_url(), no_retry, "", "")).await;
+    let cases = [
+        ("invalid_request_error", 400),
+        ("permission_error", 403),
+        ("not_found_error", 404),
+        ("request_too_large", 413),
+        ("rate_limit_error", 429),
+        ("api_error", 500),
+        ("overloaded_error", 529),
+    ];
+    for (kind, status) in cases {
+        up.push_fault(AnthropicFault::error(kind));
+        let r = post(&gw, chat("claude", "hi", false)).await;
+        assert_eq!(r.status, status, "{kind}: {}", r.body);
+        let e = r.error();
+        assert_eq!(e["type"], kind, "{}", r.body);
+        assert_eq!(e["code"], kind);
+        assert_eq!(e["message"], "injected by the fake");
+    }
+    // A refused key: the gateway's own credential, so a 502 naming the upstream, not the
+    // client's 401.
+    up.push_fault(AnthropicFault::error("authentication_error"));
+    let r = post(&gw, chat("claude", "hi", false)).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.error()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("claude-up")));
+    // The same errors before a stream starts.
+    up.push_fault(AnthropicFault::error("invalid_request_error"));
+    let r = post(&gw, chat("claude", "hi", true)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error()["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn an_overloaded_529_is_retried() {
+    let up = fake().await;
+    let gw = Gateway::start(&config(&up.base_url(), "", "", "")).await;
+    up.push_fault(AnthropicFault::error("overloaded_error"));
+    let r = post(&gw, chat("claude", "hi", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(up.request_count(), 2);
+    // And a stream.
+    up.push_fault(AnthropicFault::error("overloaded_error"));
+    let r = post(&gw, chat("claude", "hi", true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(r.content(), "echo: hi");
+}
+
+#[tokio::test]
+async fn an_overloaded_upstream_falls_back_to_a_second_one() {
+    let a = fake().await;
+    let b = fake().await;
+    let cfg = format!(
+        r#"
+credentials:
+  ant: {{ kind: static, secret: "sk-ant-test" }}
+upstreams:
+  a-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
+  b-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
+models:
+  claude: {{ targets: [ {{ upstream: a-up }} ], retry: {{ max_attempts: 1 }}, fallbacks: [claude-b] }}
+  claude-b: {{ targets: [ {{ upstream: b-up }} ] }}
+teams:
+  demo: {{ models: ["*"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+"#,
+        a.base_url(),
+        b.base_url()
+    );
+    let gw = Gateway::start(&cfg).await;
+    a.push_fault(AnthropicFault::error("overloaded_error"));
+    let r = post(&gw, chat("claude", "hi", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream(), Some("b-up"));
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+}
+
+#[tokio::test]
+async fn an_error_event_or_a_cut_mid_stream_ends_with_an_openai_error_event() {
+    let up = fake().await;
+    let gw = Gateway::start(&config(&up.base_url(), "", "", "")).await;
+    let body = chat("claude", "one two three four five", true);
+    // message_start, ping, block start, two deltas, then an error event.
+    up.push_fault(AnthropicFault::ErrorEventAfter(
+        5,
+        "overloaded_error".to_owned(),
+    ));
+    let r = post(&gw, body.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content(), "echo: one");
+    let ev = parsed(&r);
+    let last = ev.last().cloned().unwrap_or_default();
+    assert_eq!(last["error"]["code"], "upstream_overloaded", "{}", r.body);
+    assert!(last["error"]["message"].is_string());
+    assert!(!r.body.contains("[DONE]"));
+
+    up.push_fault(AnthropicFault::CutAfter(6));
+    let r = post(&gw, body).await;
+    assert_eq!(r.status, 200);
+    let ev = parsed(&r);
+    let last = ev.last().cloned().unwrap_or_default();
+    assert_eq!(last["error"]["code"], "upstream_invalid", "{}", r.body);
+    assert!(up.wait_idle(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn usage_rows_and_cost_come_from_anthropic_usage() {
+    let up = fake().await;
+    up.set_cache_read(10);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let store = format!(
+        "prices:\n  claude: {{ input_per_million: 3, output_per_million: 15 }}\n\
+         admin:\n  sha256: {}\nstore:\n  url: \"{url}\"\n  usage: {{ spill_path: \"{}\", \
+         batch_interval: 20ms }}\n",
+        sha256_hex(common::ADMIN_KEY),
+        dir.path().join("spill.jsonl").display()
+    );
+    let gw = Gateway::start(&config(&up.base_url(), "", "", &store)).await;
+    let db = gw.store();
+    let r = post(&gw, chat("claude", "what does it cost", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    // 4 words in, 10 read from the cache: 14 prompt tokens, 10 of them cached.
+    assert_eq!(v["usage"]["prompt_tokens"], 14);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
+    let completion = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    assert_eq!(r.header("x-tollgate-prompt-tokens"), Some("14"));
+    let nanos = 14 * 3000 + completion * 15000;
+    let cost = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    assert_eq!(r.header("x-tollgate-cost-usd"), Some(cost.as_str()));
+    // A stream's usage is counted too.
+    let mut s = chat("claude", "what does it cost", true);
+    s["stream_options"] = json!({"include_usage": true});
+    let r = post(&gw, s).await;
+    assert_eq!(r.status, 200);
+    gw.stop().await;
+    let report = db
+        .query_usage(&tollgate::store::usage::UsageFilter::default())
+        .await
+        .unwrap_or_else(|e| panic!("usage: {e}"));
+    assert_eq!(report.totals.requests, 2);
+    let expected = 2.0 * nanos as f64 / 1e9;
+    assert!(
+        (report.totals.cost_usd - expected).abs() < 1e-12,
+        "{report:?} vs {expected}"
+    );
+}
+
+#[tokio::test]
+async fn team_limits_apply_before_anthropic_is_called() {
+    let up = fake().await;
+    let gw = Gateway::start(&config(&up.base_url(), "", ", requests_per_minute: 2", "")).await;
+    for _ in 0..2 {
+        let r = post(&gw, chat("claude", "hi", false)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
+    }
+    let r = post(&gw, chat("claude", "hi", true)).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.error()["code"], "rate_limit_exceeded");
+    assert_eq!(up.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_pool_member_anthropic_refuses_is_rotated_out() {
+    let up = fake().await;
+    let cfg = config(&up.base_url(), "", "", "").replace(
+        r#"ant: { kind: static, secret: "sk-ant-test" }"#,
+        r#"ant: { kind: pool, tokens: ["sk-ant-revoked", "sk-ant-test"] }"#,
+    );
+    let gw = Gateway::start(&cfg).await;
+    for i in 0..4 {
+        let r = post(&gw, chat("claude", "hi", false)).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let keys: Vec<String> = up
+        .received()
+        .iter()
+        .filter_map(|r| r.headers.get("x-api-key")?.to_str().ok().map(str::to_owned))
+        .collect();
+    assert!(keys.iter().any(|k| k == "sk-ant-revoked"), "{keys:?}");
+    assert!(keys.iter().filter(|k| *k == "sk-ant-test").count() >= 4);
+}
+
+/// The official `openai` Python SDK, unchanged, against a model served by Anthropic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_talks_to_an_anthropic_upstream() {
+    let python = python();
+    let up = fake().await;
+    // The script's first call meets a rate limit (the SDK's RateLimitError).
+    up.push_fault(AnthropicFault::error("rate_limit_error"));
+    let gw = Gateway::start(&config(
+        &up.base_url(),
+        ", retry: { max_attempts: 1 }",
+        "",
+        "",
+    ))
+    .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/test_anthropic_upstream.py"
+    );
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script)
+        .arg(gw.url("/v1"))
+        .env("PYTHONUNBUFFERED", "1")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("the SDK script did not finish in 60 s"))
+        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(up.request_count() >= 5, "{stdout}");
+}
