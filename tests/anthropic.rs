@@ -462,3 +462,24 @@ async fn the_openai_python_sdk_talks_to_an_anthropic_upstream() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(up.request_count() >= 5, "{stdout}");
 }
+
+/// `examples/anthropic.yaml` as it ships, its `base_url` pointed at the fake: the curl in its
+/// header comment answers, with its cost.
+#[tokio::test]
+async fn the_example_config_serves_claude() {
+    let up = fake().await;
+    up.set_key("sk-ant-from-env");
+    let yaml = std::fs::read_to_string("examples/anthropic.yaml").unwrap_or_default();
+    let commented = "    # base_url: https://api.anthropic.com";
+    assert!(yaml.contains(commented), "the example changed");
+    let yaml = yaml.replace(commented, &format!("    base_url: \"{}\" #", up.base_url()));
+    let env = [("ANTHROPIC_API_KEY".to_owned(), "sk-ant-from-env".to_owned())];
+    let gw = Gateway::start_with_env(&yaml, env.into_iter().collect()).await;
+    let mut body = chat("claude", "hello", false);
+    body["max_tokens"] = json!(200);
+    let r = post(&gw, body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.content(), "echo: hello");
+    assert!(r.header("x-tollgate-cost-usd").is_some());
+    assert_eq!(up.received()[0].body["model"], "claude-sonnet-4-5");
+}
