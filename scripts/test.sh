@@ -61,9 +61,9 @@ else
     run 20m "apt-get install chromium chromium-driver" apt-get install -y -q chromium chromium-driver
 fi
 
-step "python venv: target/pyvenv with openai and selenium"
+step "python venv: target/pyvenv with openai, anthropic and selenium"
 VENV=$ROOT/target/pyvenv
-if "$VENV/bin/python" -c 'import openai, selenium' >/dev/null 2>&1; then
+if "$VENV/bin/python" -c 'import openai, anthropic, selenium' >/dev/null 2>&1; then
     echo "openai $("$VENV/bin/python" -c 'import openai; print(openai.__version__)'), selenium $("$VENV/bin/python" -c 'import selenium; print(selenium.__version__)') already installed" >&2
 else
     if ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
@@ -71,9 +71,9 @@ else
             python3 -m venv --clear "$VENV"
     fi
     # selenium drives the system chromedriver (never a downloaded one: see tests/console_browser.rs).
-    run 10m "pip install openai selenium" \
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'selenium>=4.20,<5'
-    "$VENV/bin/python" -c 'import openai, selenium' || fail "openai or selenium still not importable in $VENV"
+    run 10m "pip install openai anthropic selenium" \
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'anthropic>=0.40,<1' 'selenium>=4.20,<5'
+    "$VENV/bin/python" -c 'import openai, anthropic, selenium' || fail "openai, anthropic or selenium still not importable in $VENV"
 fi
 
 export TOLLGATE_TEST_PYTHON=$VENV/bin/python

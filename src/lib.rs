@@ -38,7 +38,7 @@
 //! request path, attempts, SSE events, relay, ledger), [`auth`] (keys, the store key cache), [`policy`],
 //! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
-//! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
+//! [`providers`] (`openai`, `anthropic`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
 //! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`batch`] (the
 //! OpenAI Batch API and the worker that runs its lines through the request path), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`] (request log, metrics, OpenTelemetry traces), [`error`], [`openai`],
 //! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).

@@ -461,6 +461,7 @@ async fn the_openai_python_sdk_talks_to_an_anthropic_upstream() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(up.request_count() >= 5, "{stdout}");
+    assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }
 
 /// `examples/anthropic.yaml` as it ships, its `base_url` pointed at the fake: the curl in its
@@ -482,4 +483,114 @@ async fn the_example_config_serves_claude() {
     assert_eq!(r.content(), "echo: hello");
     assert!(r.header("x-tollgate-cost-usd").is_some());
     assert_eq!(up.received()[0].body["model"], "claude-sonnet-4-5");
+}
+
+// ---- POST /v1/messages: Anthropic's API for clients, any upstream behind it ----
+
+/// `mock-gpt` on the built-in mock (an OpenAI-shaped upstream) and `claude` on the fake.
+fn messages_config(base: &str, team_extra: &str) -> String {
+    config(base, "", team_extra, "")
+        .replace(
+            "upstreams:\n",
+            "upstreams:\n  mock: { provider: mock, mock: { chunks: 3 } }\n",
+        )
+        .replace(
+            "models:\n",
+            "models:\n  mock-gpt: { targets: [ { upstream: mock } ] }\n",
+        )
+}
+
+async fn post_messages(gw: &Gateway, key: &str, body: Value) -> Reply {
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("/v1/messages: {e}"));
+    Reply::read(r).await
+}
+
+#[tokio::test]
+async fn messages_are_answered_in_anthropic_shape_within_the_team_limits() {
+    let up = fake().await;
+    let gw = Gateway::start(&messages_config(&up.base_url(), ", requests_per_minute: 3")).await;
+    let key = "sk-tollgate-demo";
+    let body = json!({"model": "mock-gpt", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hello there"}]});
+    let r = post_messages(&gw, key, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = r.json();
+    assert_eq!(m["type"], "message");
+    assert_eq!(
+        m["content"][0],
+        json!({"type": "text", "text": "mock reply: hello there"})
+    );
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert!(m["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0);
+
+    let mut s = body.clone();
+    s["stream"] = json!(true);
+    let r = post_messages(&gw, key, s).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let names: Vec<&str> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.get(1), Some(&"content_block_start"));
+    assert_eq!(
+        &names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let delta = parsed(&r)
+        .into_iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap_or_default();
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert!(
+        delta["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        r.body
+    );
+
+    // The third request of the minute passes, the fourth is refused in Anthropic's shape.
+    assert_eq!(post_messages(&gw, key, body.clone()).await.status, 200);
+    let r = post_messages(&gw, key, body.clone()).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let r = post_messages(&gw, "sk-wrong", body).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+}
+
+/// The official `anthropic` Python SDK, unchanged, against Tollgate: an OpenAI-shaped
+/// upstream and an Anthropic one behind it, streams and tools included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_python_sdk_talks_to_tollgate() {
+    let python = python();
+    let up = fake().await;
+    let gw = Gateway::start(&messages_config(&up.base_url(), "")).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/test_anthropic_sdk.py"
+    );
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script)
+        .arg(gw.url(""))
+        .env("PYTHONUNBUFFERED", "1")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("the SDK script did not finish in 60 s"))
+        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(up.request_count() >= 4, "{stdout}");
+    assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }

@@ -8,6 +8,7 @@
 mod attempt;
 mod cached;
 pub mod ledger;
+pub mod messages;
 pub mod relay;
 mod sse;
 
