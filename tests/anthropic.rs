@@ -430,6 +430,45 @@ async fn a_pool_member_anthropic_refuses_is_rotated_out() {
     assert!(keys.iter().filter(|k| *k == "sk-ant-test").count() >= 4);
 }
 
+/// An expiring credential (OAuth2) that Anthropic stops accepting: the 401 renews it once and
+/// the request is sent again with the new token; the client sees a 200.
+#[tokio::test]
+async fn a_refused_expiring_credential_is_renewed_once_and_the_request_retried() {
+    let oauth = tollgate::testkit::MockOAuth::start()
+        .await
+        .unwrap_or_else(|e| panic!("mock oauth: {e}"));
+    oauth.add_client("cid", "cs-1");
+    let up = fake().await;
+    let valid = oauth.clone();
+    up.set_key_check(Some(std::sync::Arc::new(move |k: &str| valid.is_valid(k))));
+    let cred = format!(
+        "ant:\n    kind: oauth2\n    token_url: {}\n    client_id: cid\n    \
+         client_secret: \"${{OA_SECRET}}\"\n    min_renew_interval: 10ms",
+        oauth.token_url()
+    );
+    let cfg = config(&up.base_url(), ", retry: { max_attempts: 1 }", "", "")
+        .replace(r#"ant: { kind: static, secret: "sk-ant-test" }"#, &cred);
+    let env = [("OA_SECRET".to_owned(), "cs-1".to_owned())];
+    let gw = Gateway::start_with_env(&cfg, env.into_iter().collect()).await;
+    let r = post(&gw, chat("claude", "hi", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let issued = oauth.issued();
+    oauth.revoke_all();
+    let r = post(&gw, chat("claude", "hi", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Two sends: the refused one and the one with the renewed token (max_attempts is 1).
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(oauth.issued(), issued + 1);
+    let keys: Vec<String> = up
+        .received()
+        .iter()
+        .filter_map(|r| r.headers.get("x-api-key")?.to_str().ok().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert_ne!(keys[1], keys[2]);
+}
+
 /// The official `openai` Python SDK, unchanged, against a model served by Anthropic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_talks_to_an_anthropic_upstream() {

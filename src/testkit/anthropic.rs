@@ -80,9 +80,13 @@ pub struct AnthropicReceived {
     pub body: Value,
 }
 
+/// Decides whether an `x-api-key` is accepted, in place of the one fixed key.
+pub type KeyCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 struct Shared {
     faults: Mutex<VecDeque<AnthropicFault>>,
     key: Mutex<String>,
+    key_check: Mutex<Option<KeyCheck>>,
     cache_read: Mutex<u64>,
     records: Mutex<Vec<AnthropicReceived>>,
     counters: Arc<Counters>,
@@ -103,6 +107,7 @@ impl MockAnthropic {
         let shared = Arc::new(Shared {
             faults: Mutex::new(VecDeque::new()),
             key: Mutex::new(DEFAULT_KEY.to_owned()),
+            key_check: Mutex::new(None),
             cache_read: Mutex::new(0),
             records: Mutex::new(Vec::new()),
             counters: Arc::new(Counters::default()),
@@ -129,6 +134,12 @@ impl MockAnthropic {
     /// The only `x-api-key` accepted from now on (others: 401 `authentication_error`).
     pub fn set_key(&self, key: &str) {
         *lock(&self.shared.key) = key.to_owned();
+    }
+
+    /// Accept the keys `check` accepts (e.g. the tokens an OAuth2 server holds valid) instead of
+    /// the fixed key; `None` goes back to the fixed key.
+    pub fn set_key_check(&self, check: Option<KeyCheck>) {
+        *lock(&self.shared.key_check) = check;
     }
 
     /// Report this many `cache_read_input_tokens` on every answer.
@@ -181,7 +192,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         return error_resp(404, "not_found_error", "Not found", guard);
     }
     let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    if key != Some(lock(&s.key).as_str()) {
+    let key_check = lock(&s.key_check).clone();
+    let accepted = match (key, key_check) {
+        (None, _) => false,
+        (Some(k), Some(accepts)) => accepts(k),
+        (Some(k), None) => k == lock(&s.key).as_str(),
+    };
+    if !accepted {
         return error_resp(401, "authentication_error", "invalid x-api-key", guard);
     }
     if parts.headers.get("anthropic-version").is_none() {
