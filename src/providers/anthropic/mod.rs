@@ -75,7 +75,7 @@ impl Anthropic {
                 None,
             ));
         }
-        request::translate(json).map(|(b, _)| Bytes::from(b))
+        request::translate(json).map(Bytes::from)
     }
 
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {

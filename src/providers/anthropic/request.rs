@@ -26,17 +26,9 @@ use crate::openai::Body;
 /// (Anthropic requires one).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-/// What the response translators need to know about the request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Asked {
-    /// `stream_options.include_usage`: end a stream with the usage-only chunk.
-    pub include_usage: bool,
-}
-
-/// The Messages request for a chat body, and what the answer's translation needs from it.
-pub fn translate(body: &Body) -> Result<(Vec<u8>, Asked), ApiError> {
+/// The Messages request for a chat body.
+pub fn translate(body: &Body) -> Result<Vec<u8>, ApiError> {
     let mut out = Map::new();
-    let mut asked = Asked::default();
     let mut max_tokens = None;
     let mut parallel = None;
     let mut tool_choice = None;
@@ -76,10 +68,8 @@ pub fn translate(body: &Body) -> Result<(Vec<u8>, Asked), ApiError> {
             "stream" => {
                 out.insert("stream".into(), Value::Bool(value.as_bool() == Some(true)));
             }
-            "stream_options" => {
-                asked.include_usage =
-                    value.get("include_usage").and_then(Value::as_bool) == Some(true);
-            }
+            // Read by the stream translator (the closing usage chunk), not sent.
+            "stream_options" => {}
             "stop" => {
                 let stops = match value {
                     Value::String(s) => vec![Value::String(s)],
@@ -136,7 +126,7 @@ pub fn translate(body: &Body) -> Result<(Vec<u8>, Asked), ApiError> {
         out.insert("tool_choice".into(), c);
     }
     let bytes = serde_json::to_vec(&Value::Object(out)).map_err(|_| ApiError::Internal)?;
-    Ok((bytes, asked))
+    Ok(bytes)
 }
 
 /// The 400 for something the Messages API has no place for.
@@ -404,7 +394,7 @@ mod tests {
 
     fn tr(v: Value) -> Result<Value, ApiError> {
         let body = Body::parse(bytes::Bytes::from(v.to_string())).unwrap();
-        translate(&body).map(|(b, _)| serde_json::from_slice(&b).unwrap())
+        translate(&body).map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     fn param(e: ApiError) -> Option<String> {

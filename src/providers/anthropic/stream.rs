@@ -334,6 +334,30 @@ mod tests {
         assert!(events(&plain.0).iter().all(|e| e.get("usage").is_none()));
     }
 
+    proptest::proptest! {
+        /// However the upstream cuts its stream into reads, the client gets the same chunks.
+        #[test]
+        fn any_split_gives_the_same_chunks(
+            cuts in proptest::collection::vec(0..STREAM.len(), 0..20),
+        ) {
+            let mut at = cuts;
+            at.sort_unstable();
+            at.dedup();
+            let mut chunks: Vec<&'static [u8]> = Vec::new();
+            let mut from = 0;
+            for to in at.into_iter().chain(std::iter::once(STREAM.len())) {
+                chunks.push(&STREAM.as_bytes()[from..to]);
+                from = to;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (whole, split) = rt.block_on(async {
+                (run(vec![STREAM.as_bytes()], true).await, run(chunks, true).await)
+            });
+            proptest::prop_assert!(split.1.is_none());
+            proptest::prop_assert_eq!(events(&split.0), events(&whole.0));
+        }
+    }
+
     #[tokio::test]
     async fn an_error_event_ends_the_stream_after_what_came_before() {
         let s: &'static str = concat!(
