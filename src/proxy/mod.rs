@@ -258,7 +258,12 @@ pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
     HeaderValue::from(secs)
 }
 
-async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+/// Read a request body within `limit` bytes and the read deadline.
+pub(crate) async fn read_body(
+    body: Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(deadline, limited.collect()).await {
         Err(_) => Err(ApiError::BodyTimeout),
