@@ -32,7 +32,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
-        .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(crate::fronts::responses::create))
+        .route("/v1/messages", post(crate::fronts::messages::create))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
@@ -64,10 +65,6 @@ async fn completions(State(s): State<AppState>, req: Request) -> Response {
 }
 async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
     proxy::handle(s, Endpoint::Embeddings, req).await
-}
-/// Anthropic's Messages API for clients, translated onto the chat path.
-async fn messages(State(s): State<AppState>, req: Request) -> Response {
-    proxy::messages::handle(s, req).await
 }
 
 /// The models the caller's team may use.

@@ -29,7 +29,7 @@ use crate::policy::Endpoint;
 use crate::providers::reading::{Health, Reading};
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::routing::breaker::Admit;
-use crate::routing::queue::{Refused, Slot};
+use crate::routing::queue::{Ask, Refused, Slot};
 use crate::routing::retry::backoff;
 use crate::routing::Route;
 use crate::state::{Snapshot, Upstream};
@@ -45,11 +45,11 @@ pub struct Request<'a> {
 }
 
 /// What one attempt aims at: the model being tried (the requested one or a fallback), the
-/// queue priority and the request's deadline.
+/// slot it asks for (queue priority, batch line or not) and the request's deadline.
 #[derive(Clone, Copy)]
 struct Target<'a> {
     model: &'a str,
-    priority: Priority,
+    ask: Ask,
     deadline: Instant,
 }
 
@@ -57,6 +57,8 @@ struct Target<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Wishes {
     pub priority: Priority,
+    /// A batch line: it holds at most the batch share of each upstream's slots.
+    pub batch: bool,
     pub max_attempts: Option<u32>,
 }
 
@@ -111,7 +113,10 @@ pub async fn dispatch(
         tried.push(&route.name);
         let target = Target {
             model: &route.name,
-            priority: wishes.priority,
+            ask: Ask {
+                priority: wishes.priority,
+                batch: wishes.batch,
+            },
             deadline,
         };
         let failure = match try_route(route, &target, wishes, json, req, ledger).await {
@@ -402,17 +407,15 @@ async fn attempt_inner(
     let deadline = target.deadline;
     let queued_at = Instant::now();
     let left = deadline.saturating_duration_since(queued_at);
-    let slot = upstream
-        .gate
-        .acquire(target.priority, left)
-        .await
-        .map_err(|r| ApiError::UpstreamUnavailable {
+    let slot = upstream.gate.acquire(target.ask, left).await.map_err(|r| {
+        ApiError::UpstreamUnavailable {
             message: match r {
                 Refused::QueueFull => format!("upstream '{}' queue is full", upstream.name),
                 Refused::Timeout => format!("no slot at upstream '{}' in time", upstream.name),
             },
             retry_after_secs: 1,
-        })?;
+        }
+    })?;
     ledger.queued(queued_at.elapsed());
     let upstream_model = upstream.model.as_deref().unwrap_or(target.model);
     if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {

@@ -2,9 +2,9 @@
 //! any upstream through the one request path.
 //!
 //! The caller is authenticated (the SDK sends the Tollgate key as `x-api-key`) and its body read
-//! within its team's size limit; the body is translated into the chat form ([`request`]) and
-//! handed to [`super::handle`] as a chat completion, so shaping, limits, routing, retries, usage
-//! and cost are exactly those of chat. The answer is translated back ([`answer`]): a JSON answer
+//! within its team's size limit ([`super::accept`]); the body is translated into the chat form
+//! ([`request`]) and sent down the request path as a chat completion ([`super::forward`]), so
+//! shaping, limits, routing, retries, usage and cost are exactly those of chat. The answer is translated back ([`answer`]): a JSON answer
 //! whole, an error into Anthropic's error body (status kept), a stream chunk by chunk as the
 //! relay hands it on. It owns no step of the path; it only speaks Anthropic at its two ends.
 
@@ -18,22 +18,25 @@ use futures_util::StreamExt;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 
+use axum::extract::State;
+
 use crate::error::ApiError;
-use crate::policy::Endpoint;
 use crate::state::AppState;
 
 /// Largest error body translated (Tollgate's own errors are small).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-pub async fn handle(state: AppState, req: Request<Body>) -> Response {
-    let (mut parts, body) = req.into_parts();
-    let (raw, stream) = match read(&state, &parts, body).await {
-        Ok(r) => r,
+/// `POST /v1/messages`.
+pub async fn create(State(state): State<AppState>, req: Request<Body>) -> Response {
+    let accepted = match super::accept(&state, req).await {
+        Ok(a) => a,
         Err(e) => return anthropic_error(e.into_response()).await,
     };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let req = Request::from_parts(parts, Body::from(raw));
-    let resp = super::handle(state, Endpoint::Chat, req).await;
+    let (chat, stream) = match request::translate(&accepted.body) {
+        Ok(t) => t,
+        Err(e) => return anthropic_error(e.into_response()).await,
+    };
+    let resp = super::forward(&state, accepted, chat).await;
     if !resp.status().is_success() {
         return anthropic_error(resp).await;
     }
@@ -62,28 +65,6 @@ pub async fn handle(state: AppState, req: Request<Body>) -> Response {
         }
         None => anthropic_error(ApiError::UpstreamInvalid.into_response()).await,
     }
-}
-
-/// Authenticate, read the body within the team's limit, translate it.
-async fn read(
-    state: &AppState,
-    parts: &http::request::Parts,
-    body: Body,
-) -> Result<(Bytes, bool), ApiError> {
-    let snap = state.snapshot.load_full();
-    let caller = state
-        .authenticate(&snap, &parts.headers, &parts.extensions)
-        .await?;
-    let team = caller
-        .team_policy(&snap.config.teams)
-        .ok_or(ApiError::Internal)?;
-    let limit = team
-        .max_body_bytes
-        .unwrap_or(usize::MAX)
-        .min(snap.config.server.max_body_bytes);
-    let raw = super::read_body(body, limit, snap.config.server.body_read_timeout.0).await?;
-    let (chat, stream) = request::translate(&raw)?;
-    Ok((Bytes::from(chat), stream))
 }
 
 /// The OpenAI chunks of a stream as Anthropic events, as they come.
