@@ -7,6 +7,7 @@
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
 pub mod client;
+pub mod ernie;
 pub mod mock;
 pub mod openai;
 pub mod reading;
@@ -21,10 +22,13 @@ use crate::error::ApiError;
 pub use crate::openai::{Endpoint, Usage};
 
 /// Why an upstream body ended early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
     /// The connection was reset or the body was cut.
     Reset,
+    /// The upstream reported an error inside its stream (an in-band error event a provider
+    /// read): the OpenAI-shaped error body the client's stream ends with.
+    Reported(Bytes),
 }
 
 pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
@@ -55,6 +59,7 @@ pub enum Provider {
     // Boxed: the pooled client and the pre-parsed URIs make it large.
     OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
+    Ernie(Box<ernie::Ernie>),
 }
 
 impl Provider {
@@ -63,6 +68,7 @@ impl Provider {
         match self {
             Provider::OpenAi(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
+            Provider::Ernie(p) => p.send(req).await,
         }
     }
 }
