@@ -432,3 +432,44 @@ async fn soak_two_second_tokens_with_111_in_bodies_no_client_visible_failures() 
         "only {stale} stale-token answers: the soak did not exercise 111"
     );
 }
+
+/// The example config passes the config check; an `ernie` upstream without its endpoint name,
+/// or with a query string in its `base_url`, is refused naming the field.
+#[test]
+fn the_example_passes_and_a_bad_ernie_upstream_is_refused_by_field() {
+    use tollgate::config::Config;
+    let env: HashMap<String, String> = [
+        ("BAIDU_API_KEY", "ak"),
+        ("BAIDU_SECRET_KEY", "sk"),
+        ("TOLLGATE_ADMIN_KEY", "sk-admin-ernie-test"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ernie.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(&example).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = config.validate(&env) {
+        panic!("examples/ernie.yaml: {e}");
+    }
+    let bad = |upstream: &str| {
+        let yaml = format!(
+            "upstreams:\n  e: {upstream}\nmodels:\n  m: {{ targets: [ {{ upstream: e }} ] }}\n\
+             teams:\n  t: {{ models: [\"*\"] }}\n"
+        );
+        match Config::parse(&yaml).map(|c| c.validate(&env)) {
+            Ok(Err(e)) => e.to_string(),
+            other => panic!("accepted: {yaml} {:?}", other.map(|r| r.is_ok())),
+        }
+    };
+    let e = bad("{ provider: ernie }");
+    assert!(e.starts_with("upstreams.e.model: is required"), "{e}");
+    let e = bad("{ provider: ernie, model: \"a/b\" }");
+    assert!(e.starts_with("upstreams.e.model:"), "{e}");
+    let e = bad("{ provider: ernie, model: completions, base_url: \"https://h/x?a=1\" }");
+    assert!(
+        e.starts_with("upstreams.e.base_url: must have no query"),
+        "{e}"
+    );
+}

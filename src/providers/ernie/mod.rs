@@ -163,7 +163,9 @@ fn ok(content_type: &'static str, body: BodyStream) -> UpstreamResponse {
     }
 }
 
-/// A non-stream answer: read whole, an error mapped, an answer translated.
+/// A non-stream answer: read whole, an error mapped, an answer translated. ERNIE sends a
+/// non-stream answer's headers when it is ready, so its body arrives within the first-byte
+/// timeout that bounds this call.
 async fn whole(body: BodyStream, model: &str) -> Result<UpstreamResponse, ApiError> {
     let raw = read_all(body, BytesMut::new())
         .await
