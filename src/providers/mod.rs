@@ -11,6 +11,7 @@ pub mod ernie;
 pub mod mock;
 pub mod openai;
 pub mod reading;
+pub mod sse;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::codes;
+use crate::providers::sse::{data, Events};
 use crate::providers::{BodyError, BodyStream};
 
 /// Longest ERNIE event held while waiting for its end.
@@ -159,42 +160,23 @@ impl Chunks {
     }
 }
 
-/// Length of the first complete SSE event in `buf` (through its blank line), if there is one.
-pub fn event_len(buf: &[u8]) -> Option<usize> {
-    let at = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::find(buf, b"\n\r\n").map(|i| i + 3);
-    match (at, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// An event's `data:` payload (its data lines joined); empty for a comment or keep-alive.
-pub fn data(event: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(d) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-        }
-    }
-    out
-}
-
 /// Translate the complete events at the front of `buf` into `out`; stops after the last one.
 fn drain(buf: &mut BytesMut, chunks: &mut Chunks, out: &mut BytesMut) -> Result<(), BodyError> {
+    let mut events = Events::new(buf);
+    let mut result = Ok(());
     while !chunks.ended {
-        let Some(len) = event_len(buf) else { break };
-        let event = buf.split_to(len);
-        let d = data(&event);
+        let Some(event) = events.next() else { break };
+        let d = data(event).unwrap_or_default();
         if !d.trim_ascii().is_empty() {
-            chunks.event(&d, out)?;
+            if let Err(e) = chunks.event(&d, out) {
+                result = Err(e);
+                break;
+            }
         }
     }
-    Ok(())
+    let taken = events.consumed();
+    let _ = buf.split_to(taken);
+    result
 }
 
 /// The client's stream: `upstream`'s ERNIE events (the first ones already read into `buf`)

@@ -26,6 +26,7 @@ use http_body_util::Full;
 use serde_json::{Map, Value};
 
 use super::client::{body_stream, classify, endpoint_uri, with_query, Client, ClientOptions};
+use super::sse::{data, Events};
 use super::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::credentials::Placed;
 use crate::error::ApiError;
@@ -203,17 +204,19 @@ async fn stream(
                 _ => Err(ApiError::UpstreamInvalid),
             };
         }
-        if let Some(len) = answer::event_len(&buf) {
-            let data = answer::data(&buf[..len]);
-            if let Some(Said::Error(code, msg)) = answer::read(&data) {
-                return Ok(error_answer(code, &msg));
-            }
-            if !data.trim_ascii().is_empty() {
-                break;
-            }
+        let first = Events::new(&buf).next().map(|event| {
+            let d = data(event).unwrap_or_default();
+            (event.len(), answer::read(&d), d.trim_ascii().is_empty())
+        });
+        match first {
+            Some((_, Some(Said::Error(code, msg)), _)) => return Ok(error_answer(code, &msg)),
+            Some((_, _, false)) => break,
             // A comment or keep-alive before the first event: look further.
-            let _ = buf.split_to(len);
-            continue;
+            Some((len, _, true)) => {
+                let _ = buf.split_to(len);
+                continue;
+            }
+            None => {}
         }
         if buf.len() > answer::MAX_EVENT {
             return Err(ApiError::UpstreamInvalid);
