@@ -242,6 +242,19 @@ async fn overload_336100_is_retried_and_other_codes_are_openai_errors_naming_the
         assert_eq!(r.content(), "echo: busy");
         assert_eq!(r.attempts(), Some(2));
     }
+    // The error as the stream's first event: nothing reached the client yet, so it is retried.
+    ernie.push_fault(ErnieFault::ErrorEvent {
+        after: 0,
+        code: 336100,
+    });
+    let r = send(&gw, chat("ernie-speed", "busy", true)).await;
+    assert_eq!(
+        (r.status, r.content()),
+        (200, "echo: busy".to_owned()),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.attempts(), Some(2));
     ernie.push_fault(ErnieFault::Error(336003));
     let r = send(&gw, chat("ernie-speed", "hi", false)).await;
     assert_eq!(r.status, 400, "{}", r.body);
