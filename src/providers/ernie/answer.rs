@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::codes;
 use crate::providers::sse::{data, Events};
 use crate::providers::{BodyError, BodyStream};
+use crate::secret::Secret;
 
 /// Longest ERNIE event held while waiting for its end.
 pub const MAX_EVENT: usize = 1024 * 1024;
@@ -88,14 +89,23 @@ pub fn completion(v: &Value, model: &str) -> Bytes {
     Bytes::from(out.to_string())
 }
 
-/// The OpenAI error event body an ERNIE error event ends a stream with.
-fn reported(code: i64, msg: &str) -> BodyError {
-    BodyError::Reported(codes::error_body(code, msg, codes::map(code).kind))
+/// The OpenAI error event body an ERNIE error event ends a stream with, sanitized as any
+/// upstream error body is (the credential masked, the message cut).
+fn reported(code: i64, msg: &str, secret: Option<&Secret>) -> BodyError {
+    let mapped = codes::map(code);
+    let raw = codes::error_body(code, msg, mapped.kind);
+    BodyError::Reported(crate::error::sanitize_upstream_error(
+        mapped.status,
+        &raw,
+        secret.map(Secret::expose),
+    ))
 }
 
 /// The translation state of one stream.
 pub struct Chunks {
     model: String,
+    /// The credential this request carried, masked in a relayed error message.
+    secret: Option<Secret>,
     include_usage: bool,
     role_sent: bool,
     /// The last event (`is_end`) was translated: nothing more is read.
@@ -103,9 +113,10 @@ pub struct Chunks {
 }
 
 impl Chunks {
-    pub fn new(model: String, include_usage: bool) -> Chunks {
+    pub fn new(model: String, include_usage: bool, secret: Option<Secret>) -> Chunks {
         Chunks {
             model,
+            secret,
             include_usage,
             role_sent: false,
             ended: false,
@@ -122,7 +133,7 @@ impl Chunks {
     pub fn event(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), BodyError> {
         let v = match read(data) {
             Some(Said::Answer(v)) => v,
-            Some(Said::Error(code, msg)) => return Err(reported(code, &msg)),
+            Some(Said::Error(code, msg)) => return Err(reported(code, &msg, self.secret.as_ref())),
             None => return Err(BodyError::Reset),
         };
         let mut push = |v: &Value| {
@@ -245,7 +256,7 @@ mod tests {
 
     async fn run(parts: Vec<Result<Bytes, BodyError>>, usage: bool) -> (String, Option<BodyError>) {
         let up = futures_util::stream::iter(parts).boxed();
-        let mut s = translate(up, BytesMut::new(), Chunks::new("m".into(), usage));
+        let mut s = translate(up, BytesMut::new(), Chunks::new("m".into(), usage, None));
         let (mut text, mut err) = (String::new(), None);
         while let Some(r) = s.next().await {
             match r {
@@ -304,6 +315,23 @@ mod tests {
         }
         let (_, err) = run(vec![Ok(a)], false).await;
         assert_eq!(err, Some(BodyError::Reset));
+    }
+
+    #[tokio::test]
+    async fn a_relayed_error_event_never_carries_the_token() {
+        let token = "24.0123456789abcdef0123456789abcdef";
+        let e = ev(json!({"error_code": 111, "error_msg": format!("token {token} expired")}));
+        let up = futures_util::stream::iter(vec![Ok(e)]).boxed();
+        let chunks = Chunks::new("m".into(), false, Some(Secret::new(token)));
+        let mut s = translate(up, BytesMut::new(), chunks);
+        match s.next().await {
+            Some(Err(BodyError::Reported(b))) => {
+                let text = String::from_utf8_lossy(&b);
+                assert!(!text.contains("0123456789ab"), "{text}");
+                assert!(text.contains("ernie_111"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

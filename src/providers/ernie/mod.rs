@@ -31,6 +31,7 @@ use super::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::credentials::Placed;
 use crate::error::ApiError;
 use crate::openai::Endpoint;
+use crate::secret::Secret;
 use answer::{Chunks, Said};
 
 /// Where Baidu serves the v1 chat API.
@@ -115,7 +116,8 @@ impl Ernie {
             });
         }
         if t.stream {
-            stream(body, t.model, t.include_usage).await
+            let secret = req.lease.map(|l| l.value.clone());
+            stream(body, t.model, t.include_usage, secret).await
         } else {
             whole(body, &t.model).await
         }
@@ -190,6 +192,7 @@ async fn stream(
     mut body: BodyStream,
     model: String,
     include_usage: bool,
+    secret: Option<Secret>,
 ) -> Result<UpstreamResponse, ApiError> {
     let mut buf = BytesMut::new();
     loop {
@@ -228,7 +231,7 @@ async fn stream(
             None => return Err(ApiError::UpstreamInvalid),
         }
     }
-    let chunks = Chunks::new(model, include_usage);
+    let chunks = Chunks::new(model, include_usage, secret);
     Ok(ok(
         "text/event-stream",
         answer::translate(body, buf, chunks),
