@@ -119,6 +119,15 @@ impl Snapshot {
                     Provider::OpenAi(Box::new(OpenAi::new(name, base_url, connect)?))
                 }
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
+                ProviderKind::Ernie => {
+                    use crate::providers::ernie::{Ernie, DEFAULT_BASE_URL};
+                    let mut with_base = u.clone();
+                    let base_url = with_base.base_url.get_or_insert(DEFAULT_BASE_URL.into());
+                    let base_url = base_url.clone();
+                    let endpoint = u.model.as_deref().unwrap_or_default();
+                    let connect = client_options(name, &with_base, config.proxy.as_ref(), env)?;
+                    Provider::Ernie(Box::new(Ernie::new(name, &base_url, endpoint, connect)?))
+                }
             };
             upstreams.insert(
                 name.clone(),

@@ -20,8 +20,8 @@ mod cache;
 mod checks;
 pub use checks::check_limits;
 use checks::{
-    check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
-    check_secret,
+    check_admin_key_is_not_a_client_key, check_credential, check_ernie, check_forward_headers,
+    check_key_source, check_secret,
 };
 mod console;
 mod credentials;
@@ -415,6 +415,9 @@ impl Config {
                         }
                     }
                 }
+            }
+            if u.provider == ProviderKind::Ernie {
+                check_ernie(u, &path)?;
             }
             if let Some(t) = &u.tls {
                 t.validate(&format!("{path}.tls"), env, &mut warnings)?;

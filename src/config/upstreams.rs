@@ -10,19 +10,24 @@ pub enum ProviderKind {
     Openai,
     /// The built-in mock model: answers without any network.
     Mock,
+    /// Baidu Qianfan's ERNIE chat API (wenxinworkshop v1): requests and answers translated,
+    /// errors sent as HTTP 200 with `error_code` mapped to statuses (see docs/PROVIDERS.md).
+    Ernie,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub provider: ProviderKind,
-    /// Base URL including the version path, e.g. `http://127.0.0.1:8000/v1`. Not used by `mock`.
+    /// Base URL including the version path, e.g. `http://127.0.0.1:8000/v1`. Not used by `mock`;
+    /// `ernie` defaults to `https://aip.baidubce.com/rpc/2.0/ai_custom/v1/wenxinworkshop`.
     #[serde(default)]
     pub base_url: Option<String>,
     /// Name of an entry under `credentials`; none for open upstreams.
     #[serde(default)]
     pub credential: Option<String>,
-    /// Model name sent upstream in place of the client's.
+    /// Model name sent upstream in place of the client's (`ernie`: the endpoint name in the
+    /// path, e.g. `completions`, `ernie-speed-128k`; required there).
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]

@@ -7,9 +7,11 @@
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
 pub mod client;
+pub mod ernie;
 pub mod mock;
 pub mod openai;
 pub mod reading;
+pub mod sse;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -21,10 +23,13 @@ use crate::error::ApiError;
 pub use crate::openai::{Endpoint, Usage};
 
 /// Why an upstream body ended early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
     /// The connection was reset or the body was cut.
     Reset,
+    /// The upstream reported an error inside its stream (an in-band error event a provider
+    /// read): the OpenAI-shaped error body the client's stream ends with.
+    Reported(Bytes),
 }
 
 pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
@@ -55,6 +60,7 @@ pub enum Provider {
     // Boxed: the pooled client and the pre-parsed URIs make it large.
     OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
+    Ernie(Box<ernie::Ernie>),
 }
 
 impl Provider {
@@ -63,6 +69,7 @@ impl Provider {
         match self {
             Provider::OpenAi(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
+            Provider::Ernie(p) => p.send(req).await,
         }
     }
 }

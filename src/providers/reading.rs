@@ -151,6 +151,8 @@ pub enum Break {
     Overlong,
     /// The request's own deadline passed: not the upstream's fault.
     Deadline,
+    /// The upstream reported an error in its stream (the provider's error body is relayed).
+    Reported,
 }
 
 impl Break {
@@ -182,6 +184,11 @@ impl Break {
                 "deadline_exceeded",
                 "the request reached its deadline in the middle of the stream",
                 Health::Unrelated,
+            ),
+            Break::Reported => (
+                "upstream_error",
+                "the upstream reported an error in the middle of the stream",
+                Health::Down,
             ),
         }
     }
