@@ -126,6 +126,16 @@ impl Snapshot {
                     let p = anthropic::Anthropic::new(name, base_url, version, connect)?;
                     Provider::Anthropic(Box::new(p))
                 }
+                ProviderKind::Ernie => {
+                    use crate::providers::ernie::{Ernie, DEFAULT_BASE_URL};
+                    let mut with_base = u.clone();
+                    let base_url = with_base.base_url.get_or_insert(DEFAULT_BASE_URL.into());
+                    let base_url = base_url.clone();
+                    let endpoint = u.model.as_deref().unwrap_or_default();
+                    let connect =
+                        client_options(name, &with_base, &base_url, config.proxy.as_ref(), env)?;
+                    Provider::Ernie(Box::new(Ernie::new(name, &base_url, endpoint, connect)?))
+                }
             };
             upstreams.insert(
                 name.clone(),

@@ -337,8 +337,8 @@ async fn an_error_event_or_a_cut_mid_stream_ends_with_an_openai_error_event() {
     assert_eq!(r.content(), "echo: one");
     let ev = parsed(&r);
     let last = ev.last().cloned().unwrap_or_default();
-    assert_eq!(last["error"]["code"], "upstream_overloaded", "{}", r.body);
-    assert!(last["error"]["message"].is_string());
+    assert_eq!(last["error"]["type"], "overloaded_error", "{}", r.body);
+    assert_eq!(last["error"]["message"], "injected by the fake");
     assert!(!r.body.contains("[DONE]"));
 
     up.push_fault(AnthropicFault::CutAfter(6));

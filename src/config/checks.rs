@@ -430,3 +430,44 @@ pub(super) fn check_admin_key_is_not_a_client_key(
     }
     Ok(())
 }
+
+/// An `ernie` upstream: its endpoint name (`model:`) goes into the URL path, so it is required
+/// and may hold only the characters Baidu's endpoint names use; a `base_url`, when set, is an
+/// http(s) URL without a query (the access token is the only query parameter).
+pub(super) fn check_ernie(u: &UpstreamConfig, path: &str) -> Result<(), ConfigError> {
+    let endpoint_ok = |m: &str| {
+        !m.is_empty()
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    match u.model.as_deref() {
+        None => {
+            return Err(err(
+                format!("{path}.model"),
+                "is required for provider ernie: the endpoint name of the chat URL, e.g. \
+                 completions or ernie-speed-128k",
+            ))
+        }
+        Some(m) if !endpoint_ok(m) => {
+            return Err(err(
+                format!("{path}.model"),
+                "an ernie endpoint name holds only letters, digits, '-', '_' and '.'",
+            ))
+        }
+        Some(_) => {}
+    }
+    if let Some(url) = &u.base_url {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| err(format!("{path}.base_url"), format!("invalid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(err(format!("{path}.base_url"), "must be http or https"));
+        }
+        if parsed.query().is_some() {
+            return Err(err(
+                format!("{path}.base_url"),
+                "must have no query string: the ernie provider adds access_token itself",
+            ));
+        }
+    }
+    Ok(())
+}

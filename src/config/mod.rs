@@ -20,8 +20,8 @@ mod cache;
 mod checks;
 pub use checks::check_limits;
 use checks::{
-    check_admin_key_is_not_a_client_key, check_credential, check_forward_headers, check_key_source,
-    check_secret,
+    check_admin_key_is_not_a_client_key, check_credential, check_ernie, check_forward_headers,
+    check_key_source, check_secret,
 };
 mod console;
 mod credentials;
@@ -405,8 +405,8 @@ impl Config {
             let path = format!("upstreams.{name}");
             if u.provider != ProviderKind::Mock {
                 match &u.base_url {
-                    // `anthropic` has a default (its public API).
-                    None if u.provider == ProviderKind::Anthropic => {}
+                    // `anthropic` and `ernie` have defaults (their public APIs).
+                    None if u.provider != ProviderKind::Openai => {}
                     None => return Err(err(format!("{path}.base_url"), "is required")),
                     Some(url) => {
                         let parsed = reqwest::Url::parse(url).map_err(|e| {
@@ -417,6 +417,9 @@ impl Config {
                         }
                     }
                 }
+            }
+            if u.provider == ProviderKind::Ernie {
+                check_ernie(u, &path)?;
             }
             if let Some(v) = &u.anthropic_version {
                 if u.provider != ProviderKind::Anthropic {

@@ -12,6 +12,9 @@ pub enum ProviderKind {
     Mock,
     /// Anthropic's Messages API, translated to and from OpenAI chat completions.
     Anthropic,
+    /// Baidu Qianfan's ERNIE chat API (wenxinworkshop v1): requests and answers translated,
+    /// errors sent as HTTP 200 with `error_code` mapped to statuses (see docs/PROVIDERS.md).
+    Ernie,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -20,12 +23,14 @@ pub struct UpstreamConfig {
     pub provider: ProviderKind,
     /// Base URL including the version path, e.g. `http://127.0.0.1:8000/v1`. Not used by `mock`;
     /// for `anthropic` it defaults to `https://api.anthropic.com` (`/v1/messages` is appended).
+    /// `ernie` defaults to `https://aip.baidubce.com/rpc/2.0/ai_custom/v1/wenxinworkshop`.
     #[serde(default)]
     pub base_url: Option<String>,
     /// Name of an entry under `credentials`; none for open upstreams.
     #[serde(default)]
     pub credential: Option<String>,
-    /// Model name sent upstream in place of the client's.
+    /// Model name sent upstream in place of the client's (`ernie`: the endpoint name in the
+    /// path, e.g. `completions`, `ernie-speed-128k`; required there).
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]

@@ -9,6 +9,7 @@
 
 pub mod anthropic;
 pub mod client;
+pub mod ernie;
 pub mod mock;
 pub mod openai;
 pub mod reading;
@@ -24,7 +25,7 @@ use crate::error::ApiError;
 pub use crate::openai::{Endpoint, Usage};
 
 /// Why an upstream body ended early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
     /// The connection was reset or the body was cut.
     Reset,
@@ -32,8 +33,9 @@ pub enum BodyError {
     Cut,
     /// One event of a translated stream grew past the translator's bound.
     Overlong,
-    /// The upstream reported an error inside the stream (Anthropic's `error` event).
-    Reported(reading::Reported),
+    /// The upstream reported an error inside its stream (an in-band error event a provider
+    /// read): the OpenAI-shaped error body the client's stream ends with.
+    Reported(Bytes),
 }
 
 pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
@@ -65,6 +67,7 @@ pub enum Provider {
     OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
     Anthropic(Box<anthropic::Anthropic>),
+    Ernie(Box<ernie::Ernie>),
 }
 
 impl Provider {
@@ -74,6 +77,7 @@ impl Provider {
             Provider::OpenAi(_) => "openai",
             Provider::Mock(_) => "mock",
             Provider::Anthropic(_) => "anthropic",
+            Provider::Ernie(_) => "ernie",
         }
     }
 
@@ -82,7 +86,7 @@ impl Provider {
     pub fn body(&self, endpoint: Endpoint, json: &crate::openai::Body) -> Result<Bytes, ApiError> {
         match self {
             Provider::Anthropic(p) => p.body(endpoint, json),
-            Provider::OpenAi(_) | Provider::Mock(_) => Ok(json.to_bytes()),
+            Provider::OpenAi(_) | Provider::Mock(_) | Provider::Ernie(_) => Ok(json.to_bytes()),
         }
     }
 
@@ -92,6 +96,7 @@ impl Provider {
             Provider::OpenAi(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
             Provider::Anthropic(p) => p.send(req).await,
+            Provider::Ernie(p) => p.send(req).await,
         }
     }
 }

@@ -154,19 +154,8 @@ pub enum Break {
     Overlong,
     /// The request's own deadline passed: not the upstream's fault.
     Deadline,
-    /// The upstream reported an error inside the stream (Anthropic's `error` event).
-    Reported(Reported),
-}
-
-/// An error an upstream reported inside a stream it had started, by what it means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reported {
-    /// Short of capacity (Anthropic `overloaded_error`).
-    Overloaded,
-    /// Rate limited (Anthropic `rate_limit_error`).
-    RateLimited,
-    /// Anything else (Anthropic `api_error` and the other types).
-    Failed,
+    /// The upstream reported an error in its stream (the provider's error body is relayed).
+    Reported,
 }
 
 impl From<crate::providers::BodyError> for Break {
@@ -176,7 +165,7 @@ impl From<crate::providers::BodyError> for Break {
             BodyError::Reset => Break::Reset,
             BodyError::Cut => Break::Cut,
             BodyError::Overlong => Break::Overlong,
-            BodyError::Reported(r) => Break::Reported(r),
+            BodyError::Reported(_) => Break::Reported,
         }
     }
 }
@@ -211,17 +200,7 @@ impl Break {
                 "the request reached its deadline in the middle of the stream",
                 Health::Unrelated,
             ),
-            Break::Reported(Reported::Overloaded) => (
-                "upstream_overloaded",
-                "the upstream reported it is overloaded in the middle of the stream",
-                Health::Down,
-            ),
-            Break::Reported(Reported::RateLimited) => (
-                "upstream_rate_limited",
-                "the upstream reported a rate limit in the middle of the stream",
-                Health::Busy,
-            ),
-            Break::Reported(Reported::Failed) => (
+            Break::Reported => (
                 "upstream_error",
                 "the upstream reported an error in the middle of the stream",
                 Health::Down,

@@ -1,14 +1,16 @@
-//! Server-sent events framing: the one splitter of a byte stream into complete events, and the
-//! reading of an event's `data`. The proxy's relay and first-event check use it for OpenAI
-//! streams; providers that translate a vendor's stream (Anthropic) use it on theirs, so every
-//! stream is cut into events the same way however its chunks arrive. No I/O, no state.
+//! Server-sent events: the one splitter of a byte stream into events, and the reading of an
+//! event's `data`. The relay and the attempt step (`proxy::sse`) and the providers that translate
+//! a vendor's stream (`ernie`, `anthropic`) all split with it, so every step sees the same events however the
+//! upstream cuts its stream into chunks (a property test in `proxy::sse` holds it to that). No
+//! I/O, no state.
 
 use std::borrow::Cow;
 
 /// The complete SSE events at the front of a buffer, in order, each through its blank line
 /// (`\n\n` or `\n\r\n`); a partial event at the end is left for more bytes. The one SSE
-/// splitter: the relay and the attempt step's first-event check both use it, and a property test
-/// holds it to giving the same events however the stream is cut into chunks.
+/// splitter: the relay, the attempt step's first-event check and the stream translating
+/// providers use it, and a property test holds it to giving the same events however the stream
+/// is cut into chunks.
 pub struct Events<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -38,7 +40,7 @@ impl<'a> Iterator for Events<'a> {
 }
 
 /// Length of the first complete SSE event (through its blank line), if there is one.
-pub fn event_len(buf: &[u8]) -> Option<usize> {
+fn event_len(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i + 1 < buf.len() {
         if buf[i] == b'\n' {
@@ -73,4 +75,16 @@ pub fn data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
         joined.extend_from_slice(line);
     }
     Some(Cow::Owned(joined))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_boundaries() {
+        assert_eq!(event_len(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(event_len(b"data: a\r\n\r\n"), Some(11));
+        assert_eq!(event_len(b"data: a\n"), None);
+    }
 }

@@ -25,7 +25,7 @@ use super::sse::{finish_reason, inspect, Events, Seen};
 use crate::cache::{Capture, Event, Fill};
 use crate::error::error_json;
 use crate::providers::reading::{Break, Health};
-use crate::providers::{BodyStream, Usage};
+use crate::providers::{BodyError, BodyStream, Usage};
 use crate::routing::queue::Slot;
 use crate::state::Upstream;
 
@@ -215,8 +215,11 @@ impl SseRelay {
                     return Some(self.end(Break::Deadline))
                 }
                 Err(_) => return Some(self.end(Break::Stalled)),
-                // A reset, or what a translating provider saw end its stream early (a cut,
-                // an over-long event, an error the upstream reported in the stream).
+                Ok(Some(Err(BodyError::Reported(error)))) => {
+                    return Some(self.end_with(Break::Reported, &error))
+                }
+                // A reset, or what a translating provider saw end its stream early (a cut, an
+                // over-long event).
                 Ok(Some(Err(e))) => return Some(self.end(Break::from(e))),
                 // Ended in the middle of an event: the cut event is not passed on.
                 Ok(None) if !self.buf.is_empty() => return Some(self.end(Break::Cut)),
@@ -303,7 +306,13 @@ impl SseRelay {
     /// The stream broke: an error event for the client, and what the break says of the
     /// upstream's health for its breaker.
     fn end(&mut self, why: Break) -> Bytes {
-        let (code, message, health) = why.read();
+        let (code, message, _) = why.read();
+        self.end_with(why, &error_json(message, "upstream_error", None, code))
+    }
+
+    /// [`SseRelay::end`] with `error` (an OpenAI-shaped error body) as the closing event.
+    fn end_with(&mut self, why: Break, error: &[u8]) -> Bytes {
+        let (code, _, health) = why.read();
         self.capture = None;
         self.finish();
         self.ledger.broken(code);
@@ -319,7 +328,7 @@ impl SseRelay {
         self.buf.clear();
         let mut out = bytes::BytesMut::with_capacity(256);
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&error_json(message, "upstream_error", None, code));
+        out.extend_from_slice(error);
         out.extend_from_slice(b"\n\n");
         out.freeze()
     }

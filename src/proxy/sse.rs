@@ -1,12 +1,10 @@
-//! Server-sent events as the request path reads them: the one place that splits a byte stream
-//! into events and reads an event's `data`.
+//! Server-sent events as the request path reads them, split into events and their `data` read
+//! by the one splitter, [`crate::providers::sse`] (which providers that translate streams use too).
 //!
 //! The attempt step uses it to commit a stream only once its first event is whole and well
 //! formed ([`first_event_ok`]); the relay uses it to pass complete events on as they come and to
 //! find the usage chunk ([`inspect`]). Both see the same events however the upstream cuts its
 //! stream into chunks (a property test holds [`Events`] to that). It owns no I/O and no state.
-//! The splitter itself lives in [`crate::providers::sse`], so providers that translate a
-//! vendor's stream split it the same way.
 
 use crate::providers::sse::data;
 pub(super) use crate::providers::sse::Events;
@@ -110,14 +108,6 @@ mod tests {
             br#"data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#
         ));
         assert!(!finish_reason(b"data: [DONE]"));
-    }
-
-    #[test]
-    fn event_boundaries() {
-        use crate::providers::sse::event_len;
-        assert_eq!(event_len(b"data: a\n\ndata: b"), Some(9));
-        assert_eq!(event_len(b"data: a\r\n\r\n"), Some(11));
-        assert_eq!(event_len(b"data: a\n"), None);
     }
 
     mod split_property {

@@ -11,6 +11,8 @@
 //!   stream events, and fault knobs ([`anthropic`]).
 //! - [`ConnectProxy`]: an HTTP CONNECT proxy that counts the tunnels and bytes it
 //!   passed and can refuse (407, 403) ([`connect_proxy`]).
+//! - [`MockErnie`]: Baidu's ERNIE chat API (wenxinworkshop v1), errors in HTTP 200 bodies and
+//!   stream events included, its `access_token` checked against a [`MockOAuth`] ([`ernie`]).
 //! - [`MockOAuth`]: an OAuth2 token server (standard and Baidu style) with
 //!   expiry, revocation and failure knobs ([`oauth`]).
 //! - [`MockCollector`]: an OTLP trace collector over HTTP/protobuf and gRPC that keeps the
@@ -21,13 +23,15 @@
 
 pub mod anthropic;
 pub mod connect_proxy;
+pub mod ernie;
 pub mod oauth;
 pub mod otlp;
 pub mod upstream;
 
 pub use anthropic::{AnthropicFault, AnthropicReceived, MockAnthropic};
 pub use connect_proxy::ConnectProxy;
-pub use oauth::{MockOAuth, TokenRequest};
+pub use ernie::{ErnieFault, MockErnie};
+pub use oauth::{MockOAuth, TokenRequest, TokenState};
 pub use otlp::{CollectorMode, MockCollector, ReceivedSpan};
 pub use upstream::{Fault, MockUpstream, Received};
 
@@ -555,7 +559,7 @@ pub(crate) fn model_of(body: &Value) -> Value {
         .unwrap_or_else(|| Value::from("mock-model"))
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

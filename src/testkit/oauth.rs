@@ -70,7 +70,9 @@ struct Shared {
     cancel: CancellationToken,
 }
 
-enum TokenState {
+/// What the token server knows of a token (see [`MockOAuth::token_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
     Valid,
     /// Issued, but expired or revoked.
     Stale,
@@ -270,6 +272,17 @@ impl MockOAuth {
     /// Issued, not revoked, not expired.
     pub fn is_valid(&self, token: &str) -> bool {
         matches!(self.shared.token_state(token), TokenState::Valid)
+    }
+
+    /// What the server knows of `token` now: valid, issued but expired or revoked, or
+    /// unknown. A stale token counts in [`MockOAuth::rejected_expired`] (a fake upstream
+    /// checking its tokens here refuses it).
+    pub fn token_state(&self, token: &str) -> TokenState {
+        let state = self.shared.token_state(token);
+        if state == TokenState::Stale {
+            self.shared.rejected_expired.fetch_add(1, Ordering::SeqCst);
+        }
+        state
     }
 
     /// Requests rejected by [`MockOAuth::bearer_check`] whose token had been

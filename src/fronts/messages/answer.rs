@@ -185,11 +185,11 @@ impl Events {
             return;
         };
         if let Some(e) = v.get("error") {
-            let kind = match e["code"].as_str() {
-                Some("upstream_overloaded") => "overloaded_error",
-                Some("upstream_rate_limited") => "rate_limit_error",
-                _ => "api_error",
-            };
+            // An Anthropic upstream's own type is kept; Tollgate's codes are an `api_error`.
+            let kind = e["type"]
+                .as_str()
+                .filter(|t| matches!(*t, "overloaded_error" | "rate_limit_error"))
+                .unwrap_or("api_error");
             event(
                 out,
                 "error",

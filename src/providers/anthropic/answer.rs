@@ -189,14 +189,17 @@ pub fn error(status: StatusCode, raw: &[u8]) -> Bytes {
     Bytes::from(out.to_string())
 }
 
-/// What an Anthropic error type met inside a stream means.
-pub fn reported(kind: &str) -> crate::providers::reading::Reported {
-    use crate::providers::reading::Reported;
-    match kind {
-        "overloaded_error" => Reported::Overloaded,
-        "rate_limit_error" => Reported::RateLimited,
-        _ => Reported::Failed,
-    }
+/// An Anthropic `error` event's data (`{"type":"error","error":{...}}`) as the OpenAI error body
+/// the client's stream ends with; a data that is not JSON an `api_error`.
+pub fn reported(raw: &[u8]) -> Bytes {
+    let v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let e = &v["error"];
+    let kind = e["type"].as_str().unwrap_or("api_error");
+    let message = e["message"]
+        .as_str()
+        .unwrap_or("the upstream reported an error in the middle of the stream");
+    let out = json!({"error": {"message": message, "type": kind, "param": null, "code": kind}});
+    Bytes::from(out.to_string())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! | `message_delta` | `delta: {}` with `finish_reason`; its usage is kept |
 //! | `message_stop` | the usage-only chunk (when `include_usage`), then `data: [DONE]` |
 //! | `ping`, `content_block_stop`, unknown events, thinking deltas | nothing |
-//! | `error` | the stream ends with [`BodyError::Reported`]: the relay closes it with an OpenAI error event |
+//! | `error` | the stream ends with [`BodyError::Reported`] carrying it as an OpenAI error body: the relay closes the client's stream with it |
 //!
 //! A stream that ends without `message_stop` ends with [`BodyError::Cut`].
 
@@ -23,7 +23,6 @@ use futures_util::Stream;
 use serde_json::{json, Map, Value};
 
 use super::answer::{finish_reason, now_secs, reported, usage};
-use crate::providers::reading::Reported;
 use crate::providers::sse::{data, Events};
 use crate::providers::{BodyError, BodyStream};
 
@@ -75,7 +74,7 @@ impl Translate {
     }
 
     /// Translate the complete events in the buffer into `out`; an error event stops there.
-    fn drain(&mut self, out: &mut BytesMut) -> Result<(), Reported> {
+    fn drain(&mut self, out: &mut BytesMut) -> Result<(), Bytes> {
         let mut events = Events::new(&self.buf);
         let mut result = Ok(());
         for event in events.by_ref() {
@@ -138,12 +137,12 @@ impl Stream for Translate {
 
 impl Message {
     /// One Anthropic event: its OpenAI chunks appended to `out`.
-    fn event(&mut self, event: &[u8], out: &mut BytesMut) -> Result<(), Reported> {
+    fn event(&mut self, event: &[u8], out: &mut BytesMut) -> Result<(), Bytes> {
         let Some(raw) = data(event) else {
             return Ok(());
         };
         let Ok(v) = serde_json::from_slice::<Value>(&raw) else {
-            return Err(Reported::Failed);
+            return Err(reported(b""));
         };
         match v["type"].as_str().unwrap_or_default() {
             "message_start" => {
@@ -211,8 +210,7 @@ impl Message {
                 out.extend_from_slice(b"data: [DONE]\n\n");
             }
             "error" => {
-                let kind = v.pointer("/error/type").and_then(Value::as_str);
-                return Err(reported(kind.unwrap_or_default()));
+                return Err(reported(&raw));
             }
             // ping, content_block_stop, and event types added later.
             _ => {}
@@ -368,7 +366,12 @@ mod tests {
         );
         let (text, err) = run(vec![s.as_bytes()], true).await;
         assert_eq!(events(&text).len(), 1);
-        assert_eq!(err, Some(BodyError::Reported(Reported::Overloaded)));
+        let Some(BodyError::Reported(body)) = err else {
+            panic!("{err:?}")
+        };
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["type"], "overloaded_error");
+        assert_eq!(body["error"]["message"], "Overloaded");
         let cut = &STREAM[..STREAM.len() - 40];
         let (_, err) = run(vec![cut.as_bytes()], true).await;
         assert_eq!(err, Some(BodyError::Cut));
