@@ -430,3 +430,48 @@ pub(super) fn check_admin_key_is_not_a_client_key(
     }
     Ok(())
 }
+
+/// An upstream's `base_url` is a prefix every endpoint path is appended to, so it cannot carry a
+/// query string (or a fragment): `https://h/openai?api-version=1` would send
+/// `…?api-version=1/chat/completions`. Refused for every provider, saying where the parameter
+/// goes instead.
+pub(super) fn check_base_url_has_no_query(
+    path: &str,
+    u: &UpstreamConfig,
+) -> Result<(), ConfigError> {
+    let Some(url) = &u.base_url else {
+        return Ok(());
+    };
+    let field = format!("{path}.base_url");
+    if url.contains('#') {
+        return Err(err(field, "must not carry a fragment ('#…')"));
+    }
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    // Only the parameters' names: their values may be secrets.
+    let names: Vec<&str> = query
+        .split(['&', ';'])
+        .filter_map(|kv| kv.split('=').next())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let instead = if names.iter().any(|n| n.eq_ignore_ascii_case("api-version")) {
+        "an Azure OpenAI api-version goes in the upstream's `api_version:` field, with \
+         `provider: azure`"
+    } else {
+        "a key or token goes in a credential with `placement: { query: NAME }` (or \
+         `placement: { header: NAME }`)"
+    };
+    Err(err(
+        field,
+        format!(
+            "must not carry a query string (parameters: {}): Tollgate appends each endpoint's \
+             path to base_url, so the path would land inside the query; {instead}",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ),
+    ))
+}

@@ -416,6 +416,7 @@ impl Config {
                     }
                 }
             }
+            checks::check_base_url_has_no_query(&path, u)?;
             if let Some(t) = &u.tls {
                 t.validate(&format!("{path}.tls"), env, &mut warnings)?;
             }

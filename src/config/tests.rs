@@ -458,3 +458,28 @@ fn relative_batch_files_are_the_config_files_directorys() {
         std::path::Path::new("/var/lib/tollgate/files")
     );
 }
+
+#[test]
+fn a_base_url_query_or_fragment_is_refused_for_every_provider() {
+    let with = |upstream: &str| BASE.replace("{ provider: mock }", upstream);
+    let e = check(&with(
+        r#"{ provider: openai, base_url: "https://h/v1?api-version=1&key=s3cret" }"#,
+    ))
+    .err()
+    .unwrap_or_default();
+    assert!(
+        e.starts_with(
+            "upstreams.m.base_url: must not carry a query string (parameters: api-version, key)"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("`api_version:`") && !e.contains("s3cret"), "{e}");
+    let e = check(&with(r#"{ provider: mock, base_url: "http://h/v1#x" }"#))
+        .err()
+        .unwrap_or_default();
+    assert_eq!(e, "upstreams.m.base_url: must not carry a fragment ('#…')");
+    assert_eq!(
+        check(&with(r#"{ provider: openai, base_url: "https://h/v1" }"#)).err(),
+        None
+    );
+}
