@@ -158,6 +158,10 @@ pub struct ModelConfig {
     /// The response cache for this model; none: answers are never cached.
     #[serde(default)]
     pub cache: Option<ModelCacheConfig>,
+    /// Answers carry this model's client-facing name in `model` (JSON and every stream chunk);
+    /// `true` leaves the name the upstream wrote (e.g. its dated or renamed model).
+    #[serde(default)]
+    pub keep_upstream_model: bool,
 }
 
 fn default_deadline() -> Dur {

@@ -68,13 +68,19 @@ impl Provider {
 }
 
 #[derive(Deserialize)]
-struct UsageProbe {
+struct AnswerProbe<'a> {
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(borrow, default)]
+    model: crate::openai::model::ModelStr<'a>,
 }
 
 /// Parse a whole JSON object once: an error when it is not one (cut, malformed), else its
-/// `usage` if it has one. Validation and usage capture in a single pass.
-pub fn read_usage(json: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
-    serde_json::from_slice::<UsageProbe>(json).map(|p| p.usage)
+/// `usage` if it has one and where its top-level `model` string lies (for the relay to put the
+/// client-facing name there). Validation, usage capture and the model's place in a single pass.
+#[allow(clippy::type_complexity)]
+pub fn read_answer(
+    json: &[u8],
+) -> Result<(Option<Usage>, Option<std::ops::Range<usize>>), serde_json::Error> {
+    serde_json::from_slice::<AnswerProbe>(json).map(|p| (p.usage, p.model.span_in(json)))
 }
