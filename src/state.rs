@@ -119,6 +119,10 @@ impl Snapshot {
                     Provider::OpenAi(Box::new(OpenAi::new(name, base_url, connect)?))
                 }
                 ProviderKind::Mock => Provider::Mock(Mock::new(u.mock.clone())),
+                ProviderKind::Azure => {
+                    let connect = client_options(name, u, config.proxy.as_ref(), env)?;
+                    Provider::Azure(Box::new(crate::providers::azure::build(name, u, connect)?))
+                }
             };
             upstreams.insert(
                 name.clone(),

@@ -152,6 +152,20 @@ fn a_base_url_with_a_query_is_refused_naming_where_the_parameter_goes() {
     }
 }
 
+/// The Azure example passes with its variables set.
+#[test]
+fn the_azure_example_passes() {
+    let yaml = std::fs::read_to_string("examples/azure.yaml").unwrap_or_default();
+    let (code, out, err) = check(
+        &yaml,
+        &[
+            ("AZURE_OPENAI_API_KEY", "k"),
+            ("TOLLGATE_CLIENT_KEY", "sk-client-cli-test"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[test]
 fn a_literal_secret_is_a_warning_not_an_error() {
     let (code, _, err) = check(&GOOD.replace("\"${TG_UP}\"", "sk-literal-123"), &[]);

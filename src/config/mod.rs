@@ -417,6 +417,7 @@ impl Config {
                 }
             }
             checks::check_base_url_has_no_query(&path, u)?;
+            checks::check_azure(&path, u, &self.credentials)?;
             if let Some(t) = &u.tls {
                 t.validate(&format!("{path}.tls"), env, &mut warnings)?;
             }

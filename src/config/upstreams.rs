@@ -10,6 +10,8 @@ pub enum ProviderKind {
     Openai,
     /// The built-in mock model: answers without any network.
     Mock,
+    /// Azure OpenAI: `{base_url}/openai/deployments/{deployment}/…?api-version=…`.
+    Azure,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -45,6 +47,12 @@ pub struct UpstreamConfig {
     /// The egress proxy for this upstream; replaces the gateway-wide `proxy:` (`{}`: direct).
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
+    /// (`azure`) The deployment named in the path; `model:` when unset.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// (`azure`, required) The `api-version` query parameter, e.g. `2024-10-21`.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 fn default_max_queue() -> usize {

@@ -6,6 +6,7 @@
 //! HTTP providers send through the one pooled client of [`client`].
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
+pub mod azure;
 pub mod client;
 pub mod mock;
 pub mod openai;
@@ -55,13 +56,15 @@ pub enum Provider {
     // Boxed: the pooled client and the pre-parsed URIs make it large.
     OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
+    /// Azure OpenAI: the OpenAI sender with deployment URIs ([`azure`]).
+    Azure(Box<openai::OpenAi>),
 }
 
 impl Provider {
     /// Send the request; resolves when the response headers arrived.
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
         match self {
-            Provider::OpenAi(p) => p.send(req).await,
+            Provider::OpenAi(p) | Provider::Azure(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
         }
     }
