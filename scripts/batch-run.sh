@@ -55,20 +55,23 @@ GW=$!
 for _ in $(seq 100); do [ -s "$DIR/addr" ] && break; sleep 0.1; done
 URL="http://$(cat "$DIR/addr")"
 
-probe() { # P50 and P99 of $PROBES sequential interactive requests, in ms
-  taskset -c "$CLIENT_CPUS" python3 - "$URL" "$PROBES" <<'PY'
-import http.client, json, sys, time, urllib.parse
-u = urllib.parse.urlparse(sys.argv[1]); n = int(sys.argv[2])
+probe() { # P50 and P99 of sequential interactive requests, in ms: $PROBES of them, or fewer if
+          # the file $1 appears first (the batch ended)
+  taskset -c "$CLIENT_CPUS" python3 - "$URL" "$PROBES" "${1:-}" <<'PY'
+import http.client, json, os, sys, time, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1]); n = int(sys.argv[2]); stop = sys.argv[3]
 c = http.client.HTTPConnection(u.hostname, u.port)
 body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "interactive"}]})
 h = {"authorization": "Bearer sk-tollgate-demo", "content-type": "application/json"}
 t = []
 for _ in range(n):
+    if stop and os.path.exists(stop):
+        break
     s = time.perf_counter(); c.request("POST", "/v1/chat/completions", body, h)
     r = c.getresponse(); r.read(); t.append((time.perf_counter() - s) * 1000)
     assert r.status == 200, r.status
 t.sort()
-print(f"p50 {t[len(t)//2]:.2f} ms, p99 {t[int(len(t)*0.99)]:.2f} ms")
+print(f"p50 {t[len(t)//2]:.2f} ms, p99 {t[int(len(t)*0.99)]:.2f} ms ({len(t)} requests)")
 PY
 }
 
@@ -77,10 +80,14 @@ START=$(date +%s.%N)
 TOLLGATE_URL=$URL TOLLGATE_API_KEY=sk-tollgate-demo taskset -c "$CLIENT_CPUS" \
   "$BIN" batch submit "$DIR/in.jsonl" --wait -o "$DIR/out.jsonl" > "$DIR/submit.log" &
 SUBMIT=$!
-sleep 2
-echo "interactive, during batch: $(probe)"
+# Interactive requests while the batch runs (from one second in until it ends).
+(sleep 1; probe "$DIR/batch-ended" > "$DIR/probe.txt") &
+PROBE=$!
 wait "$SUBMIT"
 END=$(date +%s.%N)
+touch "$DIR/batch-ended"
+wait "$PROBE"
+echo "interactive, during batch: $(cat "$DIR/probe.txt")"
 LINES=$(wc -l < "$DIR/out.jsonl")
 echo "lines: $LINES of $N in $(python3 -c "print(f'{$END-$START:.1f}')") s:" \
   "$(python3 -c "print(f'{$LINES/($END-$START):.0f}')") lines/s (upload and validation included)"

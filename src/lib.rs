@@ -30,7 +30,7 @@
 //! ground    secret  server  telemetry  config  error  openai (wire types)  egress
 //! domain    credentials  providers  policy  routing (owns Upstream)  limits  store  auth  cache
 //! assembly  state (the snapshot built from config and the domain)
-//! edges     proxy  batch  admin  console  app  reload  cli  testkit
+//! edges     proxy  fronts  batch  admin  console  app  reload  cli  testkit
 //! ```
 //!
 //! [`cli`] (commands; [`cli::main`] is the program), [`server`] (listener, connection limits,
@@ -39,7 +39,8 @@
 //! [`limits`] (rate limits, concurrency, budgets; memory and Redis), [`routing`] (upstreams,
 //! strategies, breakers, queues, retry budget), [`credentials`] (static, OAuth2, JWT, pools),
 //! [`providers`] (`openai`, `mock`, and the one reading of an upstream answer), [`store`] (SQLite/PostgreSQL persistence, usage writer),
-//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`batch`] (the
+//! [`cache`] (the response cache: memory, Redis and disk tiers, single flight), [`fronts`] (client
+//! dialects translated to chat at the edge: `/v1/responses`), [`batch`] (the
 //! OpenAI Batch API and the worker that runs its lines through the request path), [`admin`], [`console`] (the web console), [`config`], [`reload`], [`state`], [`telemetry`] (request log, metrics, OpenTelemetry traces), [`error`], [`openai`],
 //! [`secret`], [`egress`] (outbound TLS and the egress proxy), and [`testkit`] (mock upstream and OAuth2 server, behind the `testkit` feature).
 
@@ -54,6 +55,7 @@ pub mod console;
 pub mod credentials;
 pub mod egress;
 pub mod error;
+pub mod fronts;
 pub mod limits;
 pub mod openai;
 pub mod policy;

@@ -126,7 +126,13 @@ impl Snapshot {
             };
             upstreams.insert(
                 name.clone(),
-                Arc::new(Upstream::new(name, provider, credential, u)),
+                Arc::new(Upstream::new(
+                    name,
+                    provider,
+                    credential,
+                    u,
+                    config.batch.upstream_share,
+                )),
             );
         }
         let meters = Arc::new(Meters::new(

@@ -688,3 +688,136 @@ async fn an_overlong_purpose_field_is_refused() {
     assert_eq!(body["error"]["param"], "purpose", "{body}");
     gw.stop().await;
 }
+
+/// `batch.upstream_share`: batch lines hold at most their share of an upstream's slots
+/// (`max_concurrent: 4`, share 0.5: 2), however many the batch may run, and interactive
+/// requests find the rest free at once: the upstream has no queue (`max_queue: 0`), so an
+/// interactive request finding every slot taken would be answered 503.
+#[tokio::test]
+async fn batch_lines_hold_at_most_their_share_of_an_upstream_and_interactive_requests_find_the_rest(
+) {
+    let dir = tmp();
+    let up = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("mock upstream: {e}"));
+    up.set_first_byte_delay(Duration::from_millis(150));
+    let cfg = format!(
+        r#"
+upstreams:
+  up: {{ provider: openai, base_url: "{base}", max_concurrent: 4, max_queue: 0 }}
+models:
+  gpt: {{ targets: [ {{ upstream: up }} ] }}
+teams:
+  demo: {{ models: ["*"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+store:
+  url: "sqlite://{db}?mode=rwc"
+  usage: {{ spill_path: {spill} }}
+batch:
+  files_dir: {files}
+  poll_interval: 50ms
+  concurrency: 8
+  upstream_share: 0.5
+  retry_backoff: 20ms
+"#,
+        base = up.base_url(),
+        db = dir.path().join("t.db").display(),
+        spill = dir.path().join("spill.jsonl").display(),
+        files = dir.path().join("files").display(),
+    );
+    let gw = start(&cfg).await;
+    let api = Api::new(&gw.url(""), DEMO_KEY);
+    let n = 16;
+    let b = api
+        .submit(chat_lines(n, "gpt"), "/v1/chat/completions")
+        .await;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    // Two rounds of lines with the batch alone: never more than its 2 slots at once.
+    assert!(up.wait_requests(4, Duration::from_secs(20)).await);
+    assert_eq!(up.peak_in_flight(), 2, "the batch took more than its share");
+    // Interactive requests, two at a time, while the batch holds its share: all answered.
+    for round in 0..3 {
+        let (a, b) = tokio::join!(
+            gw.post("/v1/chat/completions", common::chat("gpt", "now", false)),
+            gw.post("/v1/chat/completions", common::chat("gpt", "too", false)),
+        );
+        let statuses = [a.status().as_u16(), b.status().as_u16()];
+        assert_eq!(statuses, [200, 200], "round {round}");
+    }
+    let b = api.wait_end(&id, Duration::from_secs(30)).await;
+    assert_eq!(b["status"], "completed", "{b}");
+    assert_eq!(b["request_counts"]["completed"], json!(n), "{b}");
+    let (out, errors) = files_of(&api, &b).await;
+    let got = results(&out, &errors);
+    assert_eq!(got.len(), n, "one output line per input line");
+    assert!(got.values().all(|(status, _)| *status == 200), "{got:?}");
+    assert!(up.peak_in_flight() <= 4);
+    gw.stop().await;
+    up.shutdown().await;
+}
+
+/// A team's batches run by `metadata.priority` (higher first, then oldest): a batch made later
+/// with a higher priority takes the turn from a running one, which goes on afterwards and still
+/// ends with one answer per line. A priority that is not an integer in range is refused.
+#[tokio::test]
+async fn a_later_batch_of_higher_priority_runs_first_and_the_other_resumes() {
+    let dir = tmp();
+    let gw = start(&config(
+        dir.path(),
+        "{ latency: 40ms }",
+        "  concurrency: 2\n  retry_backoff: 20ms",
+    ))
+    .await;
+    let api = Api::new(&gw.url(""), DEMO_KEY);
+    let (n_low, n_high) = (40, 6);
+    let low = api
+        .submit(chat_lines(n_low, "mock-gpt"), "/v1/chat/completions")
+        .await;
+    let low_id = low["id"].as_str().unwrap_or_default().to_owned();
+    api.wait_for(&low_id, Duration::from_secs(20), |b| {
+        b["request_counts"]["completed"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
+
+    let (status, file) = api
+        .upload("high.jsonl", chat_lines(n_high, "mock-gpt"))
+        .await;
+    assert_eq!(status, 200, "{file}");
+    for bad in ["urgent", "1001", "1.5"] {
+        let (status, err) = api
+            .post(
+                "/v1/batches",
+                json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                       "completion_window": "24h", "metadata": {"priority": bad}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {err}");
+        assert_eq!(err["error"]["param"], "metadata.priority", "{err}");
+    }
+    let (status, high) = api
+        .post(
+            "/v1/batches",
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                   "completion_window": "24h", "metadata": {"priority": "10"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{high}");
+    assert_eq!(high["metadata"]["priority"], "10");
+    let high_id = high["id"].as_str().unwrap_or_default().to_owned();
+    let high = api.wait_end(&high_id, Duration::from_secs(20)).await;
+    assert_eq!(high["status"], "completed", "{high}");
+    let (_, low_now) = api.get(&format!("/v1/batches/{low_id}")).await;
+    assert_eq!(low_now["status"], "in_progress", "{low_now}");
+    assert!(
+        low_now["request_counts"]["completed"].as_i64().unwrap_or(0) < n_low as i64 - 10,
+        "the older batch kept running beside the urgent one: {low_now}"
+    );
+    let low = api.wait_end(&low_id, Duration::from_secs(30)).await;
+    assert_eq!(low["status"], "completed", "{low}");
+    for (b, n) in [(&low, n_low), (&high, n_high)] {
+        let (out, errors) = files_of(&api, b).await;
+        assert_eq!(results(&out, &errors), expected(n), "one answer per line");
+    }
+    gw.stop().await;
+}

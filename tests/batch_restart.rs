@@ -195,6 +195,60 @@ async fn tollgate_batch_submit_turns_prompts_into_a_batch_and_downloads_its_outp
     assert_eq!(exits(&mut child).await, Some(0));
 }
 
+/// `tollgate batch submit --wait` at a terminal (a pseudo-terminal made by util-linux `script`):
+/// a progress bar with done of total, failed, rate and ETA instead of plain lines, ending on the
+/// batch's status; `--priority` reaches the batch as `metadata.priority`.
+#[tokio::test]
+async fn tollgate_batch_submit_at_a_terminal_draws_a_progress_bar() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (mut child, url) = start(dir.path()).await;
+    let prompts: String = (0..30).map(|i| format!("prompt {i}\n")).collect();
+    let input = dir.path().join("prompts.txt");
+    std::fs::write(&input, prompts).unwrap_or_else(|e| panic!("write: {e}"));
+    let command = format!(
+        "{bin} batch submit {input} --model mock-gpt --priority 5 --wait",
+        bin = env!("CARGO_BIN_EXE_tollgate"),
+        input = input.display(),
+    );
+    let shown = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .env("TOLLGATE_URL", &url)
+            .env("TOLLGATE_API_KEY", DEMO_KEY)
+            .env("RUST_LOG", "warn")
+            .env("TERM", "xterm")
+            .env("COLUMNS", "120")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("submit --wait did not end"))
+    .unwrap_or_else(|e| panic!("script (util-linux): {e}"));
+    let screen = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.status.success(), "{screen}");
+    let id = screen
+        .split_whitespace()
+        .find(|w| w.starts_with("batch_"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id.is_empty(), "{screen}");
+    assert!(
+        screen.contains("completed, 0 failed [==============================] 30/30 done"),
+        "a full bar at the end: {screen}"
+    );
+    assert!(screen.contains("/s, ETA "), "rate and ETA: {screen}");
+    assert!(
+        !screen.contains("completed: 30/30 done"),
+        "no plain lines: {screen}"
+    );
+    let api = Api::new(&url, DEMO_KEY);
+    let (_, b) = api.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(b["metadata"]["priority"], "5", "{b}");
+    sigterm(&child);
+    assert_eq!(exits(&mut child).await, Some(0));
+}
+
 /// Two `tollgate` processes share one PostgreSQL store and files directory; one is killed with
 /// `kill -9` midway and the other takes its lines over once their leases expire: every line
 /// ends with exactly one output line.

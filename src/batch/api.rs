@@ -226,6 +226,22 @@ async fn create_batch(State(s): State<AppState>, req: Request) -> Result<Respons
             Some("metadata"),
         ));
     }
+    if let Some(p) = new.metadata.as_ref().and_then(|m| m.get("priority")) {
+        if !p
+            .trim()
+            .parse::<i64>()
+            .is_ok_and(|p| wire::PRIORITY_RANGE.contains(&p))
+        {
+            return Err(ApiError::invalid(
+                format!(
+                    "metadata.priority must be an integer from {} to {} (higher runs first)",
+                    wire::PRIORITY_RANGE.start(),
+                    wire::PRIORITY_RANGE.end()
+                ),
+                Some("metadata.priority"),
+            ));
+        }
+    }
     let file = store
         .db
         .get_file(Some(&caller.team), &new.input_file_id)

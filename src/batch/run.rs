@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::line::{self, Outcome};
 use super::validate::InputLine;
@@ -35,11 +36,25 @@ struct Batch {
     input: PathBuf,
     /// No new lines are leased before this time (ms): a limit said to wait.
     paused_until: AtomicI64,
+    /// Cancelled when this batch must stop taking lines: the gateway stops, or a batch of the
+    /// team with a higher priority has the turn.
+    turn: CancellationToken,
 }
 
-/// Run `b`'s lines until none is left to lease here, the batch stops running, or the gateway
-/// stops; then wait for the lines in flight.
-pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord) {
+impl Batch {
+    /// Sleep `d`, or less if the turn ends; false when it ended.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.turn.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Run `b`'s lines until none is left to lease here, the batch stops running, or `turn` is
+/// cancelled (the gateway stops, or another batch of the team has the turn); then wait for the
+/// lines in flight.
+pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord, turn: CancellationToken) {
     let Some(endpoint) = line::endpoint_of(&b.endpoint) else {
         tracing::error!(batch = %b.id, endpoint = %b.endpoint, "a batch with an unknown endpoint");
         return;
@@ -51,6 +66,7 @@ pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord) {
         caller: caller(&ctx, &b).await,
         input: super::files::path(&ctx.cfg.files_dir, &b.input_file_id),
         paused_until: AtomicI64::new(0),
+        turn,
     });
     // At most the team's concurrency share at once: more would only be refused by its limit.
     let cap = batch
@@ -64,13 +80,13 @@ pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord) {
         while tasks.try_join_next().is_some() {}
         let wait = batch.paused_until.load(Ordering::Relaxed) - now_ms();
         if wait > 0 {
-            if !ctx.pause(Duration::from_millis(wait as u64)).await {
+            if !batch.pause(Duration::from_millis(wait as u64)).await {
                 break;
             }
             continue;
         }
         let first = tokio::select! {
-            _ = ctx.stop.cancelled() => break,
+            _ = batch.turn.cancelled() => break,
             p = slots.clone().acquire_owned() => p,
         };
         let Ok(first) = first else { break };
@@ -94,7 +110,7 @@ pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord) {
             Err(e) => {
                 tracing::warn!(batch = %batch.id, error = %e, "cannot lease batch lines");
                 drop(permits);
-                if !ctx.pause(ctx.cfg.poll_interval.0).await {
+                if !batch.pause(ctx.cfg.poll_interval.0).await {
                     break;
                 }
                 continue;
@@ -128,7 +144,7 @@ pub(super) async fn run_batch(ctx: Arc<Ctx>, b: BatchRecord) {
 async fn idle(ctx: &Ctx, batch: &Batch, tasks: &mut JoinSet<()>) -> bool {
     if !tasks.is_empty() {
         tokio::select! {
-            _ = ctx.stop.cancelled() => return false,
+            _ = batch.turn.cancelled() => return false,
             _ = tasks.join_next() => return true,
         }
     }
@@ -137,7 +153,7 @@ async fn idle(ctx: &Ctx, batch: &Batch, tasks: &mut JoinSet<()>) -> bool {
         return false;
     }
     match ctx.db.get_batch(None, &batch.id).await {
-        Ok(Some(b)) if b.status == "in_progress" => ctx.pause(ctx.cfg.poll_interval.0).await,
+        Ok(Some(b)) if b.status == "in_progress" => batch.pause(ctx.cfg.poll_interval.0).await,
         _ => false,
     }
 }

@@ -33,6 +33,23 @@ pub fn file(f: &FileRecord) -> Value {
     })
 }
 
+/// Highest and lowest `metadata.priority` a batch may ask for.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+/// A batch's priority among its team's batches: `metadata.priority` (an integer written as a
+/// string, as metadata values are; higher first), 0 when absent. Checked when the batch is made.
+pub fn priority(metadata: Option<&str>) -> i64 {
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, default)]
+        priority: Option<std::borrow::Cow<'a, str>>,
+    }
+    metadata
+        .and_then(|m| serde_json::from_str::<Meta<'_>>(m).ok())
+        .and_then(|m| m.priority?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// OpenAI's batch object.
 pub fn batch(b: &BatchRecord) -> Value {
     let errors = b

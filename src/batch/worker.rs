@@ -4,8 +4,10 @@
 //! only through leases in the store (see `store::batches`), renewed here every third of
 //! `batch.lease`.
 //!
-//! Order: of one team's running batches only the oldest has its lines run, so a team's batches
-//! run in the order they were made. On stop the worker takes no new lines, lets the lines in
+//! Order: of one team's running batches only one has its lines run: the one with the highest
+//! `metadata.priority`, the oldest of equals. A batch that loses the turn to a newer one of
+//! higher priority stops taking lines (those in flight finish) and goes on when its turn comes
+//! back. On stop the worker takes no new lines, lets the lines in
 //! flight finish (bounded by the caller's grace), then gives back every lease it holds, so
 //! another gateway (or this one restarted) takes the rest at once.
 
@@ -40,13 +42,6 @@ pub(super) struct Ctx {
 impl Ctx {
     pub fn lease_ms(&self) -> i64 {
         ms(self.cfg.lease.0)
-    }
-    /// Sleep `d`, or less if the gateway stops; false when stopping.
-    pub async fn pause(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
     }
 }
 
@@ -105,11 +100,20 @@ impl Worker {
     }
 }
 
+/// A task of the worker: the batch it works on and, for one running lines, the token that
+/// ends its turn.
+struct Running {
+    batch: String,
+    turn: Option<CancellationToken>,
+}
+
+type Tasks = HashMap<tokio::task::Id, Running>;
+
 /// The scheduler: look for work, start what is not running, renew leases; on stop, wait for the
 /// running tasks (renewing their leases meanwhile).
 async fn schedule(ctx: Arc<Ctx>) {
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut running: Tasks = HashMap::new();
     let mut renew = tokio::time::interval((ctx.cfg.lease.0 / 3).max(Duration::from_millis(100)));
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -137,10 +141,7 @@ async fn schedule(ctx: Arc<Ctx>) {
     }
 }
 
-fn forget(
-    running: &mut HashMap<tokio::task::Id, String>,
-    r: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-) {
+fn forget(running: &mut Tasks, r: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
     let id = match r {
         Ok((id, ())) => id,
         Err(e) => {
@@ -164,51 +165,61 @@ async fn renew_leases(ctx: &Ctx) {
 }
 
 /// Start the step each active batch needs, unless a task of this gateway already runs it.
-async fn dispatch(
-    ctx: &Arc<Ctx>,
-    tasks: &mut JoinSet<()>,
-    running: &mut HashMap<tokio::task::Id, String>,
-) {
+async fn dispatch(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>, running: &mut Tasks) {
     if ctx.stop.is_cancelled() {
         return;
     }
-    let batches = match ctx.db.active_batches().await {
+    let mut batches = match ctx.db.active_batches().await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the batches");
             return;
         }
     };
-    let busy: HashSet<&String> = running.values().collect();
+    // Highest priority first, then oldest (ids are time-ordered): the first running batch of a
+    // team seen below has the team's turn.
+    batches.sort_by_cached_key(|b| {
+        (
+            std::cmp::Reverse(super::wire::priority(b.metadata.as_deref())),
+            b.id.clone(),
+        )
+    });
     let mut teams: HashSet<String> = HashSet::new();
     let mut start: Vec<BatchRecord> = Vec::new();
     let now = now_ms();
     for b in batches {
-        let runs = busy.contains(&b.id);
+        let task = running.values().find(|r| r.batch == b.id);
         if b.status == "in_progress" {
-            // The oldest running batch of a team has the team's turn.
-            if !teams.insert(b.team.clone()) {
-                continue;
-            }
             if b.expires_at < now {
                 if let Ok(true) = ctx.db.to_expiring(&b.id, now).await {
                     ctx.wake.notify_one();
                 }
                 continue;
             }
+            if !teams.insert(b.team.clone()) {
+                // Another batch of the team has the turn: this one yields it.
+                if let Some(turn) = task.and_then(|t| t.turn.as_ref()) {
+                    turn.cancel();
+                }
+                continue;
+            }
         }
-        if !runs {
+        if task.is_none() {
             start.push(b);
         }
     }
     for b in start {
-        let id = b.id.clone();
-        let handle = match b.status.as_str() {
-            "validating" => tasks.spawn(validate_batch(ctx.clone(), b)),
-            "in_progress" => tasks.spawn(super::run::run_batch(ctx.clone(), b)),
-            _ => tasks.spawn(super::finalize::finalize(ctx.clone(), b)),
+        let batch = b.id.clone();
+        let (handle, turn) = match b.status.as_str() {
+            "validating" => (tasks.spawn(validate_batch(ctx.clone(), b)), None),
+            "in_progress" => {
+                let turn = ctx.stop.child_token();
+                let run = super::run::run_batch(ctx.clone(), b, turn.clone());
+                (tasks.spawn(run), Some(turn))
+            }
+            _ => (tasks.spawn(super::finalize::finalize(ctx.clone(), b)), None),
         };
-        running.insert(handle.id(), id);
+        running.insert(handle.id(), Running { batch, turn });
     }
 }
 

@@ -54,6 +54,10 @@ pub enum BatchCommand {
         /// With --wait: write the output file here when the batch ends.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Among the team's batches, higher runs first (-1000..=1000; sent as
+        /// `metadata.priority`). Default 0.
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i64>,
     },
     /// Print a batch (OpenAI's batch object, JSON).
     Status {
@@ -104,14 +108,15 @@ pub async fn run(args: BatchArgs) -> u8 {
             endpoint,
             wait,
             output,
+            priority,
         } => {
             submit(
                 &api,
                 &file,
                 model.as_deref(),
                 &endpoint,
-                wait,
-                output.as_deref(),
+                (wait, output.as_deref()),
+                priority,
             )
             .await
         }
@@ -225,8 +230,8 @@ async fn submit(
     file: &Path,
     model: Option<&str>,
     endpoint: &str,
-    wait: bool,
-    output: Option<&Path>,
+    (wait, output): (bool, Option<&Path>),
+    priority: Option<i64>,
 ) -> Result<u8, Failed> {
     let name = file
         .file_name()
@@ -239,12 +244,12 @@ async fn submit(
         let _ = tokio::fs::remove_file(tmp).await;
     }
     let up = up?;
-    let b = api
-        .post(
-            "/v1/batches",
-            json!({"input_file_id": up["id"], "endpoint": endpoint, "completion_window": "24h"}),
-        )
-        .await?;
+    let mut new =
+        json!({"input_file_id": up["id"], "endpoint": endpoint, "completion_window": "24h"});
+    if let Some(p) = priority {
+        new["metadata"] = json!({"priority": p.to_string()});
+    }
+    let b = api.post("/v1/batches", new).await?;
     let id = b["id"].as_str().unwrap_or_default().to_owned();
     println!("{id}");
     if !wait {

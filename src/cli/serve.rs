@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::secret::ProcessEnv;
@@ -85,6 +86,9 @@ pub(super) async fn serve(
     let state = AppState::with_store(snapshot, store.clone());
     let stop_watch = tokio_util::sync::CancellationToken::new();
     crate::reload::spawn_watcher(state.clone(), path.to_path_buf(), stop_watch.clone());
+    let upkeep = state
+        .metrics
+        .spawn_upkeep(Duration::from_secs(5), stop_watch.clone());
     // `/metrics` on its own listener, stopped when the main one has drained.
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = match server_cfg.metrics_listen {
@@ -137,6 +141,9 @@ pub(super) async fn serve(
         let _ = t.await;
     }
     stop_watch.cancel();
+    if let Some(t) = upkeep {
+        let _ = t.await;
+    }
     // Connections are drained: wait for the limiter's last settlements (spend), then save.
     state
         .snapshot

@@ -20,6 +20,9 @@ pub struct BatchConfig {
     /// The share of the team's requests per minute, tokens per minute and concurrency that
     /// batch lines may take (0 < share <= 1); interactive requests keep the rest.
     pub share: f64,
+    /// The share of each upstream's `max_concurrent` that batch lines may hold at once (at
+    /// least 1 slot; 0 < share <= 1); interactive requests always find the rest free of them.
+    pub upstream_share: f64,
     /// How long a gateway holds a line (or a batch it validates or finalizes) without renewing
     /// it; a gateway that dies has its lines taken over after this. Renewed every third of it.
     pub lease: Dur,
@@ -44,6 +47,7 @@ impl Default for BatchConfig {
             max_line_bytes: 1024 * 1024,
             concurrency: 8,
             share: 0.5,
+            upstream_share: 0.5,
             lease: secs(30),
             poll_interval: secs(1),
             max_attempts: 5,
@@ -57,6 +61,9 @@ impl BatchConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if !(self.share > 0.0 && self.share <= 1.0) {
             return Err(err("batch.share", "must be above 0 and at most 1"));
+        }
+        if !(self.upstream_share > 0.0 && self.upstream_share <= 1.0) {
+            return Err(err("batch.upstream_share", "must be above 0 and at most 1"));
         }
         if self.concurrency == 0 {
             return Err(err("batch.concurrency", "must be greater than 0"));

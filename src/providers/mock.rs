@@ -4,6 +4,11 @@
 //! tests and the quickstart can check what they get. Streams are split into a configured number
 //! of chunks with a configured delay between them; latency and usage figures are configurable.
 //! Streamed and non-streamed answers carry the same content.
+//!
+//! Tools: a chat request with `tools` whose last message is the user's is answered with a call
+//! of the first tool, its arguments `{"input": <the user's text>}` (`finish_reason:
+//! tool_calls`); once the last message is a tool result, the reply echoes that result. So a
+//! client's whole tool loop can run against the quickstart.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,8 +22,9 @@ use crate::config::MockConfig;
 use crate::openai::Endpoint;
 
 /// The request fields the mock's answer depends on.
-const READ: [&str; 8] = [
+const READ: [&str; 9] = [
     "model",
+    "tools",
     "encoding_format",
     "messages",
     "prompt",
@@ -32,17 +38,32 @@ pub struct Mock {
     cfg: MockConfig,
 }
 
-/// What a request asks about: the last user message's text, or the prompt.
+/// What a request asks about: the last tool result when the conversation ends on one, else the
+/// last user message's text, or the prompt.
 pub fn request_text(body: &Map<String, Value>) -> String {
     match body.get("messages").and_then(Value::as_array) {
-        Some(msgs) => msgs
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(|m| content_text(m.get("content")))
-            .unwrap_or_default(),
+        Some(msgs) => match msgs.last() {
+            Some(m) if m.get("role").and_then(Value::as_str) == Some("tool") => {
+                content_text(m.get("content"))
+            }
+            _ => msgs
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .map(|m| content_text(m.get("content")))
+                .unwrap_or_default(),
+        },
         None => content_text(body.get("prompt")),
     }
+}
+
+/// The tool call the mock makes: the first tool's name, when the request offers tools and its
+/// last message is the user's.
+fn tool_to_call(body: &Map<String, Value>) -> Option<String> {
+    let first = body.get("tools")?.as_array()?.first()?;
+    let name = first.get("function")?.get("name")?.as_str()?;
+    let last = body.get("messages")?.as_array()?.last()?;
+    (last.get("role").and_then(Value::as_str) == Some("user")).then(|| name.to_owned())
 }
 
 /// The text the mock answers with: "mock reply: " and the words of the last user message (or
@@ -128,7 +149,7 @@ impl Mock {
             .unwrap_or(0);
         let id = format!("mock-{}", uuid::Uuid::new_v4().simple());
         let prompt = self.cfg.prompt_tokens.unwrap_or_else(|| count_words(body));
-        let mut headers = HeaderMap::new();
+        let headers = HeaderMap::new();
 
         if req.endpoint == Endpoint::Embeddings {
             let inputs = match body.get("input") {
@@ -147,6 +168,27 @@ impl Mock {
             return json_response(headers, out);
         }
 
+        let chat = req.endpoint == Endpoint::Chat;
+        if let Some(tool) = chat.then(|| tool_to_call(body)).flatten() {
+            let call = ToolCall {
+                id: format!("call_{}", id.get(5..17).unwrap_or_default()),
+                name: tool,
+                arguments: json!({"input": request_text(body)}).to_string(),
+            };
+            let head = Head {
+                id: &id,
+                created,
+                model,
+            };
+            let completion = self.cfg.completion_tokens.unwrap_or(1);
+            let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion});
+            if !req.stream {
+                return json_response(headers, call.answer(&head, usage));
+            }
+            let events = call.events(&head, self.cfg.chunks, wants_usage(body).then_some(usage));
+            return self.stream(headers, events);
+        }
         let text = reply_text(body);
         let completion = self
             .cfg
@@ -154,7 +196,6 @@ impl Mock {
             .unwrap_or(text.split_whitespace().count() as u64);
         let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion});
-        let chat = req.endpoint == Endpoint::Chat;
 
         if !req.stream {
             let choice = if chat {
@@ -200,17 +241,16 @@ impl Mock {
         };
         events.push(sse(&json!({"id": id, "object": object, "created": created,
             "model": model, "choices": [last]})));
-        let wants_usage = body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        if wants_usage {
+        if wants_usage(body) {
             events.push(sse(&json!({"id": id, "object": object, "created": created,
                 "model": model, "choices": [], "usage": usage})));
         }
         events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.stream(headers, events)
+    }
 
+    /// The events as a stream, `chunk_delay` apart.
+    fn stream(&self, mut headers: HeaderMap, events: Vec<Bytes>) -> UpstreamResponse {
         let delay = self.cfg.chunk_delay.0;
         let body = stream::iter(events.into_iter().enumerate())
             .then(move |(i, ev)| async move {
@@ -229,6 +269,75 @@ impl Mock {
             headers,
             body,
         }
+    }
+}
+
+fn wants_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// What every answer of one request repeats.
+struct Head<'a> {
+    id: &'a str,
+    created: u64,
+    model: &'a str,
+}
+
+/// The mock's call of a tool.
+struct ToolCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+impl ToolCall {
+    fn answer(&self, h: &Head<'_>, usage: Value) -> Value {
+        json!({"id": h.id, "object": "chat.completion", "created": h.created, "model": h.model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": self.id, "type": "function",
+                    "function": {"name": self.name, "arguments": self.arguments}}]}}],
+            "usage": usage})
+    }
+
+    /// The call streamed as OpenAI does: id and name first, then the arguments in pieces.
+    fn events(&self, h: &Head<'_>, chunks: usize, usage: Option<Value>) -> Vec<Bytes> {
+        let chunk = |delta: Value, finish: Value| {
+            sse(
+                &json!({"id": h.id, "object": "chat.completion.chunk", "created": h.created,
+                "model": h.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+            )
+        };
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+                "id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": ""}}]}),
+            Value::Null,
+        )];
+        let pieces = self.arguments.len().div_ceil(chunks.max(1)).max(1);
+        let mut rest = self.arguments.as_str();
+        while !rest.is_empty() {
+            let mut at = pieces.min(rest.len());
+            while !rest.is_char_boundary(at) {
+                at += 1;
+            }
+            let (piece, tail) = rest.split_at(at);
+            events.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+            rest = tail;
+        }
+        events.push(chunk(json!({}), json!("tool_calls")));
+        if let Some(usage) = usage {
+            events.push(sse(&json!({"id": h.id, "object": "chat.completion.chunk",
+                "created": h.created, "model": h.model, "choices": [], "usage": usage})));
+        }
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        events
     }
 }
 

@@ -29,7 +29,7 @@ use crate::policy::Endpoint;
 use crate::providers::reading::{Health, Reading};
 use crate::providers::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::routing::breaker::Admit;
-use crate::routing::queue::{Refused, Slot};
+use crate::routing::queue::{Ask, Refused, Slot};
 use crate::routing::retry::backoff;
 use crate::routing::Route;
 use crate::state::{Snapshot, Upstream};
@@ -45,13 +45,13 @@ pub struct Request<'a> {
 }
 
 /// What one attempt aims at: the model being tried (the requested one or a fallback), the
-/// queue priority and the request's deadline.
+/// slot it asks for (queue priority, batch line or not) and the request's deadline.
 #[derive(Clone, Copy)]
 struct Target<'a> {
     model: &'a str,
     /// What the answer's `model` is set to ([`Route::answer_model`]).
     answer_model: Option<&'a Bytes>,
-    priority: Priority,
+    ask: Ask,
     deadline: Instant,
 }
 
@@ -59,6 +59,8 @@ struct Target<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Wishes {
     pub priority: Priority,
+    /// A batch line: it holds at most the batch share of each upstream's slots.
+    pub batch: bool,
     pub max_attempts: Option<u32>,
 }
 
@@ -119,7 +121,10 @@ pub async fn dispatch(
         let target = Target {
             model: &route.name,
             answer_model: route.answer_model.as_ref(),
-            priority: wishes.priority,
+            ask: Ask {
+                priority: wishes.priority,
+                batch: wishes.batch,
+            },
             deadline,
         };
         let failure = match try_route(route, &target, wishes, json, req, ledger).await {
@@ -410,17 +415,15 @@ async fn attempt_inner(
     let deadline = target.deadline;
     let queued_at = Instant::now();
     let left = deadline.saturating_duration_since(queued_at);
-    let slot = upstream
-        .gate
-        .acquire(target.priority, left)
-        .await
-        .map_err(|r| ApiError::UpstreamUnavailable {
+    let slot = upstream.gate.acquire(target.ask, left).await.map_err(|r| {
+        ApiError::UpstreamUnavailable {
             message: match r {
                 Refused::QueueFull => format!("upstream '{}' queue is full", upstream.name),
                 Refused::Timeout => format!("no slot at upstream '{}' in time", upstream.name),
             },
             retry_after_secs: 1,
-        })?;
+        }
+    })?;
     ledger.queued(queued_at.elapsed());
     let upstream_model = upstream.model.as_deref().unwrap_or(target.model);
     if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {

@@ -69,13 +69,14 @@ async fn run(
         .authenticate(&snap, &parts.headers, &parts.extensions)
         .await?;
     ledger.caller(&caller);
-    if let Some(id) = parts
+    let batch = parts
         .extensions
         .get::<crate::auth::InProcess>()
-        .and_then(|p| p.batch_id())
-    {
+        .and_then(|p| p.batch_id());
+    if let Some(id) = batch {
         ledger.batch(id.clone());
     }
+    let batch = batch.is_some();
     let team = caller
         .team_policy(&snap.config.teams)
         .ok_or(ApiError::Internal)?;
@@ -145,6 +146,7 @@ async fn run(
     };
     let wishes = attempt::Wishes {
         priority: shaped.priority,
+        batch,
         max_attempts: shaped.max_attempts,
     };
     let answer = attempt::dispatch(&snap, route, &mut json, &request, wishes, ledger).await?;
@@ -256,7 +258,12 @@ pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
     HeaderValue::from(secs)
 }
 
-async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+/// Read a request body within `limit` bytes and the read deadline.
+pub(crate) async fn read_body(
+    body: Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(deadline, limited.collect()).await {
         Err(_) => Err(ApiError::BodyTimeout),

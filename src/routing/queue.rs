@@ -3,13 +3,17 @@
 //!
 //! A released slot is handed straight to the first live waiter, so a burst cannot jump the
 //! queue. Waiters that gave up (deadline, client gone) are skipped. One short lock per upstream.
+//!
+//! Batch lines also take one of `batch_max` permits before they queue (`batch.upstream_share`
+//! of `max`), so batches never hold more than their share of an upstream and interactive
+//! requests always find the rest.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use crate::config::Priority;
 use crate::telemetry::meters::QueueMeters;
@@ -24,6 +28,8 @@ pub struct Gate {
     meters: QueueMeters,
     max: usize,
     max_queue: usize,
+    /// Batch lines' share of `max`: a batch line holds one of these while it waits and runs.
+    batch: Arc<Semaphore>,
     inner: Mutex<Inner>,
 }
 
@@ -31,6 +37,15 @@ pub struct Gate {
 pub struct Slot {
     /// Taken out when a hand-over fails, so the drop does not release twice.
     gate: Option<Arc<Gate>>,
+    /// A batch line's permit of the batch share, given back with the slot.
+    _batch: Option<OwnedSemaphorePermit>,
+}
+
+/// Who asks for a slot: its queue priority, and whether it is a batch line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub priority: Priority,
+    pub batch: bool,
 }
 
 /// Why no slot was had.
@@ -41,11 +56,15 @@ pub enum Refused {
 }
 
 impl Gate {
-    pub fn new(name: Arc<str>, max: usize, max_queue: usize) -> Arc<Gate> {
+    /// `batch_share` of `max` (at least 1) may be held by batch lines.
+    pub fn new(name: Arc<str>, max: usize, max_queue: usize, batch_share: f64) -> Arc<Gate> {
+        let max = max.max(1);
+        let batch_max = ((max as f64 * batch_share).floor() as usize).clamp(1, max);
         Arc::new(Gate {
             meters: QueueMeters::new(&name),
-            max: max.max(1),
+            max,
             max_queue,
+            batch: Arc::new(Semaphore::new(batch_max)),
             inner: Mutex::new(Inner {
                 in_flight: 0,
                 waiting: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
@@ -78,18 +97,34 @@ impl Gate {
         self.meters.depth.get().set(depth as f64);
     }
 
-    /// Take a slot, waiting up to `wait` in the queue.
-    pub async fn acquire(
-        self: &Arc<Gate>,
-        prio: Priority,
-        wait: Duration,
-    ) -> Result<Slot, Refused> {
+    /// Take a slot, waiting up to `wait` (for a batch line: for its share, then in the queue).
+    pub async fn acquire(self: &Arc<Gate>, ask: Ask, wait: Duration) -> Result<Slot, Refused> {
+        if !ask.batch {
+            return self.slot(ask.priority, wait).await;
+        }
+        let started = Instant::now();
+        let permit = match self.batch.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(wait, self.batch.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(Refused::Timeout),
+            },
+        };
+        let mut slot = self
+            .slot(ask.priority, wait.saturating_sub(started.elapsed()))
+            .await?;
+        slot._batch = Some(permit);
+        Ok(slot)
+    }
+
+    async fn slot(self: &Arc<Gate>, prio: Priority, wait: Duration) -> Result<Slot, Refused> {
         let rx = {
             let mut g = self.lock();
             if g.in_flight < self.max {
                 g.in_flight += 1;
                 return Ok(Slot {
                     gate: Some(self.clone()),
+                    _batch: None,
                 });
             }
             for q in g.waiting.iter_mut() {
@@ -128,6 +163,7 @@ impl Gate {
                 // Hand the slot over; in_flight stays the same.
                 match tx.send(Slot {
                     gate: Some(self.clone()),
+                    _batch: None,
                 }) {
                     Ok(()) => {
                         self.publish_depth(&g);
@@ -156,21 +192,65 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    fn ask(priority: Priority) -> Ask {
+        Ask {
+            priority,
+            batch: false,
+        }
+    }
+
+    fn batch_line() -> Ask {
+        Ask {
+            priority: Priority::Low,
+            batch: true,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_lines_hold_at_most_their_share_and_interactive_requests_get_the_rest() {
+        let gate = Gate::new(Arc::from("u"), 4, 10, 0.5);
+        let w = Duration::from_secs(1);
+        let (a, b) = (
+            gate.acquire(batch_line(), w).await,
+            gate.acquire(batch_line(), w).await,
+        );
+        assert!(a.is_ok() && b.is_ok());
+        // A third batch line waits for a batch permit, though two slots are free...
+        assert_eq!(
+            gate.acquire(batch_line(), w).await.err(),
+            Some(Refused::Timeout)
+        );
+        // ...which interactive requests take at once.
+        let (c, d) = (
+            gate.acquire(ask(Priority::Low), w).await,
+            gate.acquire(ask(Priority::Normal), w).await,
+        );
+        assert!(c.is_ok() && d.is_ok());
+        assert_eq!(gate.in_flight(), 4);
+        // A batch line's end frees its share for the next one.
+        drop(a);
+        let e = gate.acquire(batch_line(), w).await;
+        assert!(e.is_ok());
+        assert_eq!(gate.in_flight(), 4);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn high_priority_waiters_go_first() {
-        let gate = Gate::new(Arc::from("u"), 1, 10);
-        let first = gate.acquire(Priority::Normal, Duration::from_secs(1)).await;
+        let gate = Gate::new(Arc::from("u"), 1, 10, 1.0);
+        let first = gate
+            .acquire(ask(Priority::Normal), Duration::from_secs(1))
+            .await;
         assert!(first.is_ok());
         let g2 = gate.clone();
         let low = tokio::spawn(async move {
-            g2.acquire(Priority::Low, Duration::from_secs(5))
+            g2.acquire(ask(Priority::Low), Duration::from_secs(5))
                 .await
                 .map(|_| Instant::now())
         });
         tokio::task::yield_now().await;
         let g3 = gate.clone();
         let high = tokio::spawn(async move {
-            g3.acquire(Priority::High, Duration::from_secs(5))
+            g3.acquire(ask(Priority::High), Duration::from_secs(5))
                 .await
                 .map(|s| {
                     drop(s);
@@ -188,17 +268,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_queue_and_timeout_are_refused() {
-        let gate = Gate::new(Arc::from("u"), 1, 1);
-        let _held = gate.acquire(Priority::Normal, Duration::from_secs(1)).await;
+        let gate = Gate::new(Arc::from("u"), 1, 1, 1.0);
+        let _held = gate
+            .acquire(ask(Priority::Normal), Duration::from_secs(1))
+            .await;
         let g2 = gate.clone();
         let waiter = tokio::spawn(async move {
-            g2.acquire(Priority::Normal, Duration::from_secs(2))
+            g2.acquire(ask(Priority::Normal), Duration::from_secs(2))
                 .await
                 .err()
         });
         tokio::task::yield_now().await;
         assert_eq!(
-            gate.acquire(Priority::High, Duration::from_secs(1))
+            gate.acquire(ask(Priority::High), Duration::from_secs(1))
                 .await
                 .err(),
             Some(Refused::QueueFull)

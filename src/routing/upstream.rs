@@ -33,17 +33,19 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A fresh upstream (closed breaker, empty queue, no latency sample) from its config.
+    /// A fresh upstream (closed breaker, empty queue, no latency sample) from its config;
+    /// batch lines may hold `batch_share` of its concurrency.
     pub fn new(
         name: &str,
         provider: Provider,
         credential: Option<Arc<Credential>>,
         cfg: &UpstreamConfig,
+        batch_share: f64,
     ) -> Upstream {
         let name: Arc<str> = Arc::from(name);
         let meters = UpstreamMeters::new(&name);
         Upstream {
-            gate: Gate::new(name.clone(), cfg.max_concurrent, cfg.max_queue),
+            gate: Gate::new(name.clone(), cfg.max_concurrent, cfg.max_queue, batch_share),
             name,
             provider,
             credential,

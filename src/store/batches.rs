@@ -280,7 +280,8 @@ impl Store {
                         .push("0, 0");
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(p).await?;
+                // Not kept prepared: one statement text per chunk size (see `insert_usage`).
+                qb.build().persistent(false).execute(p).await?;
             }
             let done = sqlx::query(
                 "UPDATE batches SET status = 'in_progress', in_progress_at = $3, \

@@ -217,7 +217,9 @@ impl Store {
                         .push_bind(&r.batch_id);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
+                // Not kept prepared: its text differs with every chunk size, and a connection's
+                // cache of such statements grew the gateway by about 1.4 KB per request.
+                qb.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await
         })

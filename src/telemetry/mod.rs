@@ -147,6 +147,27 @@ impl Metrics {
         }
     }
 
+    /// Drain the histograms' recorded samples into their buckets every `every` until `stop`.
+    /// Without it samples pile up in memory until the next scrape: a gateway nobody scrapes
+    /// grew by about 70 bytes a request.
+    pub fn spawn_upkeep(
+        &self,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let h = self.handle.clone()?;
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => h.run_upkeep(),
+                }
+            }
+        }))
+    }
+
     /// The Prometheus text: the recorder's series (with the process's CPU, memory and file
     /// descriptors read now), then spend ([`spend`]).
     pub fn render(&self) -> String {

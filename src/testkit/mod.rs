@@ -325,6 +325,8 @@ pub(crate) struct Counters {
     pub(crate) cancelled: AtomicUsize,
     pub(crate) aborted: AtomicUsize,
     pub(crate) in_flight: AtomicUsize,
+    /// The most requests ever in flight at once.
+    pub(crate) peak_in_flight: AtomicUsize,
     pub(crate) changed: Notify,
 }
 
@@ -349,7 +351,8 @@ pub(crate) struct FlightGuard {
 
 impl FlightGuard {
     pub(crate) fn new(shared: Arc<Counters>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         FlightGuard {
             shared,
             done: false,

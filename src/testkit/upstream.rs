@@ -329,6 +329,20 @@ impl MockUpstream {
         Counters::get(&self.shared.counters.in_flight)
     }
 
+    /// The most requests that were ever in flight at once (since start or `reset_peak`).
+    pub fn peak_in_flight(&self) -> usize {
+        Counters::get(&self.shared.counters.peak_in_flight)
+    }
+
+    /// Start counting `peak_in_flight` afresh from the requests in flight now.
+    pub fn reset_peak(&self) {
+        let c = &self.shared.counters;
+        c.peak_in_flight.store(
+            Counters::get(&c.in_flight),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
     /// Waits until `cancelled() >= n`; false on timeout.
     pub async fn wait_cancelled(&self, n: usize, timeout: Duration) -> bool {
         self.wait_until(timeout, |s| Counters::get(&s.cancelled) >= n)

@@ -134,6 +134,89 @@ def check_embeddings(base_url):
         assert all(isinstance(x, float) for x in item.embedding), f"vector {i} is not floats"
 
 
+TOOL = {
+    "type": "function",
+    "name": "lookup",
+    "description": "Look a word up.",
+    "parameters": {"type": "object", "properties": {"input": {"type": "string"}}},
+}
+
+
+def check_responses(base_url):
+    resp = make_client(base_url).responses.create(
+        model=MODEL, instructions="be brief", input=PROMPT, max_output_tokens=50
+    )
+    assert resp.object == "response", resp
+    assert resp.status == "completed", resp.status
+    assert resp.output_text == EXPECTED, f"output_text {resp.output_text!r}, want {EXPECTED!r}"
+    assert resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0, resp.usage
+    assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
+    assert resp.instructions == "be brief", resp.instructions
+
+
+def check_responses_stream(base_url):
+    stream = make_client(base_url).responses.create(model=MODEL, input=PROMPT, stream=True)
+    kinds, deltas, final = [], [], None
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        if event.type == "response.completed":
+            final = event.response
+    assert kinds[0] == "response.created", kinds
+    assert kinds[-1] == "response.completed", kinds
+    assert len(deltas) > 1, f"one delta per chunk expected, got {deltas}"
+    assert "".join(deltas) == EXPECTED, deltas
+    assert final is not None and final.output_text == EXPECTED, final
+    assert final.usage is not None and final.usage.output_tokens > 0, final.usage
+
+
+def check_responses_tools(base_url):
+    client = make_client(base_url)
+    first = client.responses.create(model=MODEL, input=PROMPT, tools=[TOOL])
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1, first.output
+    call = calls[0]
+    assert call.name == "lookup", call
+    assert call.arguments == '{"input":"hello from python"}', call.arguments
+    # The tool's result goes back; the mock answers with it.
+    second = client.responses.create(
+        model=MODEL,
+        tools=[TOOL],
+        input=[
+            {"role": "user", "content": PROMPT},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name,
+             "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "forty two"},
+        ],
+    )
+    assert second.output_text == "mock reply: forty two", second.output_text
+
+
+def check_responses_tools_stream(base_url):
+    stream = make_client(base_url).responses.create(
+        model=MODEL, input=PROMPT, tools=[TOOL], stream=True
+    )
+    pieces, done = [], None
+    for event in stream:
+        if event.type == "response.function_call_arguments.delta":
+            pieces.append(event.delta)
+        if event.type == "response.function_call_arguments.done":
+            done = event.arguments
+    assert "".join(pieces) == done == '{"input":"hello from python"}', (pieces, done)
+
+
+def check_responses_unsupported(base_url):
+    try:
+        make_client(base_url).responses.create(
+            model=MODEL, input=PROMPT, previous_response_id="resp_123"
+        )
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "previous_response_id", e.body
+        return
+    raise AssertionError("previous_response_id was accepted")
+
+
 CHECKS = [
     ("chat completion", check_chat),
     ("streamed chat completion", check_stream),
@@ -144,6 +227,11 @@ CHECKS = [
     ("embeddings", check_embeddings),
     ("embeddings as base64 (the Node SDK's default)", check_embeddings_base64),
     ("models.retrieve", check_models_retrieve),
+    ("responses.create", check_responses),
+    ("responses.create stream", check_responses_stream),
+    ("responses with a function tool, both turns", check_responses_tools),
+    ("responses stream of a function call", check_responses_tools_stream),
+    ("responses: an untranslatable field -> BadRequestError naming it", check_responses_unsupported),
 ]
 
 
