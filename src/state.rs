@@ -128,6 +128,10 @@ impl Snapshot {
                     let connect = client_options(name, &with_base, config.proxy.as_ref(), env)?;
                     Provider::Ernie(Box::new(Ernie::new(name, &base_url, endpoint, connect)?))
                 }
+                ProviderKind::Azure => {
+                    let connect = client_options(name, u, config.proxy.as_ref(), env)?;
+                    Provider::Azure(Box::new(crate::providers::azure::build(name, u, connect)?))
+                }
             };
             upstreams.insert(
                 name.clone(),

@@ -419,6 +419,8 @@ impl Config {
             if u.provider == ProviderKind::Ernie {
                 check_ernie(u, &path)?;
             }
+            checks::check_base_url_has_no_query(&path, u)?;
+            checks::check_azure(&path, u, &self.credentials)?;
             if let Some(t) = &u.tls {
                 t.validate(&format!("{path}.tls"), env, &mut warnings)?;
             }

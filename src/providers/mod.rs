@@ -6,6 +6,7 @@
 //! HTTP providers send through the one pooled client of [`client`].
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
+pub mod azure;
 pub mod client;
 pub mod ernie;
 pub mod mock;
@@ -61,13 +62,15 @@ pub enum Provider {
     OpenAi(Box<openai::OpenAi>),
     Mock(mock::Mock),
     Ernie(Box<ernie::Ernie>),
+    /// Azure OpenAI: the OpenAI sender with deployment URIs ([`azure`]).
+    Azure(Box<openai::OpenAi>),
 }
 
 impl Provider {
     /// Send the request; resolves when the response headers arrived.
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
         match self {
-            Provider::OpenAi(p) => p.send(req).await,
+            Provider::OpenAi(p) | Provider::Azure(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
             Provider::Ernie(p) => p.send(req).await,
         }
@@ -75,13 +78,19 @@ impl Provider {
 }
 
 #[derive(Deserialize)]
-struct UsageProbe {
+struct AnswerProbe<'a> {
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(borrow, default)]
+    model: crate::openai::model::ModelStr<'a>,
 }
 
 /// Parse a whole JSON object once: an error when it is not one (cut, malformed), else its
-/// `usage` if it has one. Validation and usage capture in a single pass.
-pub fn read_usage(json: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
-    serde_json::from_slice::<UsageProbe>(json).map(|p| p.usage)
+/// `usage` if it has one and where its top-level `model` string lies (for the relay to put the
+/// client-facing name there). Validation, usage capture and the model's place in a single pass.
+#[allow(clippy::type_complexity)]
+pub fn read_answer(
+    json: &[u8],
+) -> Result<(Option<Usage>, Option<std::ops::Range<usize>>), serde_json::Error> {
+    serde_json::from_slice::<AnswerProbe>(json).map(|p| (p.usage, p.model.span_in(json)))
 }

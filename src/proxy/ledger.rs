@@ -173,6 +173,7 @@ impl Ledger {
                 crate::providers::Provider::OpenAi(_) => "openai",
                 crate::providers::Provider::Mock(_) => "mock",
                 crate::providers::Provider::Ernie(_) => "ernie",
+                crate::providers::Provider::Azure(_) => "az.ai.openai",
             };
             t.attempt_start(&u.name, system, Some(u.model.as_deref().unwrap_or(model)));
         }

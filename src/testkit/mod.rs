@@ -19,12 +19,14 @@
 //! Both listen on an ephemeral loopback port (`127.0.0.1:0`) and stop when the
 //! last handle is dropped or `shutdown()` is called.
 
+pub mod azure;
 pub mod connect_proxy;
 pub mod ernie;
 pub mod oauth;
 pub mod otlp;
 pub mod upstream;
 
+pub use azure::AzureFake;
 pub use connect_proxy::ConnectProxy;
 pub use ernie::{ErnieFault, MockErnie};
 pub use oauth::{MockOAuth, TokenRequest, TokenState};
