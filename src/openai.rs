@@ -7,6 +7,7 @@
 //! of the crate; everything above (policy, limits, providers, error, proxy) speaks through it.
 
 mod body;
+pub mod model;
 
 pub use body::{Body, BodyError, Items, JsonFields, Kind};
 

@@ -136,6 +136,11 @@ impl Snapshot {
                         client_options(name, &with_base, &base_url, config.proxy.as_ref(), env)?;
                     Provider::Ernie(Box::new(Ernie::new(name, &base_url, endpoint, connect)?))
                 }
+                ProviderKind::Azure => {
+                    let base_url = u.base_url.as_deref().unwrap_or_default();
+                    let connect = client_options(name, u, base_url, config.proxy.as_ref(), env)?;
+                    Provider::Azure(Box::new(crate::providers::azure::build(name, u, connect)?))
+                }
             };
             upstreams.insert(
                 name.clone(),

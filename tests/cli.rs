@@ -109,6 +109,63 @@ fn each_error_names_its_field_and_exits_64() {
     assert!(err.contains("at line 9"), "{err}");
 }
 
+/// A `base_url` with a query string is refused for every provider (the endpoint path would be
+/// appended after the query), naming the field and where the parameter goes; the parameter's
+/// value (perhaps a key) is never printed.
+#[test]
+fn a_base_url_with_a_query_is_refused_naming_where_the_parameter_goes() {
+    let cases = [
+        (
+            GOOD.replace(
+                "http://127.0.0.1:9/v1\"",
+                "https://r.openai.azure.com/openai/deployments/d?api-version=2024-10-21\"",
+            ),
+            "upstreams.u.base_url: must not carry a query string (parameters: api-version)",
+            "`api_version:`",
+        ),
+        (
+            GOOD.replace(
+                "http://127.0.0.1:9/v1\"",
+                "http://127.0.0.1:9/v1?key=sk-in-url\"",
+            ),
+            "upstreams.u.base_url: must not carry a query string (parameters: key)",
+            "placement: { query: NAME }",
+        ),
+        (
+            GOOD.replace(
+                "{ provider: openai, base_url: \"http://127.0.0.1:9/v1\", credential: up }",
+                "{ provider: mock, base_url: \"http://h/v1?x=1\" }",
+            ),
+            "upstreams.u.base_url: must not carry a query string (parameters: x)",
+            "placement",
+        ),
+    ];
+    for (yaml, expected, instead) in cases {
+        let (code, out, err) = check(&yaml, &[("TG_UP", "secret")]);
+        assert_eq!(code, 64, "{out}{err}");
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+        assert!(err.contains(instead), "expected {instead:?} in {err}");
+        assert!(
+            !err.contains("sk-in-url"),
+            "a query value was printed: {err}"
+        );
+    }
+}
+
+/// The Azure example passes with its variables set.
+#[test]
+fn the_azure_example_passes() {
+    let yaml = std::fs::read_to_string("examples/azure.yaml").unwrap_or_default();
+    let (code, out, err) = check(
+        &yaml,
+        &[
+            ("AZURE_OPENAI_API_KEY", "k"),
+            ("TOLLGATE_CLIENT_KEY", "sk-client-cli-test"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[test]
 fn a_literal_secret_is_a_warning_not_an_error() {
     let (code, _, err) = check(&GOOD.replace("\"${TG_UP}\"", "sk-literal-123"), &[]);

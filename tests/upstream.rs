@@ -76,7 +76,8 @@ async fn unknown_fields_pass_both_ways_and_model_is_replaced() {
     assert_eq!(seen.body["response_format"]["type"], "json_object");
     assert_eq!(seen.body["logprobs"], true);
 
-    // A response field Tollgate does not know reaches the client untouched.
+    // A response field Tollgate does not know reaches the client untouched; `model` carries
+    // the client-facing name, not the one sent upstream.
     let answer = json!({"id": "x", "object": "chat.completion", "model": "served-model",
         "system_fingerprint": "fp_123", "choices": [{"index": 0, "message": {"role": "assistant",
         "content": "hey"}, "logprobs": {"content": []}, "finish_reason": "stop"}],
@@ -91,7 +92,93 @@ async fn unknown_fields_pass_both_ways_and_model_is_replaced() {
             .await,
     )
     .await;
-    assert_eq!(v, answer);
+    let mut expected = answer.clone();
+    expected["model"] = json!("gpt");
+    assert_eq!(v, expected);
+}
+
+/// An upstream that renames the model (`model: served-model`) answers with its own name; the
+/// client sees the name it asked for, in a JSON answer, in every stream chunk (the usage chunk
+/// too) and in embeddings (where `model` comes after the vectors), unless the model says
+/// `keep_upstream_model: true`. Nothing else of the answer changes.
+#[tokio::test]
+async fn answers_carry_the_client_facing_model_name_unless_told_to_keep_the_upstreams() {
+    let m = mock().await;
+    for keep in [false, true] {
+        let mut cfg = config(&m.base_url(), "", "");
+        if keep {
+            cfg = cfg.replace(
+                "retry: { max_attempts: 1 } }",
+                "retry: { max_attempts: 1 }, keep_upstream_model: true }",
+            );
+        }
+        let gw = Gateway::start_with_env(&cfg, env()).await;
+        let want = if keep { "served-model" } else { "gpt" };
+
+        let v = json_of(
+            gw.post("/v1/chat/completions", chat("gpt", "a b c", false))
+                .await,
+        )
+        .await;
+        assert_eq!(v["model"], want, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"], "echo: a b c");
+        assert!(v["usage"]["completion_tokens"].as_u64().is_some(), "{v}");
+
+        let mut body = chat("gpt", "one two three four", true);
+        body["stream_options"] = json!({"include_usage": true});
+        let resp = gw.post("/v1/chat/completions", body).await;
+        assert_eq!(resp.status(), 200);
+        let events = sse_events(resp).await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+            .collect();
+        assert!(chunks.len() >= 3, "{events:?}");
+        for c in &chunks {
+            assert_eq!(c["model"], want, "{c}");
+        }
+        assert!(
+            chunks.last().is_some_and(|c| c["usage"].is_object()),
+            "{events:?}"
+        );
+        assert_eq!(stream_content(&events), "echo: one two three four");
+
+        // Without include_usage the usage chunk is still removed, the rest renamed.
+        let events = sse_events(
+            gw.post("/v1/chat/completions", chat("gpt", "x y", true))
+                .await,
+        )
+        .await;
+        assert!(
+            events.iter().all(|e| !e.contains("\"usage\"")),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .all(|e| e.contains(&format!("\"model\":\"{want}\""))),
+            "{events:?}"
+        );
+
+        let v = json_of(
+            gw.post(
+                "/v1/embeddings",
+                json!({"model": "gpt", "input": ["a", "b"]}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(v["model"], want, "{v}");
+        assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+        gw.stop().await;
+    }
+    // The upstream was always asked for its own name.
+    assert!(m
+        .received()
+        .iter()
+        .all(|r| r.body["model"] == "served-model"));
 }
 
 #[tokio::test]

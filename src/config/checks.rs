@@ -471,3 +471,147 @@ pub(super) fn check_ernie(u: &UpstreamConfig, path: &str) -> Result<(), ConfigEr
     }
     Ok(())
 }
+
+/// An upstream's `base_url` is a prefix every endpoint path is appended to, so it cannot carry a
+/// query string (or a fragment): `https://h/openai?api-version=1` would send
+/// `…?api-version=1/chat/completions`. Refused for every provider, saying where the parameter
+/// goes instead.
+pub(super) fn check_base_url_has_no_query(
+    path: &str,
+    u: &UpstreamConfig,
+) -> Result<(), ConfigError> {
+    let Some(url) = &u.base_url else {
+        return Ok(());
+    };
+    let field = format!("{path}.base_url");
+    if url.contains('#') {
+        return Err(err(field, "must not carry a fragment ('#…')"));
+    }
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    // Only the parameters' names: their values may be secrets.
+    let names: Vec<&str> = query
+        .split(['&', ';'])
+        .filter_map(|kv| kv.split('=').next())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let instead = if names.iter().any(|n| n.eq_ignore_ascii_case("api-version")) {
+        "an Azure OpenAI api-version goes in the upstream's `api_version:` field, with \
+         `provider: azure`"
+    } else {
+        "a key or token goes in a credential with `placement: { query: NAME }` (or \
+         `placement: { header: NAME }`)"
+    };
+    Err(err(
+        field,
+        format!(
+            "must not carry a query string (parameters: {}): Tollgate appends each endpoint's \
+             path to base_url, so the path would land inside the query; {instead}",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ),
+    ))
+}
+
+/// An `azure` upstream: a base URL, an `api_version`, a deployment (`deployment:` or `model:`),
+/// all safe in a URL as written; a static key placed in the `api-key` header (a bearer is an
+/// Entra ID token, from `kind: oauth2`). `deployment` and `api_version` belong to `azure` only.
+pub(super) fn check_azure(
+    path: &str,
+    u: &UpstreamConfig,
+    credentials: &BTreeMap<String, CredentialConfig>,
+) -> Result<(), ConfigError> {
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if u.provider != ProviderKind::Azure {
+        for (field, set) in [
+            ("deployment", u.deployment.is_some()),
+            ("api_version", u.api_version.is_some()),
+        ] {
+            if set {
+                return Err(err(
+                    format!("{path}.{field}"),
+                    "is for provider: azure only",
+                ));
+            }
+        }
+        return Ok(());
+    }
+    match &u.base_url {
+        None => {
+            return Err(err(
+                format!("{path}.base_url"),
+                "is required: https://RESOURCE.openai.azure.com",
+            ))
+        }
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| err(format!("{path}.base_url"), format!("invalid URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(err(format!("{path}.base_url"), "must be http or https"));
+            }
+        }
+    }
+    match &u.api_version {
+        None => {
+            return Err(err(
+                format!("{path}.api_version"),
+                "is required for provider: azure (e.g. 2024-10-21)",
+            ))
+        }
+        Some(v) if !safe(v) => {
+            return Err(err(
+                format!("{path}.api_version"),
+                "must be letters, digits, '-', '_' or '.' (e.g. 2024-10-21)",
+            ))
+        }
+        Some(_) => {}
+    }
+    match (&u.deployment, &u.model) {
+        (Some(d), _) if !safe(d) => {
+            return Err(err(
+                format!("{path}.deployment"),
+                "must be letters, digits, '-', '_' or '.'",
+            ))
+        }
+        (None, Some(m)) if !safe(m) => return Err(err(
+            format!("{path}.model"),
+            "names the deployment (no deployment: set): must be letters, digits, '-', '_' or '.'",
+        )),
+        (None, None) => {
+            return Err(err(
+                format!("{path}.deployment"),
+                "is required for provider: azure (or model:, which then names the deployment)",
+            ))
+        }
+        _ => {}
+    }
+    let Some(name) = &u.credential else {
+        return Ok(());
+    };
+    let bearer_key = match credentials.get(name) {
+        Some(CredentialConfig::Static { placement, .. }) => placement == &Placement::Bearer,
+        Some(CredentialConfig::Pool(p)) => {
+            (!p.tokens.is_empty() || p.file.is_some()) && p.placement == Placement::Bearer
+        }
+        _ => false,
+    };
+    if bearer_key {
+        return Err(err(
+            format!("credentials.{name}.placement"),
+            format!(
+                "{path} is an azure upstream: its key goes in the api-key header, set \
+                 `placement: {{ header: api-key }}` (a bearer token is an Entra ID token: \
+                 use kind: oauth2 with scope https://cognitiveservices.azure.com/.default)"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -403,10 +403,10 @@ impl Config {
         }
         for (name, u) in &self.upstreams {
             let path = format!("upstreams.{name}");
-            if u.provider != ProviderKind::Mock {
+            if matches!(u.provider, ProviderKind::Openai | ProviderKind::Anthropic) {
                 match &u.base_url {
-                    // `anthropic` and `ernie` have defaults (their public APIs).
-                    None if u.provider != ProviderKind::Openai => {}
+                    // `anthropic` has a default (its public API).
+                    None if u.provider == ProviderKind::Anthropic => {}
                     None => return Err(err(format!("{path}.base_url"), "is required")),
                     Some(url) => {
                         let parsed = reqwest::Url::parse(url).map_err(|e| {
@@ -421,6 +421,8 @@ impl Config {
             if u.provider == ProviderKind::Ernie {
                 check_ernie(u, &path)?;
             }
+            checks::check_base_url_has_no_query(&path, u)?;
+            checks::check_azure(&path, u, &self.credentials)?;
             if let Some(v) = &u.anthropic_version {
                 if u.provider != ProviderKind::Anthropic {
                     return Err(err(

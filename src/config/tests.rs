@@ -458,3 +458,72 @@ fn relative_batch_files_are_the_config_files_directorys() {
         std::path::Path::new("/var/lib/tollgate/files")
     );
 }
+
+#[test]
+fn a_base_url_query_or_fragment_is_refused_for_every_provider() {
+    let with = |upstream: &str| BASE.replace("{ provider: mock }", upstream);
+    let e = check(&with(
+        r#"{ provider: openai, base_url: "https://h/v1?api-version=1&key=s3cret" }"#,
+    ))
+    .err()
+    .unwrap_or_default();
+    assert!(
+        e.starts_with(
+            "upstreams.m.base_url: must not carry a query string (parameters: api-version, key)"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("`api_version:`") && !e.contains("s3cret"), "{e}");
+    let e = check(&with(r#"{ provider: mock, base_url: "http://h/v1#x" }"#))
+        .err()
+        .unwrap_or_default();
+    assert_eq!(e, "upstreams.m.base_url: must not carry a fragment ('#…')");
+    assert_eq!(
+        check(&with(r#"{ provider: openai, base_url: "https://h/v1" }"#)).err(),
+        None
+    );
+}
+
+#[test]
+fn an_azure_upstream_needs_its_api_version_a_deployment_and_an_api_key_placement() {
+    let with = |creds: &str, upstream: &str| {
+        let t = BASE.replace("{ provider: mock }", upstream);
+        format!("credentials:\n{creds}\n{t}")
+    };
+    let key = "  k: { kind: static, secret: \"${K}\", placement: { header: api-key } }";
+    let az = r#"{ provider: azure, base_url: "https://r.openai.azure.com", deployment: d, api_version: "2024-10-21", credential: k }"#;
+    let env = HashMap::from([("K".to_string(), "v".to_string())]);
+    let run = |text: &str| {
+        Config::parse(text)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate(&env).map_err(|e| e.to_string()))
+            .err()
+    };
+    assert_eq!(run(&with(key, az)), None);
+    assert_eq!(
+        run(&with(
+            key,
+            &az.replace(r#", api_version: "2024-10-21""#, "")
+        ))
+        .as_deref(),
+        Some("upstreams.m.api_version: is required for provider: azure (e.g. 2024-10-21)")
+    );
+    assert!(run(&with(key, &az.replace("deployment: d, ", "")))
+        .is_some_and(|e| e.starts_with("upstreams.m.deployment: is required")));
+    assert_eq!(
+        run(&with(key, &az.replace("deployment: d, ", "model: d, "))),
+        None
+    );
+    let bearer = "  k: { kind: static, secret: \"${K}\" }";
+    assert!(run(&with(bearer, az)).is_some_and(|e| e.starts_with(
+        "credentials.k.placement: upstreams.m is an azure upstream: its key goes in the api-key header"
+    )));
+    assert_eq!(
+        run(&with(
+            key,
+            r#"{ provider: openai, base_url: "http://h/v1", api_version: "1" }"#
+        ))
+        .as_deref(),
+        Some("upstreams.m.api_version: is for provider: azure only")
+    );
+}

@@ -15,6 +15,8 @@ pub enum ProviderKind {
     /// Baidu Qianfan's ERNIE chat API (wenxinworkshop v1): requests and answers translated,
     /// errors sent as HTTP 200 with `error_code` mapped to statuses (see docs/PROVIDERS.md).
     Ernie,
+    /// Azure OpenAI: `{base_url}/openai/deployments/{deployment}/…?api-version=…`.
+    Azure,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -56,6 +58,12 @@ pub struct UpstreamConfig {
     /// The egress proxy for this upstream; replaces the gateway-wide `proxy:` (`{}`: direct).
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
+    /// (`azure`) The deployment named in the path; `model:` when unset.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// (`azure`, required) The `api-version` query parameter, e.g. `2024-10-21`.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 fn default_max_queue() -> usize {
@@ -169,6 +177,10 @@ pub struct ModelConfig {
     /// The response cache for this model; none: answers are never cached.
     #[serde(default)]
     pub cache: Option<ModelCacheConfig>,
+    /// Answers carry this model's client-facing name in `model` (JSON and every stream chunk);
+    /// `true` leaves the name the upstream wrote (e.g. its dated or renamed model).
+    #[serde(default)]
+    pub keep_upstream_model: bool,
 }
 
 fn default_deadline() -> Dur {

@@ -28,6 +28,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
+use crate::providers::sse;
 use crate::state::AppState;
 
 /// The route's handler.
@@ -587,13 +588,17 @@ impl Events {
             return Bytes::new();
         }
         self.pending.extend_from_slice(chunk);
-        while let Some(end) = find_event_end(&self.pending) {
-            let event = self.pending.split_to(end);
-            self.chat_event(&event, &mut out);
+        let pending = std::mem::take(&mut self.pending);
+        let mut events = sse::Events::new(&pending);
+        for event in events.by_ref() {
+            self.chat_event(event, &mut out);
             if self.ended {
                 return Bytes::from(out);
             }
         }
+        let consumed = events.consumed();
+        self.pending = pending;
+        let _ = self.pending.split_to(consumed);
         if self.held() > self.limit {
             self.fail(
                 &mut out,
@@ -627,7 +632,8 @@ impl Events {
     }
 
     fn chat_event(&mut self, event: &[u8], out: &mut Vec<u8>) {
-        let Some(data) = data_of(event) else { return };
+        let Some(data) = sse::data(event) else { return };
+        let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.complete(out);
             return;
@@ -800,19 +806,6 @@ impl Events {
         self.emit(out, kind, json!({"response": r}));
         self.ended = true;
     }
-}
-
-/// Where the first complete SSE event of `buf` ends (after its blank line).
-fn find_event_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
-}
-
-/// The `data` of an event (its `data:` lines joined), trimmed.
-fn data_of(event: &[u8]) -> Option<&[u8]> {
-    event
-        .split(|b| *b == b'\n')
-        .find_map(|line| line.strip_prefix(b"data:"))
-        .map(<[u8]>::trim_ascii)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! Providers do not retry, choose upstreams or touch client state: that is the proxy's job.
 
 pub mod anthropic;
+pub mod azure;
 pub mod client;
 pub mod ernie;
 pub mod mock;
@@ -68,6 +69,8 @@ pub enum Provider {
     Mock(mock::Mock),
     Anthropic(Box<anthropic::Anthropic>),
     Ernie(Box<ernie::Ernie>),
+    /// Azure OpenAI: the OpenAI sender with deployment URIs ([`azure`]).
+    Azure(Box<openai::OpenAi>),
 }
 
 impl Provider {
@@ -78,6 +81,7 @@ impl Provider {
             Provider::Mock(_) => "mock",
             Provider::Anthropic(_) => "anthropic",
             Provider::Ernie(_) => "ernie",
+            Provider::Azure(_) => "az.ai.openai",
         }
     }
 
@@ -86,14 +90,16 @@ impl Provider {
     pub fn body(&self, endpoint: Endpoint, json: &crate::openai::Body) -> Result<Bytes, ApiError> {
         match self {
             Provider::Anthropic(p) => p.body(endpoint, json),
-            Provider::OpenAi(_) | Provider::Mock(_) | Provider::Ernie(_) => Ok(json.to_bytes()),
+            Provider::OpenAi(_) | Provider::Mock(_) | Provider::Ernie(_) | Provider::Azure(_) => {
+                Ok(json.to_bytes())
+            }
         }
     }
 
     /// Send the request; resolves when the response headers arrived.
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
         match self {
-            Provider::OpenAi(p) => p.send(req).await,
+            Provider::OpenAi(p) | Provider::Azure(p) => p.send(req).await,
             Provider::Mock(p) => Ok(p.answer(req).await),
             Provider::Anthropic(p) => p.send(req).await,
             Provider::Ernie(p) => p.send(req).await,
@@ -102,13 +108,19 @@ impl Provider {
 }
 
 #[derive(Deserialize)]
-struct UsageProbe {
+struct AnswerProbe<'a> {
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(borrow, default)]
+    model: crate::openai::model::ModelStr<'a>,
 }
 
 /// Parse a whole JSON object once: an error when it is not one (cut, malformed), else its
-/// `usage` if it has one. Validation and usage capture in a single pass.
-pub fn read_usage(json: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
-    serde_json::from_slice::<UsageProbe>(json).map(|p| p.usage)
+/// `usage` if it has one and where its top-level `model` string lies (for the relay to put the
+/// client-facing name there). Validation, usage capture and the model's place in a single pass.
+#[allow(clippy::type_complexity)]
+pub fn read_answer(
+    json: &[u8],
+) -> Result<(Option<Usage>, Option<std::ops::Range<usize>>), serde_json::Error> {
+    serde_json::from_slice::<AnswerProbe>(json).map(|p| (p.usage, p.model.span_in(json)))
 }

@@ -6,6 +6,10 @@
 //! forwarded headers, the JSON content type and the lease's ready-made credential (see
 //! [`crate::credentials::Placed`]) and sent through the upstream's pooled client ([`super::client`]);
 //! the first-byte timeout is applied by the caller around [`OpenAi::send`].
+//!
+//! Providers that speak OpenAI's body and answers at other URLs (Azure OpenAI: deployments in the
+//! path, `api-version` in the query) are this same sender with their own pre-parsed URIs
+//! ([`OpenAi::with_uris`]).
 
 use http::{header, HeaderValue, Method, Uri};
 use http_body_util::Full;
@@ -38,7 +42,15 @@ impl OpenAi {
     /// The provider of upstream `name`; `connect` is how its connections are made (timeout,
     /// TLS, proxy), built by the caller from the upstream's config.
     pub fn new(name: &str, base_url: &str, connect: ClientOptions) -> Result<OpenAi, String> {
-        let uri = |e: Endpoint| endpoint_uri(base_url, e.path());
+        OpenAi::with_uris(name, |e| endpoint_uri(base_url, e.path()), connect)
+    }
+
+    /// The sender of upstream `name` with each endpoint's URI made (once) by `uri`.
+    pub fn with_uris(
+        name: &str,
+        uri: impl Fn(Endpoint) -> Result<Uri, String>,
+        connect: ClientOptions,
+    ) -> Result<OpenAi, String> {
         Ok(OpenAi {
             name: name.to_owned(),
             client: super::client::build(connect),

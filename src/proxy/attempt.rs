@@ -49,6 +49,8 @@ pub struct Request<'a> {
 #[derive(Clone, Copy)]
 struct Target<'a> {
     model: &'a str,
+    /// What the answer's `model` is set to ([`Route::answer_model`]).
+    answer_model: Option<&'a Bytes>,
     ask: Ask,
     deadline: Instant,
 }
@@ -70,6 +72,11 @@ pub struct Answer {
     pub body: AnswerBody,
     pub sent_at: Instant,
     pub deadline: Instant,
+    /// Where a whole answer's top-level `model` string lies (read with its usage).
+    model_at: Option<std::ops::Range<usize>>,
+    /// The name the client sees in `model` (JSON-escaped; [`Route::answer_model`]); `None`
+    /// leaves the upstream's.
+    pub model: Option<Bytes>,
 }
 
 pub enum AnswerBody {
@@ -113,6 +120,7 @@ pub async fn dispatch(
         tried.push(&route.name);
         let target = Target {
             model: &route.name,
+            answer_model: route.answer_model.as_ref(),
             ask: Ask {
                 priority: wishes.priority,
                 batch: wishes.batch,
@@ -430,9 +438,12 @@ async fn attempt_inner(
     let deadline = (sent.at + upstream.timeouts.total.0).min(deadline);
     let Sent { response, at, .. } = sent;
     if req.stream && is_sse(&response.headers) {
-        return commit_stream(upstream, response, at, deadline, slot).await;
+        let mut answer = commit_stream(upstream, response, at, deadline, slot).await?;
+        answer.model = target.answer_model.cloned();
+        return Ok(answer);
     }
-    let answer = read_whole(upstream, response, at, deadline, req.max_response_bytes).await?;
+    let mut answer = read_whole(upstream, response, at, deadline, req.max_response_bytes).await?;
+    answer.model = target.answer_model.cloned();
     ledger.upstream_time(at.elapsed());
     drop(slot);
     Ok(answer)
@@ -662,6 +673,8 @@ async fn commit_stream(
         },
         sent_at,
         deadline,
+        model_at: None,
+        model: None,
     })
 }
 
@@ -700,7 +713,7 @@ async fn read_whole(
             Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
         }
     }
-    let Ok(usage) = crate::providers::read_usage(&buf) else {
+    let Ok((usage, model_at)) = crate::providers::read_answer(&buf) else {
         return Err(ApiError::UpstreamInvalid);
     };
     Ok(Answer {
@@ -710,7 +723,24 @@ async fn read_whole(
         body: AnswerBody::Full(buf.freeze(), usage),
         sent_at,
         deadline,
+        model_at,
+        model: None,
     })
+}
+
+impl Answer {
+    /// Put [`Answer::model`] in a whole answer's top-level `model`, only where the upstream
+    /// wrote another name (a stream's chunks are renamed by the relay as they pass).
+    pub fn rename_whole(&mut self) {
+        let (Some(name), Some(at), AnswerBody::Full(bytes, _)) =
+            (&self.model, self.model_at.take(), &mut self.body)
+        else {
+            return;
+        };
+        if bytes.get(at.clone()) != Some(&name[..]) {
+            *bytes = crate::openai::model::replace(bytes, at, name);
+        }
+    }
 }
 
 /// Largest first stream event waited for before the stream is committed.

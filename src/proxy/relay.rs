@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::attempt::{Answer, AnswerBody};
 use super::ledger::Ledger;
-use super::sse::{finish_reason, inspect, Events, Seen};
+use super::sse::{finish_reason, inspect, model_span, Events, Seen};
 use crate::cache::{Capture, Event, Fill};
 use crate::error::error_json;
 use crate::providers::reading::{Break, Health};
@@ -39,7 +39,7 @@ pub const X_ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts"
 
 /// Start relaying `answer` to the client. `in_flight` is held until the body ends.
 pub fn respond(
-    answer: Answer,
+    mut answer: Answer,
     strip_usage: bool,
     in_flight: OwnedSemaphorePermit,
     mut ledger: Ledger,
@@ -48,7 +48,9 @@ pub fn respond(
     let mut headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
     // An answer from a fallback model's upstream is not the cached model's answer.
     let fill = fill.filter(|f| f.serves(&answer.upstream.name));
+    // The trace records the upstream's answer as it came (its `gen_ai.response.model`).
     ledger.answer(&answer.body);
+    answer.rename_whole();
     ledger.status(answer.status.as_u16());
     ledger.first_byte();
     let body = match answer.body {
@@ -74,6 +76,7 @@ pub fn respond(
                 buf,
                 pending: true,
                 strip_usage,
+                model: answer.model,
                 idle: answer.upstream.timeouts.idle.0,
                 deadline: answer.deadline,
                 sent_at: answer.sent_at,
@@ -174,6 +177,8 @@ struct SseRelay {
     /// `buf` holds the first chunk, not yet looked at.
     pending: bool,
     strip_usage: bool,
+    /// The name each chunk's `model` is set to (JSON-escaped); `None` leaves the upstream's.
+    model: Option<Bytes>,
     idle: Duration,
     deadline: Instant,
     sent_at: Instant,
@@ -240,18 +245,48 @@ impl SseRelay {
         }
     }
 
-    /// Split off the complete events at the front of the buffer, noting usage and removing
-    /// the usage-only chunk when the client did not ask for it.
+    /// Split off the complete events at the front of the buffer, noting usage, removing the
+    /// usage-only chunk when the client did not ask for it and putting the client-facing name in
+    /// each chunk's `model` where the upstream wrote another. Events left as they are go out as
+    /// zero-copy slices of what was read; only a read with an event to change is copied.
     fn take_events(&mut self) -> Option<Bytes> {
-        let mut cut: Option<(usize, usize)> = None;
+        // Copied output, once an event had to change: it holds everything before `copied`.
+        let mut edited: Option<BytesMut> = None;
+        let mut copied = 0;
+        let mut usage_cut = false;
         let mut events = Events::new(&self.buf);
         loop {
             let start = events.consumed();
             let Some(event) = events.next() else { break };
-            let len = event.len();
+            let end = start + event.len();
             let seen = inspect(event);
+            let strip = matches!(
+                seen,
+                Seen::Usage {
+                    usage_only: true,
+                    ..
+                }
+            ) && self.strip_usage
+                && !usage_cut;
+            let rename = self.model.as_deref().and_then(|name| {
+                let at = model_span(event)?;
+                (event.get(at.clone())? != name).then_some((at, name))
+            });
+            // What the client (and the cache) gets of this event: as read, renamed, or nothing.
+            let mut out_event: &[u8] = event;
+            if strip || rename.is_some() {
+                let out =
+                    edited.get_or_insert_with(|| BytesMut::with_capacity(self.buf.len() + 64));
+                out.extend_from_slice(&self.buf[copied..start]);
+                copied = end;
+                if let Some((at, name)) = rename.filter(|_| !strip) {
+                    let from = out.len();
+                    crate::openai::model::splice_into(out, event, at, name);
+                    out_event = &out[from..];
+                }
+            }
             if let Some(c) = &mut self.capture {
-                c.event(event, cache_event(event, &seen));
+                c.event(out_event, cache_event(out_event, &seen));
                 if !c.active() {
                     // Past max_entry_bytes: nothing more to look at for the cache.
                     self.capture = None;
@@ -264,11 +299,9 @@ impl SseRelay {
                     }
                     self.content_events += 1;
                 }
-                Seen::Usage { usage, usage_only } => {
+                Seen::Usage { usage, .. } => {
                     self.usage = Some(usage);
-                    if usage_only && self.strip_usage && cut.is_none() {
-                        cut = Some((start, start + len));
-                    }
+                    usage_cut |= strip;
                 }
                 Seen::Other | Seen::Done => {}
             }
@@ -278,12 +311,14 @@ impl SseRelay {
             return None;
         }
         self.ledger.streamed(self.content_events);
-        let mut out = self.buf.split_to(pos);
-        if let Some((a, b)) = cut {
-            let tail = out.split_off(b);
-            out.truncate(a);
-            out.unsplit(tail);
-        }
+        let read = self.buf.split_to(pos);
+        let out = match edited {
+            None => read,
+            Some(mut out) => {
+                out.extend_from_slice(&read[copied..]);
+                out
+            }
+        };
         (!out.is_empty()).then(|| out.freeze())
     }
 

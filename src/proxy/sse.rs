@@ -6,6 +6,8 @@
 //! find the usage chunk ([`inspect`]). Both see the same events however the upstream cuts its
 //! stream into chunks (a property test holds [`Events`] to that). It owns no I/O and no state.
 
+use std::borrow::Cow;
+
 use crate::providers::sse::data;
 pub(super) use crate::providers::sse::Events;
 use crate::providers::Usage;
@@ -86,6 +88,18 @@ pub(super) fn finish_reason(event: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// Where the top-level `model` string of an event's JSON data lies in the event, for the relay to
+/// put the client-facing name there. Data on one `data:` line only, as every OpenAI-shaped stream
+/// sends it; an event whose data spans lines is left as it is.
+pub(super) fn model_span(event: &[u8]) -> Option<std::ops::Range<usize>> {
+    let Cow::Borrowed(d) = data(event)? else {
+        return None;
+    };
+    let offset = (d.as_ptr() as usize).checked_sub(event.as_ptr() as usize)?;
+    let at = crate::openai::model::span(d)?;
+    Some(offset + at.start..offset + at.end)
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {

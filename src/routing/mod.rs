@@ -30,6 +30,9 @@ pub struct Route {
     pub budget: RetryBudget,
     /// This model's metric series (made with the snapshot).
     pub meters: Arc<ModelMeters>,
+    /// The name its answers carry in `model` (the client-facing name, JSON-escaped, made once
+    /// per config); `None` with `keep_upstream_model`: the upstream's name is left as it is.
+    pub answer_model: Option<bytes::Bytes>,
 }
 
 impl Route {
@@ -40,7 +43,10 @@ impl Route {
         meters: Arc<ModelMeters>,
     ) -> Route {
         let budget = RetryBudget::new(config.retry.budget_ratio, config.retry.budget_min_per_sec);
+        let answer_model =
+            (!config.keep_upstream_model).then(|| crate::openai::model::escape(&name));
         Route {
+            answer_model,
             name,
             targets,
             config,

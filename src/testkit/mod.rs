@@ -22,6 +22,7 @@
 //! last handle is dropped or `shutdown()` is called.
 
 pub mod anthropic;
+pub mod azure;
 pub mod connect_proxy;
 pub mod ernie;
 pub mod oauth;
@@ -29,6 +30,7 @@ pub mod otlp;
 pub mod upstream;
 
 pub use anthropic::{AnthropicFault, AnthropicReceived, MockAnthropic};
+pub use azure::AzureFake;
 pub use connect_proxy::ConnectProxy;
 pub use ernie::{ErnieFault, MockErnie};
 pub use oauth::{MockOAuth, TokenRequest, TokenState};

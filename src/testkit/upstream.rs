@@ -107,6 +107,8 @@ struct Knobs {
     response_headers: Vec<(String, String)>,
     /// Faults a random failure is drawn from (uniformly); empty: the default mix.
     random_mix: Vec<Fault>,
+    /// Azure OpenAI mode: paths, api-version and key checked as Azure does.
+    azure: Option<super::AzureFake>,
 }
 
 struct Shared {
@@ -252,6 +254,13 @@ impl MockUpstream {
     /// from, each equally likely; an empty list restores the default mix.
     pub fn set_random_fault_mix(&self, mix: Vec<Fault>) {
         lock(&self.shared.knobs).random_mix = mix;
+    }
+
+    /// Azure OpenAI mode ([`super::AzureFake`]): requests must use Azure's paths, a served
+    /// `api-version` and a key (or a bearer token, checked by the auth check if one is set);
+    /// answers name the deployment's model. `None` returns to OpenAI paths.
+    pub fn set_azure(&self, azure: Option<super::AzureFake>) {
+        lock(&self.shared.knobs).azure = azure;
     }
 
     /// When set and the check returns false, requests get 401 `invalid_api_key`.
@@ -410,6 +419,7 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
     s.counters.requests.fetch_add(1, Ordering::SeqCst);
     s.counters.changed.notify_waiters();
 
+    let azure = lock(&s.knobs).azure.clone();
     let (queued, default, first_byte, chunk_delay, chunks, auth, token_status) = {
         let mut k = lock(&s.knobs);
         let by_content = k
@@ -476,7 +486,19 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
     if let Some((status, retry_after)) = token_status {
         return token_status_resp(status, retry_after, guard);
     }
-    if let Some(check) = auth {
+    let mut body = body;
+    let mut path = path;
+    if let Some(az) = azure {
+        match az.admit(&parts.headers, &path, query.as_deref(), auth.as_ref()) {
+            Ok((openai_path, model)) => {
+                path = openai_path;
+                if let Some(o) = body.as_object_mut() {
+                    o.insert("model".into(), Value::from(model));
+                }
+            }
+            Err((status, err)) => return json_resp(status, &err, guard),
+        }
+    } else if let Some(check) = auth {
         if !check(&parts.headers, query.as_deref()) {
             let err = openai_error(
                 "Incorrect API key provided (mock auth check failed).",
