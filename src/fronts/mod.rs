@@ -43,11 +43,7 @@ pub(crate) async fn accept(state: &AppState, req: Request<Body>) -> Result<Accep
     let team = caller
         .team_policy(&snap.config.teams)
         .ok_or(ApiError::Internal)?;
-    let limit = team
-        .max_body_bytes
-        .unwrap_or(usize::MAX)
-        .min(snap.config.server.max_body_bytes);
-    let body = crate::proxy::read_body(body, limit, snap.config.server.body_read_timeout.0).await?;
+    let body = crate::proxy::read_body(&snap, team, body).await?;
     Ok(Accepted {
         parts,
         caller,

@@ -82,12 +82,7 @@ async fn run(
         .ok_or(ApiError::Internal)?;
 
     // accept (cont.): read the body within the team's size limit and the read deadline.
-    let limit = team
-        .max_body_bytes
-        .unwrap_or(usize::MAX)
-        .min(snap.config.server.max_body_bytes);
-    let mut json =
-        parse_json(read_body(body, limit, snap.config.server.body_read_timeout.0).await?)?;
+    let mut json = parse_json(read_body(&snap, team, body).await?)?;
 
     // shape: validate fields, apply the team's defaults and caps, check the model.
     let shaped = policy::shape(endpoint, team, &parts.headers, &mut json)?;
@@ -258,12 +253,17 @@ pub(crate) fn retry_after_value(d: Duration) -> HeaderValue {
     HeaderValue::from(secs)
 }
 
-/// Read a request body within `limit` bytes and the read deadline.
+/// Read a request body within the team's and the server's size limit and the read deadline.
 pub(crate) async fn read_body(
+    snap: &Snapshot,
+    team: &crate::config::TeamConfig,
     body: Body,
-    limit: usize,
-    deadline: Duration,
 ) -> Result<Bytes, ApiError> {
+    let limit = team
+        .max_body_bytes
+        .unwrap_or(usize::MAX)
+        .min(snap.config.server.max_body_bytes);
+    let deadline = snap.config.server.body_read_timeout.0;
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(deadline, limited.collect()).await {
         Err(_) => Err(ApiError::BodyTimeout),
