@@ -72,7 +72,7 @@ else
     fi
     # selenium drives the system chromedriver (never a downloaded one: see tests/console_browser.rs).
     run 10m "pip install openai anthropic selenium" \
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'anthropic>=0.40,<1' 'selenium>=4.20,<5'
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'anthropic>=0.40,<3' 'selenium>=4.20,<5'
     "$VENV/bin/python" -c 'import openai, anthropic, selenium' || fail "openai, anthropic or selenium still not importable in $VENV"
 fi
 

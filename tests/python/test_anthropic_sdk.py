@@ -107,7 +107,8 @@ def check_errors(base_url):
         assert e.body["error"]["type"] == "authentication_error", e.body
     try:
         client(base_url).messages.create(
-            model="mock-gpt", max_tokens=5, top_k=3, messages=user("x")
+            # As a raw field: newer SDKs dropped the top_k argument, the API still has it.
+            model="mock-gpt", max_tokens=5, messages=user("x"), extra_body={"top_k": 3}
         )
         raise AssertionError("no BadRequestError")
     except anthropic.BadRequestError as e:
