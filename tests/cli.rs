@@ -167,6 +167,20 @@ fn the_azure_example_passes() {
 }
 
 #[test]
+fn the_gemini_example_passes() {
+    let yaml = std::fs::read_to_string("examples/gemini.yaml").unwrap_or_default();
+    assert!(yaml.contains("provider: openai"), "{yaml}");
+    let (code, out, err) = check(
+        &yaml,
+        &[
+            ("GEMINI_API_KEY", "k"),
+            ("TOLLGATE_CLIENT_KEY", "sk-client-cli-test"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
 fn a_literal_secret_is_a_warning_not_an_error() {
     let (code, _, err) = check(&GOOD.replace("\"${TG_UP}\"", "sk-literal-123"), &[]);
     assert_eq!(code, 0, "{err}");
