@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::Uri;
+use http::{header, HeaderMap, HeaderValue, Method, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -233,6 +233,31 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         next = err.source();
     }
     false
+}
+
+/// The request every HTTP provider sends: a JSON `POST` of `body` to `uri` with the client's
+/// forwarded headers, `content-type` and `accept` set, and room for `more` headers of the
+/// provider's own.
+pub fn json_post(
+    uri: Uri,
+    body: Bytes,
+    forwarded: &HeaderMap,
+    more: usize,
+) -> http::Request<Full<Bytes>> {
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.reserve(forwarded.len() + 2 + more);
+    for (name, value) in forwarded {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    request
 }
 
 #[cfg(test)]

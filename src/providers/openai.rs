@@ -11,11 +11,11 @@
 //! path, `api-version` in the query) are this same sender with their own pre-parsed URIs
 //! ([`OpenAi::with_uris`]).
 
-use http::{header, HeaderValue, Method, Uri};
+use http::Uri;
 use http_body_util::Full;
 
 pub use super::client::ClientOptions;
-use super::client::{body_stream, classify, endpoint_uri, with_query, Client};
+use super::client::{body_stream, classify, endpoint_uri, json_post, with_query, Client};
 use super::{UpstreamRequest, UpstreamResponse};
 use crate::credentials::Placed;
 use crate::error::ApiError;
@@ -91,19 +91,8 @@ impl OpenAi {
             Some(Placed::Query(pair)) => with_query(base, pair)?,
             _ => base.clone(),
         };
-        let mut request = http::Request::new(Full::new(req.body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
+        let mut request = json_post(uri, req.body, req.headers, ADDED_HEADERS);
         let headers = request.headers_mut();
-        headers.reserve(req.headers.len() + ADDED_HEADERS);
-        for (name, value) in req.headers {
-            headers.append(name.clone(), value.clone());
-        }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
         }

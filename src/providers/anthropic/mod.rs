@@ -17,7 +17,7 @@ pub mod request;
 pub mod stream;
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Uri};
+use http::{header, HeaderName, HeaderValue, Uri};
 use http_body_util::Full;
 
 use super::client::{body_stream, classify, endpoint_uri, Client, ClientOptions};
@@ -118,19 +118,8 @@ impl Anthropic {
     }
 
     fn request(&self, req: UpstreamRequest<'_>) -> Result<http::Request<Full<Bytes>>, ApiError> {
-        let mut request = http::Request::new(Full::new(req.body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.messages.clone();
+        let mut request = super::client::json_post(self.messages.clone(), req.body, req.headers, 4);
         let headers = request.headers_mut();
-        headers.reserve(req.headers.len() + 6);
-        for (name, value) in req.headers {
-            headers.append(name.clone(), value.clone());
-        }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         headers.insert(ANTHROPIC_VERSION, self.version.clone());
         if let Some(lease) = req.lease {
             let mut key =

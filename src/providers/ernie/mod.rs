@@ -21,11 +21,12 @@ pub mod request;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::Full;
+use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use serde_json::{Map, Value};
 
-use super::client::{body_stream, classify, endpoint_uri, with_query, Client, ClientOptions};
+use super::client::{
+    body_stream, classify, endpoint_uri, json_post, with_query, Client, ClientOptions,
+};
 use super::sse::{data, Events};
 use super::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::credentials::Placed;
@@ -84,19 +85,9 @@ impl Ernie {
             Some(Placed::Query(pair)) => with_query(&self.chat, pair)?,
             _ => self.chat.clone(),
         };
-        let mut request = http::Request::new(Full::new(Bytes::from(t.body.to_string())));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
+        let body = Bytes::from(t.body.to_string());
+        let mut request = json_post(uri, body, req.headers, ADDED_HEADERS);
         let headers = request.headers_mut();
-        headers.reserve(req.headers.len() + ADDED_HEADERS);
-        for (name, value) in req.headers {
-            headers.append(name.clone(), value.clone());
-        }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
         }
