@@ -175,7 +175,7 @@ async fn text_and_tool_calls_stream_and_not_through_the_chat_path() {
     let e: Value = r.json().await.unwrap_or_default();
     assert_eq!(e["error"]["code"], "rate_limit_exceeded", "{e}");
 
-    // Every request wrote its usage row, priced as chat.
+    // Every request wrote its usage row.
     gw.stop().await;
     let store = tollgate::store::Store::connect(
         &format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
@@ -189,6 +189,16 @@ async fn text_and_tool_calls_stream_and_not_through_the_chat_path() {
         "one usage row per request, the refused one included"
     );
     assert_eq!(ids.len(), 9);
+    // The rows name the API the client called.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    let endpoints: Vec<(String, i64)> =
+        sqlx::query_as("SELECT endpoint, COUNT(*) FROM usage GROUP BY endpoint")
+            .fetch_all(&db)
+            .await
+            .unwrap_or_else(|e| panic!("usage rows: {e}"));
+    assert_eq!(endpoints, [("responses".to_owned(), 9)]);
 }
 
 #[tokio::test]

@@ -52,13 +52,20 @@ pub(crate) async fn accept(state: &AppState, req: Request<Body>) -> Result<Accep
 }
 
 /// Send a translated chat completion request down the request path as the accepted caller; the
-/// chat answer (JSON, SSE or an OpenAI-shaped error) comes back for translation.
-pub(crate) async fn forward(state: &AppState, accepted: Accepted, chat: Vec<u8>) -> Response {
+/// chat answer (JSON, SSE or an OpenAI-shaped error) comes back for translation. `dialect` names
+/// the client's API in the request's log line, trace and usage row.
+pub(crate) async fn forward(
+    state: &AppState,
+    accepted: Accepted,
+    dialect: &'static str,
+    chat: Vec<u8>,
+) -> Response {
     let Accepted {
         mut parts, caller, ..
     } = accepted;
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.extensions.insert(InProcess::new(caller, None));
+    parts.extensions.insert(crate::proxy::Dialect(dialect));
     let req = Request::from_parts(parts, Body::from(chat));
     crate::proxy::handle(state.clone(), Endpoint::Chat, req).await
 }

@@ -54,7 +54,7 @@ pub async fn create(State(state): State<AppState>, req: http::Request<Body>) -> 
     };
     let limit = state.snapshot.load().config.server.max_response_bytes;
     let chat = Value::Object(chat).to_string().into_bytes();
-    let answer = super::forward(&state, accepted, chat).await;
+    let answer = super::forward(&state, accepted, "responses", chat).await;
     translate_answer(answer, echo, limit).await
 }
 

@@ -25,6 +25,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 use ledger::Ledger;
 
+/// The client API a request came in through when it is not the endpoint it runs as (set by
+/// `fronts`: `"responses"`, `"messages"`), so its log line, trace and usage row name that API.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialect(pub &'static str);
+
 /// The request id, set by the `app` middleware before any handler runs.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
@@ -39,7 +44,11 @@ pub async fn handle(state: AppState, endpoint: Endpoint, req: Request<Body>) -> 
         .map(|r| r.0.clone())
         .unwrap_or_else(|| Arc::from("-"));
     let usage = state.store.as_ref().map(|s| s.usage.clone());
-    let mut ledger = Ledger::start(request_id, endpoint.label(), usage);
+    let label = req
+        .extensions()
+        .get::<Dialect>()
+        .map_or(endpoint.label(), |d| d.0);
+    let mut ledger = Ledger::start(request_id, label, usage);
     match run(&state, endpoint, req, &mut ledger).await {
         Ok(Ready::Cached {
             snap,

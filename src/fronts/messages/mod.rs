@@ -36,7 +36,7 @@ pub async fn create(State(state): State<AppState>, req: Request<Body>) -> Respon
         Ok(t) => t,
         Err(e) => return anthropic_error(e.into_response()).await,
     };
-    let resp = super::forward(&state, accepted, chat).await;
+    let resp = super::forward(&state, accepted, "messages", chat).await;
     if !resp.status().is_success() {
         return anthropic_error(resp).await;
     }
