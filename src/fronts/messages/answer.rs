@@ -51,18 +51,13 @@ pub fn message(raw: &[u8]) -> Option<Bytes> {
     Some(Bytes::from(out.to_string()))
 }
 
-/// Anthropic's error type for a status.
+/// Anthropic's error type for a status: the provider's table, plus the statuses Tollgate itself
+/// answers with that Anthropic does not use (422 for a bad body, 503 when no upstream is free).
 fn error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
+        422 => "invalid_request_error",
+        503 => "overloaded_error",
+        _ => crate::providers::anthropic::answer::type_of_status(status),
     }
 }
 

@@ -157,7 +157,7 @@ pub fn message(raw: &[u8]) -> Bytes {
 }
 
 /// Anthropic's error type for a status, when the body does not say.
-fn type_of_status(status: StatusCode) -> &'static str {
+pub fn type_of_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "invalid_request_error",
         401 => "authentication_error",
