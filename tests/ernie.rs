@@ -157,10 +157,10 @@ async fn a_field_that_cannot_be_translated_is_a_400_naming_it() {
     let (oauth, ernie) = start_fakes(Duration::from_secs(3600)).await;
     let gw = start(&oauth, &ernie).await;
     let mut b = chat("ernie-speed", "hi", false);
-    b["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    b["logit_bias"] = json!({"1": 2});
     let r = send(&gw, b).await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.error()["param"], "tools");
+    assert_eq!(r.error()["param"], "logit_bias");
     let mut b = chat("ernie-speed", "hi", false);
     b["temperature"] = json!(1.7);
     let r = send(&gw, b).await;
@@ -169,6 +169,227 @@ async fn a_field_that_cannot_be_translated_is_a_400_naming_it() {
         (400, json!("temperature"))
     );
     assert_eq!(ernie.request_count(), 0);
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {"name": "get_weather",
+        "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+}
+
+/// The chat events of a stream reply, parsed (without `[DONE]`).
+fn chunks(r: &Reply) -> Vec<Value> {
+    r.events()
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap_or_default())
+        .collect()
+}
+
+/// A whole tool loop, not streamed and streamed: ERNIE's function call reaches the client as
+/// `tool_calls`, the tool's result goes back as a `function` turn named after the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_loop_non_stream_and_stream_calls_then_sends_the_result_as_a_function_turn() {
+    let (oauth, ernie) = start_fakes(Duration::from_secs(3600)).await;
+    let gw = start(&oauth, &ernie).await;
+    for stream in [false, true] {
+        let seen = ernie.received().len();
+        let question = json!({"role": "user", "content": "weather in Paris"});
+        let first = json!({"model": "ernie-speed", "stream": stream, "tools": [weather_tool()],
+            "messages": [question]});
+        let r = send(&gw, first).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // What ERNIE was offered: its functions, nothing else about tools.
+        let got = ernie.received();
+        assert_eq!(
+            got[seen].body["functions"],
+            json!([{"name": "get_weather", "description": "the weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+        );
+        assert!(got[seen].body.get("tool_choice").is_none());
+        assert!(got[seen].body.get("tools").is_none());
+        let call = if stream {
+            let events = chunks(&r);
+            assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"));
+            let delta = events[0]["choices"][0]["delta"].clone();
+            assert_eq!(delta["role"], "assistant", "{events:?}");
+            let finish = &events[events.len() - 1]["choices"][0]["finish_reason"];
+            assert_eq!(finish, "tool_calls", "{events:?}");
+            delta["tool_calls"][0].clone()
+        } else {
+            let v = r.json();
+            let choice = v["choices"][0].clone();
+            assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+            assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+            assert_eq!(v["usage"]["prompt_tokens"], 3, "{v}");
+            choice["message"]["tool_calls"][0].clone()
+        };
+        let id = call["id"].as_str().unwrap_or_default().to_owned();
+        assert!(id.starts_with("call_as-"), "{call}");
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(
+            call["function"]["arguments"],
+            json!({"input": "weather in Paris"}).to_string()
+        );
+
+        // Turn two: the call and its result go back.
+        let mut assistant = json!({"role": "assistant", "content": null, "tool_calls": [call]});
+        if stream {
+            assistant["tool_calls"][0]
+                .as_object_mut()
+                .map(|c| c.remove("index"));
+        }
+        let second = json!({"model": "ernie-speed", "stream": stream, "tools": [weather_tool()],
+            "messages": [question, assistant,
+                {"role": "tool", "tool_call_id": id, "content": "{\"temp\": 21}"}]});
+        let r = send(&gw, second).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.content(), "echo: {\"temp\": 21}");
+        let got = ernie.received();
+        assert_eq!(
+            got[seen + 1].body["messages"],
+            json!([{"role": "user", "content": "weather in Paris"},
+                {"role": "assistant", "content": "", "function_call": {"name": "get_weather",
+                    "arguments": json!({"input": "weather in Paris"}).to_string()}},
+                {"role": "function", "name": "get_weather", "content": "{\"temp\": 21}"}])
+        );
+    }
+}
+
+/// `tool_choice` as ERNIE takes it (a named function, `none`, `auto`), the legacy
+/// `functions` / `function_call` answered in their own shape, and every case ERNIE cannot take
+/// refused with a 400 naming the field before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_choice_is_mapped_and_what_ernie_cannot_take_is_a_400_naming_it() {
+    let (oauth, ernie) = start_fakes(Duration::from_secs(3600)).await;
+    let gw = start(&oauth, &ernie).await;
+    let other = json!({"type": "function", "function": {"name": "get_time",
+        "parameters": {"type": "object", "properties": {}}}});
+    let with = |choice: Value| {
+        json!({"model": "ernie-speed", "tools": [weather_tool(), other.clone()],
+            "tool_choice": choice, "messages": [{"role": "user", "content": "what time"}]})
+    };
+    // A named function: ERNIE's tool_choice; the fake calls the named one.
+    let named = json!({"type": "function", "function": {"name": "get_time"}});
+    let r = send(&gw, with(named.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_time"
+    );
+    let last = ernie.received().pop().map(|r| r.body).unwrap_or_default();
+    assert_eq!(last["tool_choice"], named);
+    assert_eq!(last["functions"][1]["description"], "");
+    // none: nothing offered, a text answer.
+    let r = send(&gw, with(json!("none"))).await;
+    assert_eq!((r.status, r.content()), (200, "echo: what time".to_owned()));
+    let last = ernie.received().pop().map(|r| r.body).unwrap_or_default();
+    assert!(last.get("functions").is_none() && last.get("tool_choice").is_none());
+    // auto: ERNIE's default, nothing but the functions sent.
+    let r = send(&gw, with(json!("auto"))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = ernie.received().pop().map(|r| r.body).unwrap_or_default();
+    assert!(last.get("functions").is_some() && last.get("tool_choice").is_none());
+
+    // Legacy functions and function_call: the answer's legacy shape.
+    let legacy = json!({"model": "ernie-speed", "functions": [{"name": "get_weather"}],
+        "function_call": {"name": "get_weather"},
+        "messages": [{"role": "user", "content": "rain?"}]});
+    let r = send(&gw, legacy).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let choice = r.json()["choices"][0].clone();
+    assert_eq!(choice["finish_reason"], "function_call", "{choice}");
+    assert_eq!(choice["message"]["function_call"]["name"], "get_weather");
+    assert!(choice["message"].get("tool_calls").is_none(), "{choice}");
+
+    // Refused, named, never sent.
+    let sent = ernie.request_count();
+    let call = |id: &str| {
+        json!({"id": id, "type": "function", "function": {"name": "get_weather",
+            "arguments": "{}"}})
+    };
+    let conversation = |assistant: Value, tool_id: &str| {
+        json!({"model": "ernie-speed", "tools": [weather_tool()], "messages": [
+            {"role": "user", "content": "x"}, assistant,
+            {"role": "tool", "tool_call_id": tool_id, "content": "sunny"}]})
+    };
+    let cases = [
+        (with(json!("required")), "tool_choice"),
+        (
+            with(json!({"type": "function", "function": {"name": "nope"}})),
+            "tool_choice",
+        ),
+        (
+            json!({"model": "ernie-speed", "tools": [{"type": "web_search"}],
+                "messages": [{"role": "user", "content": "x"}]}),
+            "tools[0].type",
+        ),
+        (
+            conversation(
+                json!({"role": "assistant", "tool_calls": [call("a"), call("b")]}),
+                "a",
+            ),
+            "messages[1].tool_calls",
+        ),
+        (
+            conversation(
+                json!({"role": "assistant", "tool_calls": [call("a")]}),
+                "zzz",
+            ),
+            "messages[2].tool_call_id",
+        ),
+    ];
+    for (body, param) in cases {
+        let r = send(&gw, body).await;
+        assert_eq!(r.status, 400, "{param}: {}", r.body);
+        assert_eq!(r.error()["param"], param, "{}", r.body);
+    }
+    assert_eq!(
+        ernie.request_count(),
+        sent,
+        "a refused request reached ERNIE"
+    );
+}
+
+/// With traces on, ERNIE receives the attempt span's W3C `traceparent`, in the client's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ernie_requests_carry_the_attempt_traceparent() {
+    const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (oauth, ernie) = start_fakes(Duration::from_secs(3600)).await;
+    let col = tollgate::testkit::MockCollector::start()
+        .await
+        .unwrap_or_else(|e| panic!("collector: {e}"));
+    let tail = format!(
+        "telemetry:\n  traces:\n    endpoint: {}\n    protocol: http\n",
+        col.http_endpoint()
+    );
+    let gw = Gateway::start_with_env(&config(&oauth, &ernie, "", "", "", &tail), env()).await;
+    let resp = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(common::DEMO_KEY)
+        .header(
+            "traceparent",
+            format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-01"),
+        )
+        .json(&chat("ernie-speed", "traced", false))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let r = Reply::read(resp).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = ernie.received();
+    let tp = got[0]
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(tp.starts_with(&format!("00-{CLIENT_TRACE}-")), "{tp:?}");
+    // The attempt's span, not the client's.
+    assert!(!tp.contains("00f067aa0ba902b7"), "{tp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +608,11 @@ async fn run_sdk(python: std::ffi::OsString) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(ernie.request_count(), 2);
+    // Chat and stream, then a tool call and its result, not streamed and streamed.
+    assert_eq!(ernie.request_count(), 6);
+    let got = ernie.received();
+    assert_eq!(got[3].body["messages"][2]["role"], "function");
+    assert_eq!(got[3].body["messages"][2]["name"], "get_weather");
 }
 
 /// The credentials soak through the ernie provider: tokens really live 2 s but are announced

@@ -10,6 +10,14 @@
 //! error 110, expired or revoked 111. Fault knobs, applied in order, one per request: a queued
 //! [`ErnieFault`] (FIFO), else the default fault. The reply echoes the last user turn
 //! (`"echo: …"`, like the mock upstream), one word per stream event.
+//!
+//! Function calling as ERNIE v1 has it: a request with `functions` whose last turn is the
+//! user's is answered with a call of the first function (or of the one `tool_choice` names):
+//! `result: ""`, `function_call: {name, arguments: "{\"input\": <the user's text>}",
+//! thoughts}`, `finish_reason: "function_call"`; in a stream that is one last event. Once the
+//! last turn is a `function` result the reply echoes it (`"echo: <result>"`). A `function`
+//! turn without its `name`, or turns out of ERNIE's order (user or function, then assistant,
+//! alternating), are error 336003.
 
 use std::collections::VecDeque;
 use std::io;
@@ -50,6 +58,7 @@ pub enum ErnieFault {
 pub struct ErnieRequest {
     pub path: String,
     pub query: Option<String>,
+    pub headers: http::HeaderMap,
     pub body: Value,
 }
 
@@ -190,6 +199,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             lock(&s.records).push(ErnieRequest {
                 path: path.clone(),
                 query: query.clone(),
+                headers: parts.headers.clone(),
                 body: body.clone(),
             });
         }
@@ -220,11 +230,26 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     if let Some(code) = invalid(&body) {
         return fail(code, guard);
     }
-    let text = reply_text(&body);
+    let text = reply(&body);
     let prompt = prompt_tokens(&body);
     let id = format!("as-{}", uuid::Uuid::new_v4().simple());
     let created = super::now_secs();
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    if let Some(call) = function_to_call(&body) {
+        let c = words(call["arguments"].as_str().unwrap_or_default());
+        let mut v = json!({"id": id, "object": "chat.completion", "created": created,
+            "result": "", "is_truncated": false, "need_clear_history": false,
+            "finish_reason": "function_call", "function_call": call,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": c, "total_tokens": prompt + c}});
+        if !stream {
+            return json_resp(StatusCode::OK, &v, guard);
+        }
+        v["sentence_id"] = json!(0);
+        v["is_end"] = json!(true);
+        let events = vec![Bytes::from(format!("data: {v}\n\n"))];
+        let stream = event_stream(events, delay, Tail::End, s.cancel.clone());
+        return streamed(StatusCode::OK, "text/event-stream", stream, guard);
+    }
     if !stream {
         let c = words(&text);
         let v = json!({"id": id, "object": "chat.completion", "created": created,
@@ -281,7 +306,8 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 /// What Baidu refuses about a body: no messages (336003), an even number of turns (336006), a
-/// first turn that is not the user's (336003).
+/// first turn that is not the user's (336003), turns out of order (user or function, then
+/// assistant, alternating) or a function turn without its name (336003).
 fn invalid(body: &Value) -> Option<i64> {
     let Some(msgs) = body.get("messages").and_then(Value::as_array) else {
         return Some(336003);
@@ -295,7 +321,67 @@ fn invalid(body: &Value) -> Option<i64> {
     if msgs[0].get("role").and_then(Value::as_str) != Some("user") {
         return Some(336003);
     }
+    for (i, m) in msgs.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        let in_order = match i % 2 {
+            0 => role == "user" || role == "function",
+            _ => role == "assistant",
+        };
+        let named = m
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if !in_order || (role == "function" && !named) {
+            return Some(336003);
+        }
+    }
     None
+}
+
+/// The last turn.
+fn last_turn(body: &Value) -> Option<&Value> {
+    body.get("messages")?.as_array()?.last()
+}
+
+/// The reply text: the echo of the last function result, else of the last user turn.
+fn reply(body: &Value) -> String {
+    match last_turn(body) {
+        Some(m) if m.get("role").and_then(Value::as_str) == Some("function") => {
+            let content = m.get("content").and_then(Value::as_str).unwrap_or_default();
+            format!("echo: {content}")
+        }
+        _ => reply_text(body),
+    }
+}
+
+/// The call the fake makes: of the function `tool_choice` names, else of the first one, when
+/// the request offers `functions` and its last turn is the user's.
+fn function_to_call(body: &Value) -> Option<Value> {
+    let functions = body.get("functions")?.as_array()?;
+    let last = last_turn(body)?;
+    if last.get("role").and_then(Value::as_str) != Some("user") {
+        return None;
+    }
+    let named = body
+        .get("tool_choice")
+        .and_then(|c| c.get("function"))
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str);
+    let name = match named {
+        Some(n) => functions
+            .iter()
+            .filter_map(|f| f.get("name").and_then(Value::as_str))
+            .find(|f| *f == n)?,
+        None => functions.first()?.get("name")?.as_str()?,
+    };
+    let input = last
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Some(
+        json!({"name": name, "arguments": json!({"input": input}).to_string(),
+        "thoughts": format!("the user asked about {input}; calling {name}")}),
+    )
 }
 
 /// Words of the system text and every turn; at least 1.

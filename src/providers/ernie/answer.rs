@@ -7,12 +7,20 @@
 //! whole or as one event. The stream translator holds at most one partial event
 //! ([`MAX_EVENT`]); it ends the client's stream with `data: [DONE]` after the last event, or
 //! with a [`BodyError`] when the upstream reports an error, cuts the stream, or sends garbage.
+//!
+//! A function call (`function_call: {name, arguments, thoughts?}` in the answer or in an event)
+//! becomes OpenAI's `tool_calls` (one call, id `call_<ERNIE answer id>`, `finish_reason:
+//! tool_calls`), or the legacy `function_call` (`finish_reason: function_call`) when the client
+//! offered legacy `functions` ([`Calls`]). ERNIE's `thoughts` have no OpenAI field and are not
+//! relayed. In a stream the first event carrying a call gives the `delta.tool_calls` chunk
+//! (name and whole arguments at once); a later one is not relayed again.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::codes;
+use super::tools::Calls;
 use crate::providers::sse::{data, Events};
 use crate::providers::{BodyError, BodyStream};
 use crate::secret::Secret;
@@ -47,6 +55,39 @@ pub fn read(raw: &[u8]) -> Option<Said> {
     }
 }
 
+/// The ERNIE answer's function call, when it made one.
+fn function_call(v: &Value) -> Option<&Value> {
+    v.get("function_call")
+        .filter(|c| c.get("name").and_then(Value::as_str).is_some())
+}
+
+/// The OpenAI id of the call in ERNIE answer `v`: one call per answer, so the answer's id
+/// makes it unique (a fresh one when ERNIE sent none).
+fn call_id(v: &Value) -> String {
+    match text(v, "id") {
+        "" => format!("call_{}", uuid::Uuid::new_v4().simple()),
+        id => format!("call_{id}"),
+    }
+}
+
+/// `{name, arguments}` of ERNIE's call (arguments as a JSON string).
+fn call_function(c: &Value) -> Value {
+    let arguments = match c.get("arguments") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => "{}".to_owned(),
+        Some(other) => other.to_string(),
+    };
+    json!({"name": text(c, "name"), "arguments": arguments})
+}
+
+/// The finish reason of an answer that called a function.
+fn called(calls: Calls) -> &'static str {
+    match calls {
+        Calls::Tools => "tool_calls",
+        Calls::Legacy => "function_call",
+    }
+}
+
 fn finish_reason(v: &Value) -> &'static str {
     if v.get("need_clear_history").and_then(Value::as_bool) == Some(true) {
         return "content_filter";
@@ -54,7 +95,6 @@ fn finish_reason(v: &Value) -> &'static str {
     match v.get("finish_reason").and_then(Value::as_str) {
         Some("length") => "length",
         Some("content_filter") => "content_filter",
-        Some("function_call") => "tool_calls",
         _ if v.get("is_truncated").and_then(Value::as_bool) == Some(true) => "length",
         _ => "stop",
     }
@@ -73,15 +113,36 @@ fn text<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 /// A whole ERNIE answer as an OpenAI `chat.completion`.
-pub fn completion(v: &Value, model: &str) -> Bytes {
+pub fn completion(v: &Value, model: &str, calls: Calls) -> Bytes {
+    let result = text(v, "result");
+    let (message, finish) = match function_call(v) {
+        None => (
+            json!({"role": "assistant", "content": result}),
+            finish_reason(v),
+        ),
+        Some(c) => {
+            let content = if result.is_empty() {
+                Value::Null
+            } else {
+                Value::from(result)
+            };
+            let mut m = json!({"role": "assistant", "content": content});
+            match calls {
+                Calls::Tools => {
+                    m["tool_calls"] = json!([{"id": call_id(v), "type": "function",
+                        "function": call_function(c)}]);
+                }
+                Calls::Legacy => m["function_call"] = call_function(c),
+            }
+            (m, called(calls))
+        }
+    };
     let mut out = json!({
         "id": text(v, "id"),
         "object": "chat.completion",
         "created": v.get("created").and_then(Value::as_u64).unwrap_or(0),
         "model": model,
-        "choices": [{"index": 0,
-            "message": {"role": "assistant", "content": text(v, "result")},
-            "finish_reason": finish_reason(v)}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
     });
     if let Some(u) = usage(v) {
         out["usage"] = u;
@@ -108,6 +169,10 @@ pub struct Chunks {
     secret: Option<Secret>,
     include_usage: bool,
     role_sent: bool,
+    /// How a function call is relayed.
+    calls: Calls,
+    /// A function call was relayed: the stream finishes with `tool_calls`.
+    called: bool,
     /// The last event (`is_end`) was translated: nothing more is read.
     pub ended: bool,
 }
@@ -119,8 +184,16 @@ impl Chunks {
             secret,
             include_usage,
             role_sent: false,
+            calls: Calls::Tools,
+            called: false,
             ended: false,
         }
+    }
+
+    /// Relay a function call in the legacy `function_call` shape instead of `tool_calls`.
+    pub fn with_calls(mut self, calls: Calls) -> Chunks {
+        self.calls = calls;
+        self
     }
 
     fn chunk(&self, v: &Value, choices: Value) -> Value {
@@ -142,7 +215,8 @@ impl Chunks {
             out.extend_from_slice(b"\n\n");
         };
         let result = text(&v, "result");
-        if !result.is_empty() || !self.role_sent {
+        let call = if self.called { None } else { function_call(&v) };
+        if !result.is_empty() || (!self.role_sent && call.is_none()) {
             let delta = if self.role_sent {
                 json!({"content": result})
             } else {
@@ -154,10 +228,32 @@ impl Chunks {
                 json!([{"index": 0, "delta": delta, "finish_reason": null}]),
             ));
         }
-        if v.get("is_end").and_then(Value::as_bool) == Some(true) {
+        if let Some(c) = call {
+            let mut delta = match self.calls {
+                Calls::Tools => json!({"tool_calls": [{"index": 0, "id": call_id(&v),
+                    "type": "function", "function": call_function(c)}]}),
+                Calls::Legacy => json!({"function_call": call_function(c)}),
+            };
+            if !self.role_sent {
+                delta["role"] = json!("assistant");
+                delta["content"] = Value::Null;
+                self.role_sent = true;
+            }
+            self.called = true;
             push(&self.chunk(
                 &v,
-                json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(&v)}]),
+                json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            ));
+        }
+        if v.get("is_end").and_then(Value::as_bool) == Some(true) {
+            let finish = if self.called {
+                called(self.calls)
+            } else {
+                finish_reason(&v)
+            };
+            push(&self.chunk(
+                &v,
+                json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
             ));
             if let (true, Some(u)) = (self.include_usage, usage(&v)) {
                 let mut c = self.chunk(&v, json!([]));
@@ -339,10 +435,106 @@ mod tests {
         let v = json!({"id":"as-9","object":"chat.completion","created":5,"result":"hi",
             "is_truncated":false,"need_clear_history":false,"finish_reason":"normal",
             "usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}});
-        let out: Value = serde_json::from_slice(&completion(&v, "ernie-x")).unwrap();
+        let out: Value = serde_json::from_slice(&completion(&v, "ernie-x", Calls::Tools)).unwrap();
         assert_eq!(out["choices"][0]["message"]["content"], "hi");
         assert_eq!(out["choices"][0]["finish_reason"], "stop");
         assert_eq!(out["usage"]["completion_tokens"], 1);
         assert_eq!(out["model"], "ernie-x");
+    }
+
+    fn call_answer() -> Value {
+        json!({"id":"as-7","object":"chat.completion","created":5,"result":"",
+            "is_truncated":false,"need_clear_history":false,"finish_reason":"function_call",
+            "function_call":{"name":"weather","arguments":"{\"city\":\"Paris\"}",
+                "thoughts":"the user wants the weather"},
+            "usage":{"prompt_tokens":4,"completion_tokens":6,"total_tokens":10}})
+    }
+
+    #[test]
+    fn a_function_call_becomes_tool_calls_or_the_legacy_function_call() {
+        let out: Value =
+            serde_json::from_slice(&completion(&call_answer(), "m", Calls::Tools)).unwrap();
+        let choice = &out["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(
+            choice["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_as-7",
+                "type": "function", "function": {"name": "weather",
+                "arguments": "{\"city\":\"Paris\"}"}}]})
+        );
+        assert_eq!(out["usage"]["total_tokens"], 10);
+        let out: Value =
+            serde_json::from_slice(&completion(&call_answer(), "m", Calls::Legacy)).unwrap();
+        let choice = &out["choices"][0];
+        assert_eq!(choice["finish_reason"], "function_call");
+        assert_eq!(
+            choice["message"],
+            json!({"role": "assistant", "content": null, "function_call": {"name": "weather",
+                "arguments": "{\"city\":\"Paris\"}"}})
+        );
+        // finish_reason function_call without a call is an ordinary stop.
+        let mut v = call_answer();
+        v.as_object_mut().unwrap().remove("function_call");
+        let out: Value = serde_json::from_slice(&completion(&v, "m", Calls::Tools)).unwrap();
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    }
+
+    fn chunks_of(text: &str) -> Vec<Value> {
+        text.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_call_becomes_one_tool_calls_delta_then_finish_tool_calls() {
+        // The call in its own event, then the last event (the way it may come), and the call
+        // in the last event itself (the way the test kit's fake sends it).
+        let first = json!({"id":"as-7","created":5,"sentence_id":0,"is_end":false,"result":"",
+            "function_call":{"name":"weather","arguments":"{}"}});
+        let last = json!({"id":"as-7","created":5,"sentence_id":1,"is_end":true,"result":"",
+            "finish_reason":"function_call",
+            "usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}});
+        let mut whole = call_answer();
+        whole["sentence_id"] = json!(0);
+        whole["is_end"] = json!(true);
+        for parts in [vec![Ok(ev(first)), Ok(ev(last))], vec![Ok(ev(whole))]] {
+            let (text, err) = run(parts, false).await;
+            assert!(err.is_none(), "{err:?}");
+            let events = chunks_of(&text);
+            assert_eq!(events.len(), 2, "{text}");
+            let delta = &events[0]["choices"][0]["delta"];
+            assert_eq!(delta["role"], "assistant");
+            assert_eq!(delta["content"], Value::Null);
+            let call = &delta["tool_calls"][0];
+            assert_eq!(
+                (
+                    call["index"].clone(),
+                    call["id"].clone(),
+                    call["type"].clone()
+                ),
+                (json!(0), json!("call_as-7"), json!("function"))
+            );
+            assert_eq!(call["function"]["name"], "weather");
+            assert_eq!(events[1]["choices"][0]["finish_reason"], "tool_calls");
+            assert!(text.ends_with("data: [DONE]\n\n"));
+        }
+        // Legacy: a function_call delta and finish_reason function_call.
+        let mut v = call_answer();
+        v["is_end"] = json!(true);
+        let up2 = futures_util::stream::iter(vec![Ok(ev(v))]).boxed();
+        let chunks = Chunks::new("m".into(), false, None).with_calls(Calls::Legacy);
+        let mut s = translate(up2, BytesMut::new(), chunks);
+        let mut text = String::new();
+        while let Some(Ok(b)) = s.next().await {
+            text.push_str(std::str::from_utf8(&b).unwrap());
+        }
+        let events = chunks_of(&text);
+        assert_eq!(
+            events[0]["choices"][0]["delta"]["function_call"]["name"],
+            "weather"
+        );
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "function_call");
     }
 }

@@ -18,6 +18,7 @@
 pub mod answer;
 pub mod codes;
 pub mod request;
+pub mod tools;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -32,7 +33,6 @@ use super::{BodyStream, UpstreamRequest, UpstreamResponse};
 use crate::credentials::Placed;
 use crate::error::ApiError;
 use crate::openai::Endpoint;
-use crate::secret::Secret;
 use answer::{Chunks, Said};
 
 /// Where Baidu serves the v1 chat API.
@@ -42,8 +42,12 @@ pub const DEFAULT_BASE_URL: &str = "https://aip.baidubce.com/rpc/2.0/ai_custom/v
 /// `server.max_response_bytes` applies to the translated answer after this.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
-/// Headers the provider adds to the forwarded ones: content type, accept, credential, host.
-const ADDED_HEADERS: usize = 4;
+/// Headers the provider adds to the forwarded ones: content type, accept, credential, host,
+/// traceparent.
+const ADDED_HEADERS: usize = 5;
+
+/// The W3C trace context header.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 pub struct Ernie {
     /// The upstream's name, for errors that say which hop failed.
@@ -91,6 +95,9 @@ impl Ernie {
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
         }
+        if let Some(tp) = req.traceparent {
+            headers.insert(TRACEPARENT, tp);
+        }
         let response = self
             .client
             .request(request)
@@ -108,9 +115,10 @@ impl Ernie {
         }
         if t.stream {
             let secret = req.lease.map(|l| l.value.clone());
-            stream(body, t.model, t.include_usage, secret).await
+            let chunks = Chunks::new(t.model, t.include_usage, secret).with_calls(t.calls);
+            stream(body, chunks).await
         } else {
-            whole(body, &t.model).await
+            whole(body, &t.model, t.calls).await
         }
     }
 }
@@ -160,14 +168,18 @@ fn ok(content_type: &'static str, body: BodyStream) -> UpstreamResponse {
 /// A non-stream answer: read whole, an error mapped, an answer translated. ERNIE sends a
 /// non-stream answer's headers when it is ready, so its body arrives within the first-byte
 /// timeout that bounds this call.
-async fn whole(body: BodyStream, model: &str) -> Result<UpstreamResponse, ApiError> {
+async fn whole(
+    body: BodyStream,
+    model: &str,
+    calls: tools::Calls,
+) -> Result<UpstreamResponse, ApiError> {
     let raw = read_all(body, BytesMut::new())
         .await
         .ok_or(ApiError::UpstreamUnreachable)?;
     match answer::read(&raw) {
         Some(Said::Error(code, msg)) => Ok(error_answer(code, &msg)),
         Some(Said::Answer(v)) => {
-            let out = answer::completion(&v, model);
+            let out = answer::completion(&v, model, calls);
             Ok(ok(
                 "application/json",
                 futures_util::stream::once(async move { Ok(out) }).boxed(),
@@ -179,12 +191,7 @@ async fn whole(body: BodyStream, model: &str) -> Result<UpstreamResponse, ApiErr
 
 /// A stream answer: its first event (or the JSON body sent in place of events) is read before
 /// anything is handed back, so an error there is still a status the attempt loop acts on.
-async fn stream(
-    mut body: BodyStream,
-    model: String,
-    include_usage: bool,
-    secret: Option<Secret>,
-) -> Result<UpstreamResponse, ApiError> {
+async fn stream(mut body: BodyStream, chunks: Chunks) -> Result<UpstreamResponse, ApiError> {
     let mut buf = BytesMut::new();
     loop {
         let first = buf.trim_ascii_start();
@@ -222,7 +229,6 @@ async fn stream(
             None => return Err(ApiError::UpstreamInvalid),
         }
     }
-    let chunks = Chunks::new(model, include_usage, secret);
     Ok(ok(
         "text/event-stream",
         answer::translate(body, buf, chunks),
