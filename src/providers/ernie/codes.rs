@@ -5,8 +5,26 @@
 //! daily and total quotas a 429 about the account, internal errors and overload a retryable 503,
 //! the caller's mistakes a 4xx. The code itself reaches the client as `ernie_<N>`.
 //!
-//! Codes from Baidu's error code page for the wenxinworkshop inference API (docs/PROVIDERS.md
-//! lists them).
+//! Where the codes were checked (docs/PROVIDERS.md lists them). Baidu's error code page itself
+//! (cloud.baidu.com/doc/WENXINWORKSHOP/s/tlmyncueh) is not in the stored copies available here;
+//! Baidu's own SDKs name every code but the length ones, and agree with this table:
+//! - github.com/baidubce/bce-qianfan-sdk at 6cacf600 (2025-12-12), `go/qianfan/consts.go` and
+//!   `python/qianfan/consts.py` (`APIErrorCode`): 1 unknown, 2 service unavailable, 3
+//!   unsupported method, 4 request limit, 6 no permission, 13 service token, 14 IAM
+//!   certification, 15 app not exist, 17 daily limit, 18 QPS limit, 19 total request limit,
+//!   100 invalid request, 110/111 token invalid/expired, 336000 internal error, 336001 invalid
+//!   argument, 336002 invalid JSON, 336003 invalid param, 336004 permission, 336005 API name
+//!   not exist, 336100 server high load, 336101 invalid HTTP method, 336104/336105 invalid
+//!   system / user setting, 336501 RPM, 336502 TPM. Its retried set (`RetryErrCodes`) is 2,
+//!   15, 18, 336100, 336501, 336502.
+//! - github.com/PaddlePaddle/ERNIE-SDK at 157ca7ea, `erniebot/src/erniebot/backends/bce.py`:
+//!   17 request limit, 18 rate limit, 110/111 token, 336002/336003/336006/336007/336102 bad
+//!   request, 336100 try again.
+//!
+//! Not verified from a Baidu source: that 336007, 336008 and 336103 mean "input too long"
+//! (336007 and 336103 are read so by a third-party adapter, github.com/iimeta/fastapi-sdk
+//! `baidu`; nothing found for 336008). They stay 400s either way; only the "maximum context
+//! length" wording depends on it.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -61,7 +79,8 @@ pub fn map(code: i64) -> Mapped {
         100 | 336001..=336003 | 336006..=336199 => {
             m(StatusCode::BAD_REQUEST, "invalid_request_error")
         }
-        // Anything else: the upstream failed in a way Tollgate does not know.
+        // Anything else (15 "app not exist" among them, which Baidu's SDK retries too): the
+        // upstream failed in a way Tollgate does not know.
         _ => m(StatusCode::BAD_GATEWAY, "upstream_error"),
     }
 }
