@@ -14,7 +14,8 @@
 //! Function calling as ERNIE v1 has it: a request with `functions` whose last turn is the
 //! user's is answered with a call of the first function (or of the one `tool_choice` names):
 //! `result: ""`, `function_call: {name, arguments: "{\"input\": <the user's text>}",
-//! thoughts}`, `finish_reason: "function_call"`; in a stream that is one last event. Once the
+//! thoughts}`, `finish_reason: "function_call"`; in a stream that is one last event (the stream
+//! faults apply to it as to text). Once the
 //! last turn is a `function` result the reply echoes it (`"echo: <result>"`). A `function`
 //! turn without its `name`, or turns out of ERNIE's order (user or function, then assistant,
 //! alternating), are error 336003.
@@ -235,20 +236,14 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let id = format!("as-{}", uuid::Uuid::new_v4().simple());
     let created = super::now_secs();
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-    if let Some(call) = function_to_call(&body) {
+    let call = function_to_call(&body);
+    if let (Some(call), false) = (&call, stream) {
         let c = words(call["arguments"].as_str().unwrap_or_default());
-        let mut v = json!({"id": id, "object": "chat.completion", "created": created,
+        let v = json!({"id": id, "object": "chat.completion", "created": created,
             "result": "", "is_truncated": false, "need_clear_history": false,
             "finish_reason": "function_call", "function_call": call,
             "usage": {"prompt_tokens": prompt, "completion_tokens": c, "total_tokens": prompt + c}});
-        if !stream {
-            return json_resp(StatusCode::OK, &v, guard);
-        }
-        v["sentence_id"] = json!(0);
-        v["is_end"] = json!(true);
-        let events = vec![Bytes::from(format!("data: {v}\n\n"))];
-        let stream = event_stream(events, delay, Tail::End, s.cancel.clone());
-        return streamed(StatusCode::OK, "text/event-stream", stream, guard);
+        return json_resp(StatusCode::OK, &v, guard);
     }
     if !stream {
         let c = words(&text);
@@ -270,7 +265,18 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         })
         .collect();
     let n = pieces.len();
-    let mut events: Vec<Bytes> = pieces
+    let mut events: Vec<Bytes> = match call {
+        // A call streams as one last event.
+        Some(call) => {
+            let c = words(call["arguments"].as_str().unwrap_or_default());
+            let v = json!({"id": id, "object": "chat.completion", "created": created,
+                "sentence_id": 0, "is_end": true, "is_truncated": false, "result": "",
+                "need_clear_history": false, "finish_reason": "function_call",
+                "function_call": call,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": c, "total_tokens": prompt + c}});
+            vec![Bytes::from(format!("data: {v}\n\n"))]
+        }
+        None => pieces
         .iter()
         .enumerate()
         .map(|(i, piece)| {
@@ -285,7 +291,8 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             }
             Bytes::from(format!("data: {v}\n\n"))
         })
-        .collect();
+        .collect(),
+    };
     match fault {
         Some(ErnieFault::ErrorEvent { after, code }) => {
             events.truncate(after);
