@@ -15,10 +15,9 @@
 //! user's is answered with a call of the first function (or of the one `tool_choice` names):
 //! `result: ""`, `function_call: {name, arguments: "{\"input\": <the user's text>}",
 //! thoughts}`, `finish_reason: "function_call"`; in a stream that is one last event (the stream
-//! faults apply to it as to text). Once the
-//! last turn is a `function` result the reply echoes it (`"echo: <result>"`). A `function`
-//! turn without its `name`, or turns out of ERNIE's order (user or function, then assistant,
-//! alternating), are error 336003.
+//! faults apply to it as to text). Once the last turn is a `function` result the reply echoes
+//! it (`"echo: <result>"`). A `function` turn without its `name`, or turns out of ERNIE's order
+//! (user or function, then assistant, alternating), are error 336003.
 
 use std::collections::VecDeque;
 use std::io;
