@@ -133,6 +133,14 @@ fn fields(json: &crate::openai::Body) -> Map<String, Value> {
     out
 }
 
+/// The 400 for a request field ERNIE cannot be told, naming it (`param`).
+fn refuse(field: &str, why: &str) -> ApiError {
+    ApiError::invalid(
+        format!("'{field}' cannot be translated for the ernie provider: {why}"),
+        Some(field),
+    )
+}
+
 /// Read a body whole, bounded; `None` when it breaks or is too long.
 async fn read_all(mut body: BodyStream, mut buf: BytesMut) -> Option<BytesMut> {
     while let Some(chunk) = body.next().await {

@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value};
 
+use super::refuse;
 use super::tools::{self, Calls, Made, Offer};
 use crate::error::ApiError;
 
@@ -22,13 +23,6 @@ pub struct Translated {
     pub model: String,
     /// How a function call in the answer is shaped (`tool_calls`, or legacy `function_call`).
     pub calls: Calls,
-}
-
-pub(super) fn refuse(field: &str, why: &str) -> ApiError {
-    ApiError::invalid(
-        format!("'{field}' cannot be translated for the ernie provider: {why}"),
-        Some(field),
-    )
 }
 
 /// The ERNIE body for an OpenAI chat body (its top-level fields as JSON values).

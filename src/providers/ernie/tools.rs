@@ -16,7 +16,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::request::refuse;
+use super::refuse;
 use crate::error::ApiError;
 
 /// How a function call in the answer is shaped for the client: `tool_calls` (the request
