@@ -50,6 +50,24 @@ fn python() -> std::path::PathBuf {
     venv
 }
 
+/// `claude` on an anthropic upstream at `a` (one attempt), falling back to model `fallback` on
+/// an upstream of `provider` at `b` (named `b-up`); teams and keys as given.
+fn fallback_config(a: &str, provider: &str, b: &str, teams: &str) -> String {
+    format!(
+        r#"
+credentials:
+  ant: {{ kind: static, secret: "sk-ant-test" }}
+upstreams:
+  a-up: {{ provider: anthropic, base_url: "{a}", credential: ant }}
+  b-up: {{ provider: {provider}, base_url: "{b}", credential: ant }}
+models:
+  claude: {{ targets: [ {{ upstream: a-up }} ], retry: {{ max_attempts: 1 }}, fallbacks: [fallback] }}
+  fallback: {{ targets: [ {{ upstream: b-up }} ] }}
+{teams}
+"#
+    )
+}
+
 async fn fake() -> MockAnthropic {
     MockAnthropic::start()
         .await
@@ -242,16 +260,8 @@ async fn a_team_that_drops_untranslatable_fields_is_answered_without_them_and_to
     let up = fake().await;
     // A fallback that speaks OpenAI: it gets the fields the anthropic upstream could not take.
     let open = tollgate::testkit::MockUpstream::start().await.unwrap();
-    let cfg = format!(
+    let teams = format!(
         r#"
-credentials:
-  ant: {{ kind: static, secret: "sk-ant-test" }}
-upstreams:
-  claude-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
-  open-up: {{ provider: openai, base_url: "{}" }}
-models:
-  claude: {{ targets: [ {{ upstream: claude-up }} ], retry: {{ max_attempts: 1 }}, fallbacks: [gpt] }}
-  gpt: {{ targets: [ {{ upstream: open-up }} ] }}
 teams:
   demo: {{ models: ["*"], untranslatable_fields: drop }}
   strict: {{ models: ["*"] }}
@@ -259,10 +269,9 @@ keys:
   - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
   - {{ name: strict, team: strict, sha256: {} }}
 "#,
-        up.base_url(),
-        open.base_url(),
         sha256_hex("sk-strict")
     );
+    let cfg = fallback_config(&up.base_url(), "openai", &open.base_url(), &teams);
     let gw = Gateway::start(&cfg).await;
     let mut body = chat("claude", "hello there", false);
     body["seed"] = json!(7);
@@ -305,7 +314,7 @@ keys:
     body["stream"] = json!(false);
     let r = post(&gw, body.clone()).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.upstream(), Some("open-up"));
+    assert_eq!(r.upstream(), Some("b-up"));
     assert_eq!(r.header("x-tollgate-dropped-params"), None);
     let got = open.received();
     assert_eq!(got[0].body["seed"], 7);
@@ -382,24 +391,10 @@ async fn an_overloaded_529_is_retried() {
 async fn an_overloaded_upstream_falls_back_to_a_second_one() {
     let a = fake().await;
     let b = fake().await;
-    let cfg = format!(
-        r#"
-credentials:
-  ant: {{ kind: static, secret: "sk-ant-test" }}
-upstreams:
-  a-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
-  b-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
-models:
-  claude: {{ targets: [ {{ upstream: a-up }} ], retry: {{ max_attempts: 1 }}, fallbacks: [claude-b] }}
-  claude-b: {{ targets: [ {{ upstream: b-up }} ] }}
-teams:
-  demo: {{ models: ["*"] }}
-keys:
-  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
-"#,
-        a.base_url(),
-        b.base_url()
+    let teams = format!(
+        "teams:\n  demo: {{ models: [\"*\"] }}\nkeys:\n  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}"
     );
+    let cfg = fallback_config(&a.base_url(), "anthropic", &b.base_url(), &teams);
     let gw = Gateway::start(&cfg).await;
     a.push_fault(AnthropicFault::error("overloaded_error"));
     let r = post(&gw, chat("claude", "hi", false)).await;
