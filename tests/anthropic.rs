@@ -50,6 +50,24 @@ fn python() -> std::path::PathBuf {
     venv
 }
 
+/// `claude` on an anthropic upstream at `a` (one attempt), falling back to model `fallback` on
+/// an upstream of `provider` at `b` (named `b-up`); teams and keys as given.
+fn fallback_config(a: &str, provider: &str, b: &str, teams: &str) -> String {
+    format!(
+        r#"
+credentials:
+  ant: {{ kind: static, secret: "sk-ant-test" }}
+upstreams:
+  a-up: {{ provider: anthropic, base_url: "{a}", credential: ant }}
+  b-up: {{ provider: {provider}, base_url: "{b}", credential: ant }}
+models:
+  claude: {{ targets: [ {{ upstream: a-up }} ], retry: {{ max_attempts: 1 }}, fallbacks: [fallback] }}
+  fallback: {{ targets: [ {{ upstream: b-up }} ] }}
+{teams}
+"#
+    )
+}
+
 async fn fake() -> MockAnthropic {
     MockAnthropic::start()
         .await
@@ -238,6 +256,83 @@ async fn a_field_that_cannot_be_translated_is_a_400_naming_it_before_any_upstrea
 }
 
 #[tokio::test]
+async fn a_team_that_drops_untranslatable_fields_is_answered_without_them_and_told_which() {
+    let up = fake().await;
+    // A fallback that speaks OpenAI: it gets the fields the anthropic upstream could not take.
+    let open = tollgate::testkit::MockUpstream::start().await.unwrap();
+    let teams = format!(
+        r#"
+teams:
+  demo: {{ models: ["*"], untranslatable_fields: drop }}
+  strict: {{ models: ["*"] }}
+keys:
+  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
+  - {{ name: strict, team: strict, sha256: {} }}
+"#,
+        sha256_hex("sk-strict")
+    );
+    let cfg = fallback_config(&up.base_url(), "openai", &open.base_url(), &teams);
+    let gw = Gateway::start(&cfg).await;
+    let mut body = chat("claude", "hello there", false);
+    body["seed"] = json!(7);
+    body["logprobs"] = json!(true);
+    body["temperature"] = json!(0.5);
+    let r = post(&gw, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.content(), "echo: hello there");
+    assert_eq!(
+        r.header("x-tollgate-dropped-params"),
+        Some("logprobs, seed")
+    );
+    let sent = &up.received()[0].body;
+    assert!(
+        sent.get("seed").is_none() && sent.get("logprobs").is_none(),
+        "{sent}"
+    );
+    assert_eq!(sent["temperature"], 0.5);
+
+    // Streamed: the same, the header on the stream's answer.
+    body["stream"] = json!(true);
+    let r = post(&gw, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("x-tollgate-dropped-params"),
+        Some("logprobs, seed")
+    );
+    assert_eq!(r.content(), "echo: hello there");
+
+    // What is not a top-level parameter is still refused: message content is never dropped.
+    let audio = json!({"model": "claude", "messages": [{"role": "user",
+        "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]});
+    let r = post(&gw, audio).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error()["param"], "messages[0].content[0].type");
+    assert_eq!(up.request_count(), 2);
+
+    // Fallen back to the OpenAI-speaking upstream: it receives the body whole, nothing dropped.
+    up.push_fault(AnthropicFault::error("overloaded_error"));
+    body["stream"] = json!(false);
+    let r = post(&gw, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream(), Some("b-up"));
+    assert_eq!(r.header("x-tollgate-dropped-params"), None);
+    let got = open.received();
+    assert_eq!(got[0].body["seed"], 7);
+    assert_eq!(got[0].body["logprobs"], true);
+
+    // The team without the switch: a 400 naming a field the provider refused, nothing sent.
+    let before = up.request_count();
+    let r = Reply::read(
+        gw.post_with_key("/v1/chat/completions", "sk-strict", body)
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error()["param"], "logprobs");
+    assert_eq!(up.request_count(), before);
+}
+
+#[tokio::test]
 async fn every_anthropic_error_type_keeps_its_status_in_an_openai_shape() {
     let up = fake().await;
     let no_retry = ", retry: { max_attempts: 1 }";
@@ -296,24 +391,10 @@ async fn an_overloaded_529_is_retried() {
 async fn an_overloaded_upstream_falls_back_to_a_second_one() {
     let a = fake().await;
     let b = fake().await;
-    let cfg = format!(
-        r#"
-credentials:
-  ant: {{ kind: static, secret: "sk-ant-test" }}
-upstreams:
-  a-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
-  b-up: {{ provider: anthropic, base_url: "{}", credential: ant }}
-models:
-  claude: {{ targets: [ {{ upstream: a-up }} ], retry: {{ max_attempts: 1 }}, fallbacks: [claude-b] }}
-  claude-b: {{ targets: [ {{ upstream: b-up }} ] }}
-teams:
-  demo: {{ models: ["*"] }}
-keys:
-  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}
-"#,
-        a.base_url(),
-        b.base_url()
+    let teams = format!(
+        "teams:\n  demo: {{ models: [\"*\"] }}\nkeys:\n  - {{ name: demo, team: demo, sha256: {DEMO_KEY_SHA256} }}"
     );
+    let cfg = fallback_config(&a.base_url(), "anthropic", &b.base_url(), &teams);
     let gw = Gateway::start(&cfg).await;
     a.push_fault(AnthropicFault::error("overloaded_error"));
     let r = post(&gw, chat("claude", "hi", false)).await;

@@ -25,6 +25,21 @@ pub struct TeamConfig {
     /// this team on a TLS listener with `server.tls.client_ca_file`, for requests without an
     /// API key.
     pub client_cert_sha256: Vec<String>,
+    /// What a translating provider (`anthropic`, `ernie`) does with a top-level request field it
+    /// cannot translate: refuse the request (a 400 naming it; the default) or drop the field.
+    pub untranslatable_fields: Untranslatable,
+}
+
+/// A team's choice for request fields a translating provider cannot translate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Untranslatable {
+    /// A 400 naming the field, before anything is sent.
+    #[default]
+    Refuse,
+    /// Send without it; the answer names what was dropped (`x-tollgate-dropped-params`) and the
+    /// request log line says so. Only top-level parameters: message content is never dropped.
+    Drop,
 }
 
 /// A certificate fingerprint as written (`AB:CD:…` or `abcd…`) to its 32 bytes.

@@ -179,6 +179,16 @@ impl Body {
         }
     }
 
+    /// Remove a field; whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let Some(i) = self.find(key) else {
+            return false;
+        };
+        self.fields.remove(i);
+        self.edited = true;
+        true
+    }
+
     /// The body to send upstream: the client's own bytes when nothing was edited, else the
     /// fields written in order, untouched ones copied verbatim.
     pub fn to_bytes(&self) -> Bytes {
@@ -506,6 +516,15 @@ mod tests {
 
     fn sent(b: &Body) -> Value {
         serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn a_removed_field_is_gone_from_what_is_sent() {
+        let mut b = parse(r#"{"model":"m","seed":7,"n":1}"#).unwrap();
+        assert!(b.remove("seed"));
+        assert!(!b.remove("seed"));
+        assert!(!b.contains_key("seed"));
+        assert_eq!(sent(&b), json!({"model": "m", "n": 1}));
     }
 
     #[test]

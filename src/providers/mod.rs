@@ -90,9 +90,8 @@ impl Provider {
     pub fn body(&self, endpoint: Endpoint, json: &crate::openai::Body) -> Result<Bytes, ApiError> {
         match self {
             Provider::Anthropic(p) => p.body(endpoint, json),
-            Provider::OpenAi(_) | Provider::Mock(_) | Provider::Ernie(_) | Provider::Azure(_) => {
-                Ok(json.to_bytes())
-            }
+            Provider::Ernie(p) => p.body(endpoint, json),
+            Provider::OpenAi(_) | Provider::Mock(_) | Provider::Azure(_) => Ok(json.to_bytes()),
         }
     }
 

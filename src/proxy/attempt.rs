@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
 use super::ledger::Ledger;
@@ -42,6 +42,9 @@ pub struct Request<'a> {
     pub max_response_bytes: usize,
     /// Who sends it: shared upstream state changes on evidence from more than one of these.
     pub witness: Witness,
+    /// The team drops top-level fields a translating provider cannot translate
+    /// ([`crate::config::Untranslatable::Drop`]) instead of refusing the request.
+    pub drop_untranslatable: bool,
 }
 
 /// What one attempt aims at: the model being tried (the requested one or a fallback), the
@@ -77,6 +80,9 @@ pub struct Answer {
     /// The name the client sees in `model` (JSON-escaped; [`Route::answer_model`]); `None`
     /// leaves the upstream's.
     pub model: Option<Bytes>,
+    /// The request fields the answering upstream's provider could not translate and the team
+    /// dropped (`x-tollgate-dropped-params`).
+    pub dropped: Option<HeaderValue>,
 }
 
 pub enum AnswerBody {
@@ -429,8 +435,16 @@ async fn attempt_inner(
     if json.get::<&str>("model").and_then(Result::ok) != Some(upstream_model) {
         json.insert("model", Value::from(upstream_model));
     }
-    let body = upstream.provider.body(req.endpoint, json)?;
-    let sent = send(upstream, &body, json, req, deadline, ledger).await?;
+    let (body, trimmed, dropped) = upstream_body(upstream, req, json, ledger.request_id())?;
+    let sent = send(
+        upstream,
+        &body,
+        trimmed.as_ref().unwrap_or(json),
+        req,
+        deadline,
+        ledger,
+    )
+    .await?;
     if let Some((raw, reading)) = &sent.error {
         ledger.upstream_time(sent.at.elapsed());
         return Err(refusal(upstream, &sent, raw, *reading, req.witness));
@@ -440,13 +454,61 @@ async fn attempt_inner(
     if req.stream && is_sse(&response.headers) {
         let mut answer = commit_stream(upstream, response, at, deadline, slot).await?;
         answer.model = target.answer_model.cloned();
+        answer.dropped = dropped;
         return Ok(answer);
     }
     let mut answer = read_whole(upstream, response, at, deadline, req.max_response_bytes).await?;
     answer.model = target.answer_model.cloned();
+    answer.dropped = dropped;
     ledger.upstream_time(at.elapsed());
     drop(slot);
     Ok(answer)
+}
+
+/// Fields a team may have dropped: top-level parameters, never the conversation itself or what
+/// the gateway reads to route and relay.
+fn droppable(field: &str) -> bool {
+    !matches!(
+        field,
+        "model" | "messages" | "prompt" | "input" | "stream" | "stream_options"
+    )
+}
+
+/// The upstream's body for the shaped request. A translating provider refuses a field it cannot
+/// translate with a 400 naming it; when the team drops such fields, a top-level one is taken out
+/// of a copy of the body (a fallback to another provider still gets it) and the translation
+/// tried again. Returns the body, the trimmed copy it was made from, and the dropped fields as
+/// a header value (in alphabetical order).
+fn upstream_body(
+    upstream: &Upstream,
+    req: &Request<'_>,
+    json: &JsonBody,
+    request_id: &str,
+) -> Result<(Bytes, Option<JsonBody>, Option<HeaderValue>), ApiError> {
+    let mut trimmed: Option<JsonBody> = None;
+    let mut dropped: Vec<String> = Vec::new();
+    loop {
+        let current = trimmed.as_ref().unwrap_or(json);
+        match upstream.provider.body(req.endpoint, current) {
+            Ok(body) => {
+                dropped.sort_unstable();
+                let named = (!dropped.is_empty()).then(|| {
+                    let list = dropped.join(", ");
+                    tracing::info!(request_id, upstream = %upstream.name, dropped = %list,
+                        "request fields the upstream cannot take were dropped (team's untranslatable_fields: drop)");
+                    HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("?"))
+                });
+                return Ok((body, trimmed, named));
+            }
+            Err(ApiError::InvalidRequest {
+                param: Some(field), ..
+            }) if req.drop_untranslatable && droppable(&field) && current.contains_key(&field) => {
+                trimmed.get_or_insert_with(|| json.clone()).remove(&field);
+                dropped.push(field);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// An upstream's answer to the request, as the credential last heard it.
@@ -675,6 +737,7 @@ async fn commit_stream(
         deadline,
         model_at: None,
         model: None,
+        dropped: None,
     })
 }
 
@@ -725,6 +788,7 @@ async fn read_whole(
         deadline,
         model_at,
         model: None,
+        dropped: None,
     })
 }
 

@@ -147,6 +147,7 @@ async fn run(
             request: rand::random(),
             tenant: tenant_of(&caller.team),
         },
+        drop_untranslatable: team.untranslatable_fields == crate::config::Untranslatable::Drop,
     };
     let wishes = attempt::Wishes {
         priority: shaped.priority,

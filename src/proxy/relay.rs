@@ -37,6 +37,10 @@ pub const X_UPSTREAM: HeaderName = HeaderName::from_static("x-tollgate-upstream"
 /// Header counting the attempts it took.
 pub const X_ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
 
+/// Header naming the request fields dropped for the answering upstream (the team's
+/// `untranslatable_fields: drop`).
+pub const X_DROPPED: HeaderName = HeaderName::from_static("x-tollgate-dropped-params");
+
 /// Start relaying `answer` to the client. `in_flight` is held until the body ends.
 pub fn respond(
     mut answer: Answer,
@@ -46,6 +50,9 @@ pub fn respond(
     fill: Option<Fill>,
 ) -> Response {
     let mut headers = client_headers(&answer.headers, &answer.upstream.name, ledger.attempts());
+    if let Some(dropped) = answer.dropped.take() {
+        headers.insert(X_DROPPED, dropped);
+    }
     // An answer from a fallback model's upstream is not the cached model's answer.
     let fill = fill.filter(|f| f.serves(&answer.upstream.name));
     // The trace records the upstream's answer as it came (its `gen_ai.response.model`).

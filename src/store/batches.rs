@@ -123,8 +123,9 @@ macro_rules! batch_from_row {
     };
 }
 
-/// Rows per INSERT of lines: 4 columns bound each, far below both backends' parameter limits.
-const LINE_CHUNK: usize = 1000;
+/// Rows per INSERT of lines (a power of two, see [`super::sized_chunks`]): 4 columns bound each,
+/// far below both backends' parameter limits.
+const LINE_CHUNK: usize = 512;
 
 impl Store {
     pub async fn insert_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
@@ -266,7 +267,7 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         on_pool!(self, p => {
-            for chunk in lines.chunks(LINE_CHUNK) {
+            for chunk in super::sized_chunks(lines, LINE_CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
                     "INSERT INTO batch_lines (batch_id, line, custom_id, byte_offset, byte_len, \
                      done, attempts) ",
@@ -280,8 +281,8 @@ impl Store {
                         .push("0, 0");
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                // Not kept prepared: one statement text per chunk size (see `insert_usage`).
-                qb.build().persistent(false).execute(p).await?;
+                // Kept prepared: power-of-two chunk sizes give at most 10 statement texts.
+                qb.build().execute(p).await?;
             }
             let done = sqlx::query(
                 "UPDATE batches SET status = 'in_progress', in_progress_at = $3, \

@@ -237,6 +237,22 @@ pub use crate::config::Limits;
 pub use crate::config::BudgetPeriod;
 
 /// Milliseconds since the Unix epoch: the store's one time format.
+/// `rows` in chunks whose sizes are powers of two, at most `max`: a multi-row `INSERT` has one
+/// statement text per chunk size, so a connection keeps at most `log2(max) + 1` of them prepared
+/// however the batches it is given vary (a text per size piled up ~1.4 KB per request).
+pub(crate) fn sized_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let n = rest.len().min(max);
+        if n == 0 {
+            return None;
+        }
+        let (head, tail) = rest.split_at(1 << n.ilog2());
+        rest = tail;
+        Some(head)
+    })
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -378,6 +394,17 @@ fn pg_tls(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunks_are_powers_of_two_in_order_and_cover_every_row() {
+        let rows: Vec<u32> = (0..1000).collect();
+        let sizes: Vec<usize> = super::sized_chunks(&rows, 256).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [256, 256, 256, 128, 64, 32, 8]);
+        let joined: Vec<u32> = super::sized_chunks(&rows, 256).flatten().copied().collect();
+        assert_eq!(joined, rows);
+        assert_eq!(super::sized_chunks(&rows[..1], 256).count(), 1);
+        assert_eq!(super::sized_chunks::<u32>(&[], 256).count(), 0);
+    }
+
     use super::*;
 
     #[test]

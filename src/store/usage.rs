@@ -48,6 +48,8 @@ impl UsageRow {
 /// most 65,535 / 18 rows; [`MAX_BATCH`] stays well below.
 const COLS: usize = 18;
 pub const MAX_BATCH: usize = 2000;
+/// Most rows in one SQLite statement (a power of two, see [`super::sized_chunks`]).
+const SQLITE_CHUNK: usize = 256;
 const _: () = assert!(MAX_BATCH * COLS < 65_535);
 
 fn clamp(v: u64) -> i64 {
@@ -179,8 +181,8 @@ async fn insert_usage_pg(p: &sqlx::PgPool, rows: &[UsageRow]) -> Result<(), sqlx
 }
 
 impl Store {
-    /// Insert a batch in one transaction (one statement on PostgreSQL, chunks of
-    /// [`MAX_BATCH`] rows in one transaction on SQLite); rows already present are skipped.
+    /// Insert a batch in one transaction (one statement on PostgreSQL, chunks of at most
+    /// [`SQLITE_CHUNK`] rows in one transaction on SQLite); rows already present are skipped.
     pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
@@ -190,7 +192,7 @@ impl Store {
         }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for chunk in rows.chunks(MAX_BATCH) {
+            for chunk in super::sized_chunks(rows, SQLITE_CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
                     "INSERT INTO usage (id, ts, request_id, team, key_id, model, upstream, \
                      endpoint, stream, status, error_kind, prompt_tokens, completion_tokens, \
@@ -217,9 +219,8 @@ impl Store {
                         .push_bind(&r.batch_id);
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
-                // Not kept prepared: its text differs with every chunk size, and a connection's
-                // cache of such statements grew the gateway by about 1.4 KB per request.
-                qb.build().persistent(false).execute(&mut *tx).await?;
+                // Kept prepared: power-of-two chunk sizes give at most 9 statement texts.
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await
         })

@@ -72,25 +72,49 @@ impl Ernie {
         })
     }
 
-    pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
-        if req.endpoint != Endpoint::Chat {
+    /// The ERNIE body for a shaped chat body: a 400 naming what cannot be translated (before
+    /// anything is sent), a 400 for the endpoints ERNIE's chat API does not serve.
+    pub fn body(&self, endpoint: Endpoint, json: &crate::openai::Body) -> Result<Bytes, ApiError> {
+        if endpoint != Endpoint::Chat {
             return Err(ApiError::invalid(
                 format!(
                     "the ernie provider serves chat completions only, not {}",
-                    req.endpoint.label()
+                    endpoint.label()
                 ),
                 None,
             ));
         }
-        let fields = fields(req.json);
-        let t = request::translate(&fields)?;
+        let t = request::translate(&fields(json))?;
+        Ok(Bytes::from(t.body.to_string()))
+    }
+
+    /// Send the body [`Ernie::body`] made; the answer's model name, whether the client's stream
+    /// asked for the usage chunk and the shape of a function call in the answer (legacy
+    /// `function_call` when the client offered legacy `functions`) are read from the shaped body.
+    pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, ApiError> {
+        let model = req
+            .json
+            .get::<&str>("model")
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .to_owned();
+        let include_usage = req
+            .json
+            .get::<Value>("stream_options")
+            .and_then(Result::ok)
+            .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
+            == Some(true);
+        let calls = if req.json.contains_key("functions") {
+            tools::Calls::Legacy
+        } else {
+            tools::Calls::Tools
+        };
         let placed = req.lease.map(|l| &l.placed);
         let uri = match placed {
             Some(Placed::Query(pair)) => with_query(&self.chat, pair)?,
             _ => self.chat.clone(),
         };
-        let body = Bytes::from(t.body.to_string());
-        let mut request = json_post(uri, body, req.headers, ADDED_HEADERS);
+        let mut request = json_post(uri, req.body, req.headers, ADDED_HEADERS);
         let headers = request.headers_mut();
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
@@ -113,12 +137,12 @@ impl Ernie {
                 body,
             });
         }
-        if t.stream {
+        if req.stream {
             let secret = req.lease.map(|l| l.value.clone());
-            let chunks = Chunks::new(t.model, t.include_usage, secret).with_calls(t.calls);
+            let chunks = Chunks::new(model, include_usage, secret).with_calls(calls);
             stream(body, chunks).await
         } else {
-            whole(body, &t.model, t.calls).await
+            whole(body, &model, calls).await
         }
     }
 }
