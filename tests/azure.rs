@@ -446,6 +446,7 @@ async fn a_content_filter_refusal_is_a_400_not_retried_and_not_a_breaker_failure
         let e = r.error();
         assert_eq!(e["code"], "content_filter", "{e}");
         assert_eq!(e["param"], "prompt", "{e}");
+        assert_eq!(e["type"], "upstream_error", "{e}");
         assert!(
             e["message"]
                 .as_str()

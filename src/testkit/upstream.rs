@@ -11,7 +11,8 @@
 //! A content fault (`set_content_fault`: the request body contains a marker)
 //! comes before all of these and leaves the queue alone, so one tenant's
 //! request can be made to fail while another's goes through. Headers set with
-//! `set_response_headers` are added to every answer.
+//! `set_response_headers` are added to every answer. Embeddings honour `encoding_format:
+//! base64` (the Python SDK's default) as OpenAI does.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
