@@ -303,6 +303,64 @@ fn tool_call_of(r: &Reply, stream: bool) -> (String, String, Value, String) {
     (id, name, args, finish)
 }
 
+/// The fake itself, asked directly as Azure is: the content filter's 400 with Azure's
+/// `innererror` and null `type`, a tool call with each choice's filter results, and the stream's
+/// opening prompt-filter chunk. (The tests through the gateway rely on these shapes.)
+#[tokio::test]
+async fn the_fake_answers_in_azures_shapes() {
+    let m = fake().await;
+    let url = m.url("/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21");
+    let post = |body: Value| {
+        let req = reqwest::Client::new()
+            .post(&url)
+            .header("api-key", KEY)
+            .json(&body);
+        async move { Reply::read(req.send().await.unwrap_or_else(|e| panic!("{e}"))).await }
+    };
+    let r = post(chat("x", &format!("about {FILTERED}"), true)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(
+        (&e["code"], &e["param"]),
+        (&json!("content_filter"), &json!("prompt"))
+    );
+    assert!(e["type"].is_null(), "{e}");
+    assert_eq!(e["innererror"]["code"], "ResponsibleAIPolicyViolation");
+    assert_eq!(
+        e["innererror"]["content_filter_result"]["violence"]["filtered"],
+        true
+    );
+
+    let mut ask = chat("x", "weather in Oslo", false);
+    ask["tools"] = tools();
+    let v = post(ask.clone()).await.json();
+    assert_eq!(v["model"], "gpt-4o-2024-08-06", "{v}");
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "tool_calls");
+    assert_eq!(
+        c["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(c["content_filter_results"]["hate"]["severity"], "safe");
+    assert_eq!(
+        v["prompt_filter_results"][0]["content_filter_results"]["sexual"]["filtered"],
+        false
+    );
+
+    ask["stream"] = json!(true);
+    let r = post(ask).await;
+    let events = parsed(&r);
+    assert_eq!(events[0]["choices"], json!([]));
+    assert_eq!(
+        (&events[0]["id"], &events[0]["model"]),
+        (&json!(""), &json!(""))
+    );
+    assert!(events[0]["prompt_filter_results"].is_array());
+    assert!(events[1..events.len() - 1]
+        .iter()
+        .all(|e| e["choices"][0]["content_filter_results"].is_object()));
+}
+
 /// What the gateway forwards of a tool conversation is what the client sent: `tools`,
 /// `tool_choice`, `parallel_tool_calls`, the assistant's `tool_calls` and the `tool` message.
 /// The deployment's call comes back, JSON and streamed, with the client's model name.
