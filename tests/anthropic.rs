@@ -36,20 +36,6 @@ keys:
     )
 }
 
-/// The Python with the `openai` SDK: `TOLLGATE_TEST_PYTHON`, else the venv `scripts/test.sh`
-/// makes.
-fn python() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with the openai SDK: set TOLLGATE_TEST_PYTHON or run ./scripts/test.sh"
-    );
-    venv
-}
-
 /// `claude` on an anthropic upstream at `a` (one attempt), falling back to model `fallback` on
 /// an upstream of `provider` at `b` (named `b-up`); teams and keys as given.
 fn fallback_config(a: &str, provider: &str, b: &str, teams: &str) -> String {
@@ -553,7 +539,6 @@ async fn a_refused_expiring_credential_is_renewed_once_and_the_request_retried()
 /// The official `openai` Python SDK, unchanged, against a model served by Anthropic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_talks_to_an_anthropic_upstream() {
-    let python = python();
     let up = fake().await;
     // The script's first call meets a rate limit (the SDK's RateLimitError).
     up.push_fault(AnthropicFault::error("rate_limit_error"));
@@ -564,22 +549,7 @@ async fn the_openai_python_sdk_talks_to_an_anthropic_upstream() {
         "",
     ))
     .await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/test_anthropic_upstream.py"
-    );
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(script)
-        .arg(gw.url("/v1"))
-        .env("PYTHONUNBUFFERED", "1")
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("the SDK script did not finish in 60 s"))
-        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let stdout = common::python::run_script("test_anthropic_upstream.py", &[&gw.url("/v1")]).await;
     assert!(up.request_count() >= 5, "{stdout}");
     assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }
@@ -692,25 +662,9 @@ async fn messages_are_answered_in_anthropic_shape_within_the_team_limits() {
 /// upstream and an Anthropic one behind it, streams and tools included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_anthropic_python_sdk_talks_to_tollgate() {
-    let python = python();
     let up = fake().await;
     let gw = Gateway::start(&messages_config(&up.base_url(), "")).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/test_anthropic_sdk.py"
-    );
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(script)
-        .arg(gw.url(""))
-        .env("PYTHONUNBUFFERED", "1")
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("the SDK script did not finish in 60 s"))
-        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let stdout = common::python::run_script("test_anthropic_sdk.py", &[&gw.url("")]).await;
     assert!(up.request_count() >= 4, "{stdout}");
     assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }

@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,21 +20,6 @@ use common::{Gateway, ADMIN_KEY};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The venv's Python (with selenium): `TOLLGATE_TEST_PYTHON`, else `target/pyvenv`.
-fn python() -> PathBuf {
-    let p = std::env::var_os("TOLLGATE_TEST_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(MANIFEST_DIR).join("target/pyvenv/bin/python"));
-    assert!(
-        p.exists(),
-        "no Python at {}: run ./scripts/test.sh (it makes target/pyvenv with selenium) or set \
-         TOLLGATE_TEST_PYTHON",
-        p.display()
-    );
-    p
-}
 
 fn browser_installed() {
     for (var, default) in [
@@ -53,7 +38,7 @@ fn browser_installed() {
 #[tokio::test]
 async fn the_console_in_headless_chromium() {
     browser_installed();
-    let python = python();
+    let python = common::python::python();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let yaml = format!(
         r#"{}

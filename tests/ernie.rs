@@ -585,39 +585,9 @@ async fn usage_rows_cost_and_team_limits_apply_as_for_any_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_streams_and_not_through_ernie() {
-    let Some(python) = std::env::var_os("TOLLGATE_TEST_PYTHON").filter(|p| !p.is_empty()) else {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyvenv/bin/python");
-        assert!(
-            std::path::Path::new(venv).exists(),
-            "no Python with the openai SDK: set TOLLGATE_TEST_PYTHON or run ./scripts/test.sh"
-        );
-        return run_sdk(venv.into()).await;
-    };
-    run_sdk(python).await;
-}
-
-async fn run_sdk(python: std::ffi::OsString) {
     let (oauth, ernie) = start_fakes(Duration::from_secs(3600)).await;
     let gw = start(&oauth, &ernie).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/test_ernie_sdk.py"
-    );
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(gw.url("/v1"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .unwrap_or_else(|_| panic!("the SDK script did not finish in 60 s"))
-        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python::run_script("test_ernie_sdk.py", &[&gw.url("/v1")]).await;
     // Chat and stream, then a tool call and its result, not streamed and streamed.
     assert_eq!(ernie.request_count(), 6);
     let got = ernie.received();

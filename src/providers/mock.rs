@@ -280,21 +280,21 @@ fn wants_usage(body: &Map<String, Value>) -> bool {
 }
 
 /// What every answer of one request repeats.
-struct Head<'a> {
-    id: &'a str,
-    created: u64,
-    model: &'a str,
+pub(crate) struct Head<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) created: u64,
+    pub(crate) model: &'a str,
 }
 
-/// The mock's call of a tool.
-struct ToolCall {
-    id: String,
-    name: String,
-    arguments: String,
+/// The mock's call of a tool (the test kit's fake upstreams answer tool calls with it too).
+pub(crate) struct ToolCall {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) arguments: String,
 }
 
 impl ToolCall {
-    fn answer(&self, h: &Head<'_>, usage: Value) -> Value {
+    pub(crate) fn answer(&self, h: &Head<'_>, usage: Value) -> Value {
         json!({"id": h.id, "object": "chat.completion", "created": h.created, "model": h.model,
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
                 "role": "assistant", "content": null,
@@ -304,7 +304,7 @@ impl ToolCall {
     }
 
     /// The call streamed as OpenAI does: id and name first, then the arguments in pieces.
-    fn events(&self, h: &Head<'_>, chunks: usize, usage: Option<Value>) -> Vec<Bytes> {
+    pub(crate) fn events(&self, h: &Head<'_>, chunks: usize, usage: Option<Value>) -> Vec<Bytes> {
         let chunk = |delta: Value, finish: Value| {
             sse(
                 &json!({"id": h.id, "object": "chat.completion.chunk", "created": h.created,

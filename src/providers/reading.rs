@@ -4,9 +4,9 @@
 //!
 //! It owns the meaning of upstream statuses and failures (which are worth another attempt, which
 //! count against an upstream's health, what a credential heard, which `fallback_on` reason
-//! applies, how long a `Retry-After` asks to wait, whether a 429 is about the account) and the
-//! meaning of a stream that breaks after it started. It owns no state and does no I/O: the
-//! callers act on what it says.
+//! applies, how long a `Retry-After` or Azure's `retry-after-ms` asks to wait, whether a 429 is
+//! about the account) and the meaning of a stream that breaks after it started. It owns no state
+//! and does no I/O: the callers act on what it says.
 
 use std::time::{Duration, SystemTime};
 
@@ -266,15 +266,35 @@ fn about_account(headers: &HeaderMap, body: &[u8]) -> bool {
 /// `Retry-After: 18446744073709551615` cannot overflow a deadline.
 pub const MAX_UPSTREAM_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// An upstream's `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), clamped to
-/// [`MAX_UPSTREAM_RETRY_AFTER`]; a date in the past is zero. Anything else is ignored.
+/// How long an upstream asks to wait: Azure OpenAI's `retry-after-ms` (milliseconds, which it
+/// sends with a 429 next to a whole-second `Retry-After`, and which the OpenAI SDKs prefer too),
+/// else `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3). Clamped to
+/// [`MAX_UPSTREAM_RETRY_AFTER`]; a date in the past is zero. A value that is neither is ignored
+/// (an unreadable `retry-after-ms` leaves `Retry-After` to speak).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    parse_retry_after(v, SystemTime::now())
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    text(RETRY_AFTER_MS)
+        .and_then(parse_retry_after_ms)
+        .or_else(|| parse_retry_after(text(http::header::RETRY_AFTER.as_str())?, SystemTime::now()))
+}
+
+/// Azure's (and the OpenAI SDKs') millisecond variant of `Retry-After`.
+const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// `retry-after-ms`: a non-negative number of milliseconds, possibly with a fraction (the SDKs
+/// read it as a float), clamped to [`MAX_UPSTREAM_RETRY_AFTER`].
+fn parse_retry_after_ms(v: &str) -> Option<Duration> {
+    let ms: f64 = v.parse().ok()?;
+    if !ms.is_finite() || ms < 0.0 || v.starts_with(['+', '-']) {
+        return None;
+    }
+    let max = MAX_UPSTREAM_RETRY_AFTER.as_secs_f64();
+    Some(Duration::from_secs_f64((ms / 1000.0).min(max)))
 }
 
 fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
@@ -313,6 +333,53 @@ mod tests {
         for bad in ["", "-1", "1.5", "soon", "+3"] {
             assert_eq!(p(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn azures_retry_after_ms_comes_before_retry_after() {
+        let read = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            Reading::answer(StatusCode::TOO_MANY_REQUESTS, &h, b"").retry_after
+        };
+        let ms = Duration::from_millis;
+        // Azure sends both; the millisecond one is the more precise and wins.
+        assert_eq!(
+            read(&[("retry-after-ms", "1500"), ("retry-after", "2")]),
+            Some(ms(1500))
+        );
+        assert_eq!(read(&[("retry-after-ms", "200")]), Some(ms(200)));
+        assert_eq!(
+            read(&[("retry-after-ms", " 12.5 ")]),
+            Some(Duration::from_micros(12_500))
+        );
+        assert_eq!(read(&[("retry-after-ms", "0")]), Some(Duration::ZERO));
+        assert_eq!(
+            read(&[("retry-after-ms", "99999999999999999999")]),
+            Some(MAX_UPSTREAM_RETRY_AFTER)
+        );
+        // Unreadable: `Retry-After` speaks, or nothing does.
+        for bad in ["", "-5", "+5", "soon", "NaN", "inf", "1e400"] {
+            assert_eq!(
+                read(&[("retry-after-ms", bad), ("retry-after", "3")]),
+                Some(Duration::from_secs(3)),
+                "{bad}"
+            );
+            assert_eq!(read(&[("retry-after-ms", bad)]), None, "{bad}");
+        }
+        assert_eq!(read(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
+        // The credential hears the same wait.
+        let mut h = HeaderMap::new();
+        h.insert("retry-after-ms", "750".parse().unwrap());
+        assert_eq!(
+            Reading::answer(StatusCode::TOO_MANY_REQUESTS, &h, b"").credential,
+            Some(Outcome::RateLimited {
+                after: Some(ms(750)),
+                account: false
+            })
+        );
     }
 
     #[test]

@@ -509,6 +509,12 @@ pub(crate) fn json_resp(status: StatusCode, v: &Value, guard: FlightGuard) -> Re
 
 // ---- deterministic OpenAI payloads (answered by the mock upstream) ----
 
+/// A mock upstream's normal answer before any body fault is applied.
+pub(crate) enum Planned {
+    Json(StatusCode, Value),
+    Sse(Vec<Bytes>),
+}
+
 /// The text of a message `content`: a string, or the text parts of an array (the built-in
 /// mock provider reads requests the same way).
 use crate::providers::mock::content_text;
@@ -550,7 +556,7 @@ fn prompt_tokens(body: &Value) -> usize {
     n.max(1)
 }
 
-fn usage(body: &Value, text: &str) -> Value {
+pub(crate) fn usage(body: &Value, text: &str) -> Value {
     let (p, c) = (prompt_tokens(body), words(text));
     json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
 }
@@ -611,7 +617,7 @@ fn split_chunks(text: &str, chunks: Option<usize>) -> Vec<String> {
         .collect()
 }
 
-fn sse(v: &Value) -> Bytes {
+pub(crate) fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 

@@ -11,7 +11,8 @@
 //! A content fault (`set_content_fault`: the request body contains a marker)
 //! comes before all of these and leaves the queue alone, so one tenant's
 //! request can be made to fail while another's goes through. Headers set with
-//! `set_response_headers` are added to every answer.
+//! `set_response_headers` are added to every answer. Embeddings honour `encoding_format:
+//! base64` (the Python SDK's default) as OpenAI does.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -34,7 +35,7 @@ pub use super::reply_text;
 use super::{
     bearer_token, completion, event_stream, form_get, full, json_resp, lock, model_of,
     openai_error, sleep_or_cancel, stream_events, streamed, wait_for, words, AuthCheck, Counters,
-    FlightGuard, Outcome, ServerHandle, Tail,
+    FlightGuard, Outcome, Planned, ServerHandle, Tail,
 };
 
 /// Largest request body the mock reads (bigger bodies are recorded as `Null`).
@@ -375,12 +376,6 @@ impl MockUpstream {
 
 // ---- request handling ----
 
-/// The normal answer before any body fault is applied.
-enum Planned {
-    Json(StatusCode, Value),
-    Sse(Vec<Bytes>),
-}
-
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let extra = lock(&s.knobs).response_headers.clone();
     let mut resp = answer(s, req).await;
@@ -488,8 +483,14 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
     }
     let mut body = body;
     let mut path = path;
-    if let Some(az) = azure {
-        match az.admit(&parts.headers, &path, query.as_deref(), auth.as_ref()) {
+    if let Some(az) = &azure {
+        match az.admit(
+            &parts.headers,
+            &path,
+            query.as_deref(),
+            auth.as_ref(),
+            &body,
+        ) {
             Ok((openai_path, model)) => {
                 path = openai_path;
                 if let Some(o) = body.as_object_mut() {
@@ -509,7 +510,10 @@ async fn answer(s: Arc<Shared>, req: Request) -> Response {
         }
     }
 
-    let planned = plan(&parts.method, &path, &body, chunks);
+    let mut planned = plan(&parts.method, &path, &body, chunks);
+    if azure.is_some() {
+        planned = super::azure::dress(planned, &path, &body, chunks);
+    }
     apply(planned, fault, chunk_delay, &s.cancel, guard)
 }
 
@@ -758,7 +762,20 @@ fn embed(s: &str) -> Vec<f64> {
         .collect()
 }
 
+/// A vector as OpenAI (and Azure) send it: numbers, or with `encoding_format: base64` (the
+/// Python SDK's default) the little-endian `f32` bytes in base64.
+fn vector(s: &str, base64: bool) -> Value {
+    let v = embed(s);
+    if !base64 {
+        return json!(v);
+    }
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
 fn embeddings(body: &Value) -> Value {
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
@@ -774,7 +791,7 @@ fn embeddings(body: &Value) -> Value {
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embed(s)}))
+        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": vector(s, base64)}))
         .collect();
     let tokens = inputs.iter().map(|s| words(s)).sum::<usize>().max(1);
     json!({

@@ -2,6 +2,8 @@
 //! sockets, stopped by dropping or [`Gateway::stop`].
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
