@@ -12,25 +12,26 @@ fn main() -> std::process::ExitCode {
     tollgate::cli::main()
 }
 
-/// mimalloc's defaults keep freed memory for a second (ten for whole arenas) and commit arenas
-/// eagerly, so a gateway that served a burst of streams stayed at ~95 MiB long after they closed.
-/// The binary gives freed pages back at once instead (docs/BENCHMARKS.md, "Allocator"); an
-/// operator's `MIMALLOC_PURGE_DELAY` / `MIMALLOC_ARENA_EAGER_COMMIT` still decide when set.
+/// With mimalloc's defaults an idle gateway held 25 MiB and one that had served a burst of
+/// streams ~95 MiB long after they closed: the kernel's transparent huge pages back mimalloc's
+/// eagerly committed arena with 2 MiB pages, and freed memory is kept a second (ten for whole
+/// arenas) before it is given back. The binary turns both off (docs/BENCHMARKS.md, "Allocator");
+/// an operator's `MIMALLOC_ALLOW_THP` / `MIMALLOC_PURGE_DELAY` still decide when set.
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
 fn tune_allocator() {
-    use libmimalloc_sys::{mi_option_set, mi_option_t};
-    // Positions in mimalloc v3's `mi_option_e` (include/mimalloc.h of libmimalloc-sys 0.1.49).
-    const ARENA_EAGER_COMMIT: mi_option_t = 4;
-    const PURGE_DELAY: mi_option_t = 15;
-    for (option, env) in [
-        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT"),
-        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY"),
-    ] {
-        if std::env::var_os(env).is_none() {
-            // SAFETY: `mi_option_set` is not thread-safe; this runs first in `main`, before the
-            // runtime or any other thread exists. Both options take 0 (off / purge at once).
-            unsafe { mi_option_set(option, 0) };
-        }
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // Applies to every page the process touches from now on (the kernel's per-process
+        // switch); a kernel without it answers EINVAL and nothing changes.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // Position of `mi_option_purge_delay` in mimalloc v3's `mi_option_e`
+        // (include/mimalloc.h of libmimalloc-sys 0.1.49); 0 gives freed pages back at once.
+        const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        // SAFETY: `mi_option_set` is not thread-safe; this runs first in `main`, before the
+        // runtime or any other thread exists, and the option is read at each purge.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
     }
 }
