@@ -235,20 +235,24 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The W3C trace context header.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The request every HTTP provider sends: a JSON `POST` of `body` to `uri` with the client's
-/// forwarded headers, `content-type` and `accept` set, and room for `more` headers of the
-/// provider's own.
+/// forwarded headers, `content-type` and `accept` set, the attempt's `traceparent` when traces
+/// are on, and room for `more` headers of the provider's own.
 pub fn json_post(
     uri: Uri,
     body: Bytes,
     forwarded: &HeaderMap,
+    traceparent: Option<HeaderValue>,
     more: usize,
 ) -> http::Request<Full<Bytes>> {
     let mut request = http::Request::new(Full::new(body));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    headers.reserve(forwarded.len() + 2 + more);
+    headers.reserve(forwarded.len() + 3 + more);
     for (name, value) in forwarded {
         headers.append(name.clone(), value.clone());
     }
@@ -257,6 +261,9 @@ pub fn json_post(
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    if let Some(tp) = traceparent {
+        headers.insert(TRACEPARENT, tp);
+    }
     request
 }
 

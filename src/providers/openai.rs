@@ -21,12 +21,8 @@ use crate::credentials::Placed;
 use crate::error::ApiError;
 use crate::openai::Endpoint;
 
-/// Headers the provider adds to the forwarded ones: content type, accept, credential, host,
-/// traceparent.
-const ADDED_HEADERS: usize = 5;
-
-/// The W3C trace context header.
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// Headers the provider adds to the forwarded ones besides `json_post`'s: credential, host.
+const ADDED_HEADERS: usize = 2;
 
 pub struct OpenAi {
     /// The upstream's name, for errors and log lines that say which hop failed.
@@ -91,13 +87,10 @@ impl OpenAi {
             Some(Placed::Query(pair)) => with_query(base, pair)?,
             _ => base.clone(),
         };
-        let mut request = json_post(uri, req.body, req.headers, ADDED_HEADERS);
+        let mut request = json_post(uri, req.body, req.headers, req.traceparent, ADDED_HEADERS);
         let headers = request.headers_mut();
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
-        }
-        if let Some(tp) = req.traceparent {
-            headers.insert(TRACEPARENT, tp);
         }
         Ok(request)
     }

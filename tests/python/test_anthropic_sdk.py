@@ -7,10 +7,10 @@ OpenAI-shaped upstream) and `claude` (the test kit's fake Anthropic), the demo k
 script: one line per check, exits 1 if any check fails.
 """
 
-import sys
-import traceback
 
 import anthropic
+
+import checks  # tests/python/checks.py: the shared runner
 
 DEMO_KEY = "sk-tollgate-demo"
 TOOLS = [
@@ -125,20 +125,5 @@ CHECKS = [
 ]
 
 
-def main():
-    base_url = sys.argv[1]
-    failed = 0
-    for check in CHECKS:
-        try:
-            check(base_url)
-            print(f"ok   {check.__name__}")
-        except Exception:  # noqa: BLE001 - report every failure, then exit 1
-            failed += 1
-            print(f"FAIL {check.__name__}")
-            traceback.print_exc()
-    print(f"{len(CHECKS) - failed}/{len(CHECKS)} checks passed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    checks.run(CHECKS)

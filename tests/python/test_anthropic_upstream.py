@@ -8,11 +8,11 @@ fake Anthropic, the demo key, and one rate-limit error queued for the first call
 """
 
 import json
-import sys
-import traceback
 
 import openai
 from openai import OpenAI
+
+import checks  # tests/python/checks.py: the shared runner
 
 DEMO_KEY = "sk-tollgate-demo"
 MODEL = "claude"
@@ -133,20 +133,5 @@ CHECKS = [
 ]
 
 
-def main():
-    base_url = sys.argv[1]
-    failed = 0
-    for check in CHECKS:
-        try:
-            check(base_url)
-            print(f"ok   {check.__name__}")
-        except Exception:  # noqa: BLE001 - report every failure, then exit 1
-            failed += 1
-            print(f"FAIL {check.__name__}")
-            traceback.print_exc()
-    print(f"{len(CHECKS) - failed}/{len(CHECKS)} checks passed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    checks.run(CHECKS)

@@ -12,11 +12,11 @@ any check fails.
 import base64
 import json
 import struct
-import sys
-import traceback
 
 import openai
 from openai import OpenAI
+
+import checks  # tests/python/checks.py: the shared runner
 
 DEMO_KEY = "sk-tollgate-demo"
 MODEL = "az"
@@ -167,20 +167,5 @@ CHECKS = [
 ]
 
 
-def main():
-    base_url = sys.argv[1]
-    failed = 0
-    for check in CHECKS:
-        try:
-            check(base_url)
-            print(f"ok   {check.__name__}")
-        except Exception:  # noqa: BLE001 - report every failure, then exit 1
-            failed += 1
-            print(f"FAIL {check.__name__}")
-            traceback.print_exc()
-    print(f"{len(CHECKS) - failed}/{len(CHECKS)} checks passed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    checks.run(CHECKS)

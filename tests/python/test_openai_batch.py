@@ -9,12 +9,12 @@ line per check and a summary; exits 1 if any check fails. Every wait is a bounde
 """
 
 import json
-import sys
 import time
-import traceback
 
 import openai
 from openai import OpenAI
+
+import checks  # tests/python/checks.py: the shared runner
 
 DEMO_KEY = "sk-tollgate-demo"
 MODEL = "mock-gpt"
@@ -144,20 +144,5 @@ def check_cancel(base_url):
 CHECKS = [check_lifecycle, check_validation_error, check_refusals, check_cancel]
 
 
-def main():
-    base_url = sys.argv[1]
-    failed = 0
-    for check in CHECKS:
-        try:
-            check(base_url)
-            print(f"ok   {check.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {check.__name__}")
-            traceback.print_exc(file=sys.stdout)
-    print(f"{len(CHECKS) - failed}/{len(CHECKS)} checks passed (openai {openai.__version__})")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    checks.run(CHECKS, f" (openai {openai.__version__})")

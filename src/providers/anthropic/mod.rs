@@ -32,7 +32,6 @@ pub const DEFAULT_VERSION: &str = "2023-06-01";
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub struct Anthropic {
     /// The upstream's name, for errors and log lines that say which hop failed.
@@ -118,7 +117,13 @@ impl Anthropic {
     }
 
     fn request(&self, req: UpstreamRequest<'_>) -> Result<http::Request<Full<Bytes>>, ApiError> {
-        let mut request = super::client::json_post(self.messages.clone(), req.body, req.headers, 4);
+        let mut request = super::client::json_post(
+            self.messages.clone(),
+            req.body,
+            req.headers,
+            req.traceparent,
+            4,
+        );
         let headers = request.headers_mut();
         headers.insert(ANTHROPIC_VERSION, self.version.clone());
         if let Some(lease) = req.lease {
@@ -126,9 +131,6 @@ impl Anthropic {
                 HeaderValue::from_str(lease.value.expose()).map_err(|_| ApiError::Internal)?;
             key.set_sensitive(true);
             headers.insert(X_API_KEY, key);
-        }
-        if let Some(tp) = req.traceparent {
-            headers.insert(TRACEPARENT, tp);
         }
         Ok(request)
     }

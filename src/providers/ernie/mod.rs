@@ -42,12 +42,8 @@ pub const DEFAULT_BASE_URL: &str = "https://aip.baidubce.com/rpc/2.0/ai_custom/v
 /// `server.max_response_bytes` applies to the translated answer after this.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
-/// Headers the provider adds to the forwarded ones: content type, accept, credential, host,
-/// traceparent.
-const ADDED_HEADERS: usize = 5;
-
-/// The W3C trace context header.
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// Headers the provider adds to the forwarded ones besides `json_post`'s: credential, host.
+const ADDED_HEADERS: usize = 2;
 
 pub struct Ernie {
     /// The upstream's name, for errors that say which hop failed.
@@ -114,13 +110,10 @@ impl Ernie {
             Some(Placed::Query(pair)) => with_query(&self.chat, pair)?,
             _ => self.chat.clone(),
         };
-        let mut request = json_post(uri, req.body, req.headers, ADDED_HEADERS);
+        let mut request = json_post(uri, req.body, req.headers, req.traceparent, ADDED_HEADERS);
         let headers = request.headers_mut();
         if let Some(Placed::Header(name, value)) = placed {
             headers.insert(name.clone(), value.clone());
-        }
-        if let Some(tp) = req.traceparent {
-            headers.insert(TRACEPARENT, tp);
         }
         let response = self
             .client
