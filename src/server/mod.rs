@@ -165,21 +165,29 @@ pub async fn serve(
                 write_timeout,
             };
             match tls {
-                None => run(stream, builder, watcher, service, activity, limits).await,
+                // Boxed, like the connection inside it: the task then holds a pointer, not a
+                // second copy of everything moved into `run` (see `run`).
+                None => Box::pin(run(stream, builder, watcher, service, activity, limits)).await,
+                // Boxed: a TLS stream and its handshake are several KiB that every plain
+                // connection's task would otherwise carry too (the task is as large as its
+                // largest branch).
                 Some(tls) => {
-                    // The handshake counts against the first request's deadline.
-                    let accept = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(header_read_timeout, accept).await {
-                        Ok(Ok(stream)) => {
-                            let service =
-                                service.with_peer(tls::peer_certificate(stream.get_ref().1));
-                            run(stream, builder, watcher, service, activity, limits).await;
+                    Box::pin(async move {
+                        // The handshake counts against the first request's deadline.
+                        let accept = tls.acceptor().accept(stream);
+                        match tokio::time::timeout(header_read_timeout, accept).await {
+                            Ok(Ok(stream)) => {
+                                let service =
+                                    service.with_peer(tls::peer_certificate(stream.get_ref().1));
+                                run(stream, builder, watcher, service, activity, limits).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake with a client failed");
+                            }
+                            Err(_) => conn::CloseReason::NoRequest.count(),
                         }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake with a client failed");
-                        }
-                        Err(_) => conn::CloseReason::NoRequest.count(),
-                    }
+                    })
+                    .await
                 }
             }
             meters::process().connections_open.get().decrement(1.0);
@@ -225,8 +233,13 @@ async fn run<S>(
     let io = framing::Guarded::new(stream).with_write_timeout(d.write_timeout);
     let served =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    // Boxed: an async fn keeps room for a value both where it was made and in the future it
+    // was moved into, so an inline connection made this task 12.5 KiB (6 KiB of it `run`); with
+    // the boxes the three allocations come to about 3 KiB, each written in full when moved in
+    // (docs/BENCHMARKS.md, "Memory per waiting stream").
+    let served = Box::pin(watcher.watch(served.into_owned()));
     conn::watch(
-        watcher.watch(served.into_owned()),
+        served,
         activity,
         d.header_read_timeout,
         d.idle_timeout,

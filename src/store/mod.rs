@@ -139,6 +139,13 @@ impl From<StoreError> for crate::error::ApiError {
     }
 }
 
+/// SQLite's page cache per connection (`PRAGMA cache_size`, negative = KiB): 512 KiB instead of
+/// SQLite's 2 MiB. The gateway's writes append (usage rows, batch lines) and its reads are
+/// indexed lookups, so a small cache costs little; the operating system's page cache still
+/// holds the file. Each pooled connection has its own cache, allocated by SQLite outside the
+/// Rust allocator (docs/BENCHMARKS.md, governed peak memory).
+const SQLITE_CACHE_SIZE: &str = "-512";
+
 impl Store {
     /// Connect to `url` (`sqlite:…` or `postgres:…`) and apply the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, String> {
@@ -158,7 +165,8 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                .pragma("cache_size", SQLITE_CACHE_SIZE);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))

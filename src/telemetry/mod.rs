@@ -222,7 +222,7 @@ pub fn init_logging() -> LogGuard {
 
 /// Writes what is queued and stops the log writer when dropped.
 pub struct LogGuard {
-    tx: Option<std::sync::mpsc::SyncSender<request_log::Msg>>,
+    tx: Option<flume::Sender<request_log::Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -240,7 +240,7 @@ impl Drop for LogGuard {
 /// tracing's writer: each event's line (tracing writes one event with one `write_all`) goes to
 /// the log writer's queue.
 #[derive(Clone)]
-struct QueueWriter(std::sync::mpsc::SyncSender<request_log::Msg>);
+struct QueueWriter(flume::Sender<request_log::Msg>);
 
 impl std::io::Write for QueueWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

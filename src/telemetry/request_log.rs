@@ -9,15 +9,17 @@
 //!
 //! The queue is bounded ([`QUEUE_LINES`]) and not lossy: when it is full (stderr slower than the
 //! traffic) a thread that logs waits until the writer has made room, as with the appender this
-//! replaced. The writer is woken by the first line after a quiet spell; after each write it
+//! replaced. It takes memory as lines arrive (flume's bounded channel keeps a `VecDeque`), not
+//! for its whole bound at start: std's `sync_channel` allocated and wrote all 16,384 slots,
+//! 512 KiB of an idle gateway's resident memory. The writer is woken by the first line after a quiet spell; after each write it
 //! pauses [`BATCH_INTERVAL`] so that, under load, lines gather and go out in one `write` per
 //! interval (up to [`BATCH_BYTES`]) instead of waking a thread per line, and it runs at the
 //! lowest CPU priority (nice 19 on Linux) so it never takes the core from the requests it
 //! describes. `RUST_LOG` still decides: a filter that leaves `tollgate::request` out at `info`
 //! (`RUST_LOG=warn`) turns the request line off before it is formatted.
 
+use flume::{Receiver, Sender, TryRecvError};
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,16 +40,16 @@ pub(super) enum Msg {
 }
 
 /// The process's log queue, once [`super::init_logging`] has started the writer.
-static QUEUE: OnceLock<SyncSender<Msg>> = OnceLock::new();
+static QUEUE: OnceLock<Sender<Msg>> = OnceLock::new();
 
 /// The queue the request line goes to, if the writer runs in this process.
-pub(super) fn queue() -> Option<&'static SyncSender<Msg>> {
+pub(super) fn queue() -> Option<&'static Sender<Msg>> {
     QUEUE.get()
 }
 
 /// Hand a whole line to the writer. When the writer has stopped (the process is exiting), the
 /// line is written directly so that it is not lost.
-pub(super) fn send(tx: &SyncSender<Msg>, line: Vec<u8>) {
+pub(super) fn send(tx: &Sender<Msg>, line: Vec<u8>) {
     if let Err(e) = tx.send(Msg::Line(line)) {
         if let Msg::Line(line) = e.0 {
             let _ = std::io::stderr().write_all(&line);
@@ -58,8 +60,8 @@ pub(super) fn send(tx: &SyncSender<Msg>, line: Vec<u8>) {
 /// Start the writer thread on `out`; the queue's sender and the thread's handle.
 pub(super) fn start<W: Write + Send + 'static>(
     out: W,
-) -> std::io::Result<(SyncSender<Msg>, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = sync_channel(QUEUE_LINES);
+) -> std::io::Result<(Sender<Msg>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = flume::bounded(QUEUE_LINES);
     let thread = std::thread::Builder::new()
         .name("tollgate-log".into())
         .spawn(move || {
@@ -70,7 +72,7 @@ pub(super) fn start<W: Write + Send + 'static>(
 }
 
 /// Make `tx` the process's queue (the first call wins).
-pub(super) fn install(tx: SyncSender<Msg>) {
+pub(super) fn install(tx: Sender<Msg>) {
     let _ = QUEUE.set(tx);
 }
 
@@ -322,7 +324,7 @@ mod tests {
 
     #[test]
     fn queued_lines_go_out_in_few_writes_of_at_most_the_batch_size() {
-        let (tx, rx) = sync_channel(QUEUE_LINES);
+        let (tx, rx) = flume::bounded(QUEUE_LINES);
         let n = 2_000;
         for i in 0..n {
             let _ = tx.send(Msg::Line(line(i)));
@@ -346,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_holds_the_logging_thread_back_and_loses_no_line() {
-        let (tx, rx) = sync_channel(4);
+        let (tx, rx) = flume::bounded(4);
         let (release, gate): (Sender<()>, _) = channel();
         let out = Writes {
             gate: Some(Arc::new(Mutex::new(gate))),
