@@ -182,18 +182,24 @@ impl Ledger {
     }
     /// One attempt's outcome, for the request log's attempt list (`name:outcome:ms,…`).
     pub fn attempt(&mut self, upstream: &str, outcome: &'static str, took: Duration) {
-        use std::fmt::Write;
         if let Some(t) = &mut self.trace {
             t.attempt_end(outcome);
         }
-        if !self.rec.attempt_log.is_empty() {
-            self.rec.attempt_log.push(',');
+        let log = &mut self.rec.attempt_log;
+        if !log.is_empty() {
+            log.push(',');
         }
-        let _ = write!(
-            self.rec.attempt_log,
-            "{upstream}:{outcome}:{:.1}ms",
-            took.as_secs_f64() * 1000.0
-        );
+        // `name:outcome:12.3ms`: tenths of a millisecond, rounded, without float formatting.
+        let tenths = (took.as_nanos() + 50_000) / 100_000;
+        let mut n = itoa::Buffer::new();
+        log.push_str(upstream);
+        log.push(':');
+        log.push_str(outcome);
+        log.push(':');
+        log.push_str(n.format(tenths / 10));
+        log.push('.');
+        log.push_str(n.format(tenths % 10));
+        log.push_str("ms");
     }
     pub fn attempts(&self) -> u32 {
         self.rec.attempts
@@ -304,9 +310,12 @@ impl Drop for Ledger {
             t.finish(&self.rec);
         }
         telemetry::account(&self.rec);
-        if let (Some(sink), Some(mut row)) = (&self.usage, usage_row(&self.rec)) {
-            row.batch_id = self.batch_id.as_deref().map(str::to_owned);
-            sink.record(row);
+        // The row (an id, owned strings) is made only where it has somewhere to go.
+        if let Some(sink) = &self.usage {
+            if let Some(mut row) = usage_row(&self.rec) {
+                row.batch_id = self.batch_id.as_deref().map(str::to_owned);
+                sink.record(row);
+            }
         }
     }
 }
@@ -347,8 +356,15 @@ pub const X_COMPLETION_TOKENS: http::HeaderName =
 
 /// Set the cost headers: `nanos` as dollars, and the usage.
 pub fn cost_headers(h: &mut http::HeaderMap, nanos: u64, usage: Usage) {
-    let usd = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
-    if let Ok(v) = http::HeaderValue::from_str(&usd) {
+    // `{dollars}.{nanodollars:09}`, written with itoa rather than `format!` (once per answer).
+    let mut usd = Vec::with_capacity(32);
+    usd.extend_from_slice(itoa::Buffer::new().format(nanos / 1_000_000_000).as_bytes());
+    usd.push(b'.');
+    let mut frac = itoa::Buffer::new();
+    let frac = frac.format(nanos % 1_000_000_000);
+    usd.extend(std::iter::repeat_n(b'0', 9 - frac.len()));
+    usd.extend_from_slice(frac.as_bytes());
+    if let Ok(v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(usd)) {
         h.insert(X_COST, v);
     }
     h.insert(
@@ -359,4 +375,42 @@ pub fn cost_headers(h: &mut http::HeaderMap, nanos: u64, usage: Usage) {
         X_COMPLETION_TOKENS,
         http::HeaderValue::from(usage.completion_tokens),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_are_logged_as_name_outcome_and_tenths_of_a_millisecond() {
+        let mut l = Ledger::start("r".into(), "chat", None);
+        l.attempt("a", "ok", Duration::from_micros(12_345));
+        l.attempt("b", "timeout", Duration::from_micros(40));
+        l.attempt("c", "ok", Duration::from_secs(2));
+        assert_eq!(
+            l.rec.attempt_log,
+            "a:ok:12.3ms,b:timeout:0.0ms,c:ok:2000.0ms"
+        );
+    }
+
+    #[test]
+    fn the_cost_header_is_dollars_and_nine_digits_of_nanodollars() {
+        let cases = [
+            (0, "0.000000000"),
+            (7, "0.000000007"),
+            (123_456_789, "0.123456789"),
+            (1_000_000_000, "1.000000000"),
+            (1_234_567_890_123, "1234.567890123"),
+            (u64::MAX, "18446744073.709551615"),
+        ];
+        for (nanos, want) in cases {
+            let mut h = http::HeaderMap::new();
+            cost_headers(&mut h, nanos, Usage::default());
+            assert_eq!(h.get(X_COST).and_then(|v| v.to_str().ok()), Some(want));
+            assert_eq!(
+                h.get(X_PROMPT_TOKENS).map(|v| v.as_bytes()),
+                Some(&b"0"[..])
+            );
+        }
+    }
 }

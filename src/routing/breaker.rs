@@ -252,18 +252,15 @@ impl Breaker {
         if g.consecutive >= self.cfg.consecutive_failures.max(1) {
             return true;
         }
-        let live = g
-            .ring
-            .iter()
-            .filter(|b| epoch.saturating_sub(b.epoch) < BUCKETS as u64);
+        let live = || {
+            g.ring
+                .iter()
+                .filter(move |b| epoch.saturating_sub(b.epoch) < BUCKETS as u64)
+        };
         let (mut ok, mut failed) = (0u64, 0u64);
-        let mut lat = [0u64; LAT_BOUNDS_MS.len()];
-        for b in live {
+        for b in live() {
             ok += u64::from(b.ok);
             failed += u64::from(b.failed);
-            for (i, n) in b.latency.iter().enumerate() {
-                lat[i] += u64::from(*n);
-            }
         }
         let total = ok + failed;
         if total < u64::from(self.cfg.min_requests.max(1)) {
@@ -272,7 +269,15 @@ impl Breaker {
         if failed as f64 / total as f64 > self.cfg.error_rate {
             return true;
         }
+        // The latency histogram is summed only when there is an objective to hold it to (this
+        // runs on every answer).
         if let Some(objective) = self.cfg.latency_objective {
+            let mut lat = [0u64; LAT_BOUNDS_MS.len()];
+            for b in live() {
+                for (i, n) in b.latency.iter().enumerate() {
+                    lat[i] += u64::from(*n);
+                }
+            }
             let n: u64 = lat.iter().sum();
             let rank = (n as f64 * 0.99).ceil() as u64;
             let mut seen = 0;

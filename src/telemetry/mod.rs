@@ -312,7 +312,7 @@ pub fn account(r: &RequestRecord) {
     if tracing::enabled!(target: "tollgate::request", tracing::Level::INFO) {
         match request_log::queue() {
             Some(tx) => {
-                let mut line = Vec::with_capacity(512);
+                let mut line = Vec::with_capacity(1024);
                 request_log::format(r, SystemTime::now(), &mut line);
                 request_log::send(tx, line);
             }

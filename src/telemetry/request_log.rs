@@ -140,8 +140,7 @@ pub(super) fn format(r: &RequestRecord, now: SystemTime, out: &mut Vec<u8>) {
     string_field(out, "endpoint", r.endpoint);
     key(out, "client_addr");
     out.push(b'"');
-    // An address needs no escaping.
-    let _ = write!(out, "{}", super::OrDash(r.client_addr));
+    socket_addr(out, r.client_addr);
     out.push(b'"');
     string_field(
         out,
@@ -171,6 +170,28 @@ pub(super) fn format(r: &RequestRecord, now: SystemTime, out: &mut Vec<u8>) {
         string_field(out, "cache", c);
     }
     out.extend_from_slice(b",\"target\":\"tollgate::request\"}\n");
+}
+
+/// A client address as `Display` writes it (`-` when unknown); IPv4, the common case, without
+/// the formatting machinery. An address needs no escaping.
+fn socket_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
+    match a {
+        Some(std::net::SocketAddr::V4(a)) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(b.format(o).as_bytes());
+            }
+            out.push(b':');
+            out.extend_from_slice(b.format(a.port()).as_bytes());
+        }
+        Some(a) => {
+            let _ = write!(out, "{a}");
+        }
+        None => out.push(b'-'),
+    }
 }
 
 fn key(out: &mut Vec<u8>, name: &str) {
@@ -207,8 +228,16 @@ fn float_field(out: &mut Vec<u8>, name: &str, v: f64) {
 /// A JSON string as serde_json writes it: `"` and `\` escaped, control characters as `\n`-style
 /// or `\u00xx` escapes, everything else (UTF-8 included) as it is.
 pub(super) fn json_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    // Most values need no escape: one copy.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let short = match b {
