@@ -356,14 +356,8 @@ pub const X_COMPLETION_TOKENS: http::HeaderName =
 
 /// Set the cost headers: `nanos` as dollars, and the usage.
 pub fn cost_headers(h: &mut http::HeaderMap, nanos: u64, usage: Usage) {
-    // `{dollars}.{nanodollars:09}`, written with itoa rather than `format!` (once per answer).
-    let mut usd = Vec::with_capacity(32);
-    usd.extend_from_slice(itoa::Buffer::new().format(nanos / 1_000_000_000).as_bytes());
-    usd.push(b'.');
-    let mut frac = itoa::Buffer::new();
-    let frac = frac.format(nanos % 1_000_000_000);
-    usd.extend(std::iter::repeat_n(b'0', 9 - frac.len()));
-    usd.extend_from_slice(frac.as_bytes());
+    let mut usd = String::with_capacity(32);
+    telemetry::spend::push_dollars(&mut usd, nanos);
     if let Ok(v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(usd)) {
         h.insert(X_COST, v);
     }

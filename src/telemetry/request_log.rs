@@ -11,11 +11,11 @@
 //! traffic) a thread that logs waits until the writer has made room, as with the appender this
 //! replaced. It takes memory as lines arrive (flume's bounded channel keeps a `VecDeque`), not
 //! for its whole bound at start: std's `sync_channel` allocated and wrote all 16,384 slots,
-//! 512 KiB of an idle gateway's resident memory. The writer is woken by the first line after a quiet spell; after each write it
-//! pauses [`BATCH_INTERVAL`] so that, under load, lines gather and go out in one `write` per
-//! interval (up to [`BATCH_BYTES`]) instead of waking a thread per line, and it runs at the
-//! lowest CPU priority (nice 19 on Linux) so it never takes the core from the requests it
-//! describes. `RUST_LOG` still decides: a filter that leaves `tollgate::request` out at `info`
+//! 512 KiB of an idle gateway's resident memory. The writer is woken by the first line after a
+//! quiet spell; after each write it pauses [`BATCH_INTERVAL`] so that, under load, lines gather
+//! and go out in one `write` per interval (up to [`BATCH_BYTES`]) instead of waking a thread per
+//! line, and it runs at the lowest CPU priority (nice 19 on Linux) so it never takes the core from
+//! the requests it describes. `RUST_LOG` still decides: a filter that leaves `tollgate::request` out at `info`
 //! (`RUST_LOG=warn`) turns the request line off before it is formatted.
 
 use flume::{Receiver, Sender, TryRecvError};

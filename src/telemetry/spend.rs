@@ -62,17 +62,25 @@ pub fn render(out: &mut String) {
         label_value(out, team);
         out.push_str("\",model=\"");
         label_value(out, model);
-        let _ = writeln!(
-            out,
-            "\"}} {}.{:09}",
-            nanos / 1_000_000_000,
-            nanos % 1_000_000_000
-        );
+        out.push_str("\"} ");
+        push_dollars(out, nanos);
+        out.push('\n');
     }
     out.push('\n');
 }
 
 pub(super) const HELP: &str = "US dollars spent, by team and model, as this process priced it.";
+
+/// `nanos` (billionths of a US dollar, the unit prices are kept in) as dollars with nine decimals:
+/// `1234.567890123`. The metrics page and the `x-tollgate-cost-usd` header both write it so.
+pub fn push_dollars(out: &mut String, nanos: u64) {
+    let mut b = itoa::Buffer::new();
+    out.push_str(b.format(nanos / 1_000_000_000));
+    out.push('.');
+    let frac = b.format(nanos % 1_000_000_000);
+    out.extend(std::iter::repeat_n('0', 9 - frac.len()));
+    out.push_str(frac);
+}
 
 /// A label value escaped as the Prometheus text format asks (`\\`, `\"`, `\n`).
 fn label_value(out: &mut String, v: &str) {
