@@ -204,7 +204,10 @@ async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
+        .unwrap_or_else(|| {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+        });
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = if ambiguous_framing(req.headers()) {
         let mut resp = ApiError::invalid(

@@ -212,7 +212,8 @@ async fn try_route(
         .max(1);
     route.budget.deposit(Instant::now());
     let plan = route.plan(Instant::now());
-    let mut failure = Failure::from(no_upstream(route));
+    // The answer when no attempt is made is built only then (its message is formatted).
+    let mut failure = None;
     let mut avoid = Avoid::default();
     for n in 0..max_attempts {
         let Some(upstream) = pace(route, &plan, n, &avoid, target.deadline).await else {
@@ -229,12 +230,12 @@ async fn try_route(
         };
         avoid.note(&upstream.name, &f.reading);
         let stop = !f.reading.retryable;
-        failure = f;
+        failure = Some(f);
         if stop {
             break;
         }
     }
-    Err(failure)
+    Err(failure.unwrap_or_else(|| Failure::from(no_upstream(route))))
 }
 
 /// The upstream for attempt `n`, once it may be tried: the next in plan order that can take the
