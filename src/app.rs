@@ -1,6 +1,8 @@
 //! The one route table and the middleware order, written once.
 //!
-//! [`router`] is what the server runs and what tests call. Authentication is on for every
+//! [`router`] is the route table tests call; [`service`] is what the server runs: the same
+//! router, with the relay endpoints taken straight to their handler when no layer of the
+//! router's but the edge pass would see them ([`App`]). Authentication is on for every
 //! `/v1` route; the only unauthenticated routes are `/health`, `/ready` and `/metrics` (which
 //! takes `server.metrics_key` when set, and can move to its own listener); `/admin` and the web
 //! console (`/console`, [`crate::console`]) have their own gates. Unknown
@@ -55,6 +57,71 @@ pub fn router(state: AppState) -> Router {
         app = app.layer(cors);
     }
     app.layer(edge)
+}
+
+/// What the listener serves: [`router`], with the three relay endpoints (`POST` to
+/// `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) handed to
+/// [`proxy::handle`] through the same edge pass without the route table's layers (about 10,000
+/// instructions per request; docs/BENCHMARKS.md). With CORS on, every request goes through
+/// the router, whose CORS layer must see it. The answers are the router's: the socket tests run
+/// this, `oneshot` tests the router.
+#[derive(Clone)]
+pub struct App {
+    state: AppState,
+    routes: Router,
+    /// The relay endpoints skip the route table (no CORS layer to pass).
+    direct: bool,
+}
+
+/// The service for [`crate::server::serve`].
+pub fn service(state: AppState) -> App {
+    App {
+        direct: cors_layer(&state).is_none(),
+        routes: router(state.clone()),
+        state,
+    }
+}
+
+/// The endpoint of a request the direct path takes: the routes [`router`] gives
+/// [`chat`], [`completions`] and [`embeddings`].
+fn relay_endpoint(req: &Request) -> Option<Endpoint> {
+    if req.method() != Method::POST {
+        return None;
+    }
+    match req.uri().path() {
+        "/v1/chat/completions" => Some(Endpoint::Chat),
+        "/v1/completions" => Some(Endpoint::Completions),
+        "/v1/embeddings" => Some(Endpoint::Embeddings),
+        _ => None,
+    }
+}
+
+impl tower::Service<Request> for App {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match relay_endpoint(&req).filter(|_| self.direct) {
+            Some(endpoint) => {
+                let s = self.state.clone();
+                Box::pin(async move {
+                    let handler = |req| proxy::handle(s.clone(), endpoint, req);
+                    Ok(edge_pass(&s, req, handler).await)
+                })
+            }
+            None => Box::pin(self.routes.call(req)),
+        }
+    }
 }
 
 async fn chat(State(s): State<AppState>, req: Request) -> Response {
@@ -186,8 +253,6 @@ async fn method_not_allowed(req: Request) -> ApiError {
     }
 }
 
-/// Without an admin key, `/admin/*` is an unknown path whatever the method: answered before
-/// routing, so no 405 (and no `Allow` header) tells that the route exists.
 /// The edge of every request, in one pass (one middleware instead of three):
 /// 1. the request id: a sane client `x-request-id` or a new one, on the request and the answer
 ///    (every answer carries it, even a framing or CORS error);
@@ -197,7 +262,16 @@ async fn method_not_allowed(req: Request) -> ApiError {
 ///    [`crate::server::framing`]), and close the connection;
 /// 3. admin hiding: without an admin key, `/admin/*` is an unknown path for every method; so
 ///    is `/console/*` with the console off.
-async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn edge(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    edge_pass(&s, req, |req| next.run(req)).await
+}
+
+/// [`edge`]'s work around `inner`, for the middleware and for [`App`]'s direct relay path.
+async fn edge_pass<F, Fut>(s: &AppState, mut req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -220,12 +294,12 @@ async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Respon
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         resp
-    } else if crate::admin::hidden(&s, req.uri().path())
-        || crate::console::hidden(&s, req.uri().path())
+    } else if crate::admin::hidden(s, req.uri().path())
+        || crate::console::hidden(s, req.uri().path())
     {
         not_found(req).await.into_response()
     } else {
-        next.run(req).await
+        inner(req).await
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID, v);

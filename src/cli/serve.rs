@@ -131,8 +131,7 @@ pub(super) async fn serve(
             t.cancel();
         }
     };
-    let router = crate::app::router(state.clone());
-    server::serve(listener, router, opts, shutdown).await;
+    server::serve(listener, crate::app::service(state.clone()), opts, shutdown).await;
     if let Some(w) = worker {
         w.stop(server_cfg.shutdown_grace.0).await;
     }

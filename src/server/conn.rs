@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use axum::Router;
 use bytes::Bytes;
 use http_body::Frame;
 use tokio::time::Instant;
@@ -170,11 +169,35 @@ impl Drop for InFlight {
     }
 }
 
-/// The router as one connection's service: every request is counted in flight until its
+/// What a listener serves: a service from requests to responses that is always ready and never
+/// fails ([`axum::Router`], or the gateway's `crate::app::App`).
+pub trait Serves:
+    Service<http::Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Serves for T where
+    T: Service<
+            http::Request<Body>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The app's service as one connection's: every request is counted in flight until its
 /// response body ends.
 #[derive(Clone)]
-pub struct Tracked {
-    router: Router,
+pub struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
     /// The connection's verified client certificate, put in every request's extensions.
     peer: Option<super::tls::PeerCertificate>,
@@ -186,10 +209,10 @@ pub struct Tracked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-impl Tracked {
-    pub fn new(router: Router, activity: Arc<Activity>) -> Tracked {
+impl<S> Tracked<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Tracked<S> {
         Tracked {
-            router,
+            inner,
             activity,
             peer: None,
             addr: None,
@@ -197,22 +220,23 @@ impl Tracked {
     }
 
     /// Requests on this connection carry `addr` as an extension.
-    pub fn with_addr(mut self, addr: std::net::SocketAddr) -> Tracked {
+    pub fn with_addr(mut self, addr: std::net::SocketAddr) -> Tracked<S> {
         self.addr = Some(ClientAddr(addr));
         self
     }
 
     /// Requests on this connection carry `peer` as an extension.
-    pub fn with_peer(mut self, peer: Option<super::tls::PeerCertificate>) -> Tracked {
+    pub fn with_peer(mut self, peer: Option<super::tls::PeerCertificate>) -> Tracked<S> {
         self.peer = peer;
         self
     }
 }
 
-impl<B> Service<http::Request<B>> for Tracked
+impl<B, S> Service<http::Request<B>> for Tracked<S>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
+    S: Serves,
 {
     type Response = Response;
     type Error = Infallible;
@@ -230,7 +254,7 @@ where
             req.extensions_mut().insert(a);
         }
         let guard = InFlight::new(self.activity.clone());
-        let fut = self.router.call(req);
+        let fut = self.inner.call(req.map(Body::new));
         Box::pin(async move {
             let resp = fut.await?;
             Ok(resp.map(|inner| {

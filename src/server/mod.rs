@@ -19,7 +19,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -87,10 +86,10 @@ fn open_file_limit() -> Option<u64> {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves, then drain for the grace period.
-pub async fn serve(
+/// Serve `app` on `listener` until `shutdown` resolves, then drain for the grace period.
+pub async fn serve<A: conn::Serves>(
     listener: TcpListener,
-    router: Router,
+    app: A,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -150,7 +149,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = conn::Activity::new();
-        let service = conn::Tracked::new(router.clone(), activity.clone()).with_addr(peer);
+        let service = conn::Tracked::new(app.clone(), activity.clone()).with_addr(peer);
         let (header_read_timeout, idle_timeout, write_timeout) = (
             opts.header_read_timeout,
             opts.idle_timeout,
@@ -220,11 +219,11 @@ struct Deadlines {
 
 /// Serve one connection (plain TCP or TLS) through the framing guard until it ends, is closed
 /// by its watcher, or the grace period after shutdown ends.
-async fn run<S>(
+async fn run<S, A: conn::Serves>(
     stream: S,
     builder: Arc<Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
-    service: conn::Tracked,
+    service: conn::Tracked<A>,
     activity: Arc<conn::Activity>,
     d: Deadlines,
 ) where

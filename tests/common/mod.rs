@@ -246,8 +246,8 @@ impl Gateway {
             Err(e) => panic!("no local addr: {e}"),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let router = tollgate::app::router(state.clone());
-        let task = tokio::spawn(server::serve(listener, router, opts, async {
+        let app = tollgate::app::service(state.clone());
+        let task = tokio::spawn(server::serve(listener, app, opts, async {
             let _ = rx.await;
         }));
         let client = reqwest::Client::builder()
