@@ -27,13 +27,23 @@ use crate::state::AppState;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The relay endpoints: each path `POST`ed to and the endpoint it runs as, for the route table
+/// and for [`App`]'s direct path alike.
+const RELAY: [(&str, Endpoint); 3] = [
+    ("/v1/chat/completions", Endpoint::Chat),
+    ("/v1/completions", Endpoint::Completions),
+    ("/v1/embeddings", Endpoint::Embeddings),
+];
+
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state);
     let edge = middleware::from_fn_with_state(state.clone(), edge);
-    let routes = Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
+    let mut routes = Router::new();
+    for (path, endpoint) in RELAY {
+        let relay = move |State(s): State<AppState>, req: Request| proxy::handle(s, endpoint, req);
+        routes = routes.route(path, post(relay));
+    }
+    let routes = routes
         .route("/v1/responses", post(crate::fronts::responses::create))
         .route("/v1/messages", post(crate::fronts::messages::create))
         .route("/v1/models", get(models))
@@ -59,8 +69,7 @@ pub fn router(state: AppState) -> Router {
     app.layer(edge)
 }
 
-/// What the listener serves: [`router`], with the three relay endpoints (`POST` to
-/// `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) handed to
+/// What the listener serves: [`router`], with the relay endpoints ([`RELAY`]) handed to
 /// [`proxy::handle`] through the same edge pass without the route table's layers (about 10,000
 /// instructions per request; docs/BENCHMARKS.md). With CORS on, every request goes through
 /// the router, whose CORS layer must see it. The answers are the router's: the socket tests run
@@ -82,18 +91,13 @@ pub fn service(state: AppState) -> App {
     }
 }
 
-/// The endpoint of a request the direct path takes: the routes [`router`] gives
-/// [`chat`], [`completions`] and [`embeddings`].
+/// The endpoint of a request the direct path takes (one of [`RELAY`]).
 fn relay_endpoint(req: &Request) -> Option<Endpoint> {
     if req.method() != Method::POST {
         return None;
     }
-    match req.uri().path() {
-        "/v1/chat/completions" => Some(Endpoint::Chat),
-        "/v1/completions" => Some(Endpoint::Completions),
-        "/v1/embeddings" => Some(Endpoint::Embeddings),
-        _ => None,
-    }
+    let path = req.uri().path();
+    RELAY.iter().find(|(p, _)| *p == path).map(|&(_, e)| e)
 }
 
 impl tower::Service<Request> for App {
@@ -122,16 +126,6 @@ impl tower::Service<Request> for App {
             None => Box::pin(self.routes.call(req)),
         }
     }
-}
-
-async fn chat(State(s): State<AppState>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Chat, req).await
-}
-async fn completions(State(s): State<AppState>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Completions, req).await
-}
-async fn embeddings(State(s): State<AppState>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Embeddings, req).await
 }
 
 /// The models the caller's team may use.
