@@ -35,13 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-
 pub use crate::config::{BudgetConfig as Budget, BudgetPeriod};
 use crate::config::{Config, LimiterBackend, OnBackendError};
 use crate::error::ApiError;
 pub use crate::openai::{go_duration, RateHeaders, RateInfo};
-use crate::openai::{Body, Endpoint, JsonFields, Usage};
+use crate::openai::{Body, Endpoint, JsonFields, Kind, Usage};
 use crate::telemetry::names;
 use prices::{Price, Prices, NANOS_PER_USD};
 
@@ -167,144 +165,28 @@ const ESTIMATED_FIELDS: [(&str, bool, bool); 6] = [
 /// `messages`, `prompt`, `input`, and every string and object key in `tools`, `functions` and
 /// `response_format` (the model reads those schemas as prompt).
 ///
-/// Reads the fields through a serde visitor: over a parsed [`Body`] it walks the client's JSON
-/// text once and builds nothing.
+/// Reads the counts [`Body`] made while it validated the client's JSON (a `Map` counts its
+/// values on demand): no second walk of the text.
 pub fn estimate_prompt_tokens(body: &impl JsonFields) -> u64 {
-    let mut c = Count::default();
-    let mut framing = 0;
-    for (f, ids, keys) in ESTIMATED_FIELDS {
-        let walk = Walk {
-            count: &mut c,
-            ids,
-            keys,
+    let (mut ascii, mut other, mut ids, mut framing) = (0u64, 0u64, 0u64, 0u64);
+    for (f, numbers_are_ids, keys_are_text) in ESTIMATED_FIELDS {
+        let Some((kind, t)) = body.field_text(f) else {
+            continue;
         };
-        // A body that parsed cannot fail here; a partial count would still be a lower bound.
-        if let Some(Ok(elements)) = body.field(f, walk) {
-            if f == "messages" {
-                framing += 4 * elements as u64;
-            }
+        ascii += t.ascii;
+        other += t.other;
+        if keys_are_text {
+            ascii += t.key_ascii;
+            other += t.key_other;
+        }
+        if numbers_are_ids {
+            ids += t.numbers;
+        }
+        if let (true, Kind::Array(items)) = (f == "messages", kind) {
+            framing += 4 * items.len as u64;
         }
     }
-    c.ascii.div_ceil(4) + c.other + c.ids + framing
-}
-
-/// Characters and token ids seen so far by the estimate.
-#[derive(Default)]
-struct Count {
-    ascii: u64,
-    other: u64,
-    ids: u64,
-}
-
-impl Count {
-    fn text(&mut self, s: &str) {
-        if s.is_ascii() {
-            self.ascii += s.len() as u64;
-        } else {
-            for c in s.chars() {
-                if c.is_ascii() {
-                    self.ascii += 1
-                } else {
-                    self.other += 1
-                }
-            }
-        }
-    }
-}
-
-/// The estimate's visitor over one value. `ids`: numbers are token ids; `keys`: object keys are
-/// read by the model. Yields the element count when the value is an array (messages' framing).
-struct Walk<'c> {
-    count: &'c mut Count,
-    ids: bool,
-    keys: bool,
-}
-
-impl Walk<'_> {
-    fn again(&mut self) -> Walk<'_> {
-        Walk {
-            count: self.count,
-            ids: self.ids,
-            keys: self.keys,
-        }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
-    type Value = usize;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = usize;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_str<E>(self, s: &str) -> Result<usize, E> {
-        self.count.text(s);
-        Ok(0)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
-        self.count.ids += u64::from(self.ids);
-        Ok(0)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
-        self.count.ids += u64::from(self.ids);
-        Ok(0)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
-        self.count.ids += u64::from(self.ids);
-        Ok(0)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
-        let mut n = 0;
-        while seq.next_element_seed(self.again())?.is_some() {
-            n += 1;
-        }
-        Ok(n)
-    }
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<usize, A::Error> {
-        loop {
-            let more = if self.keys {
-                map.next_key_seed(KeyText(&mut *self.count))?.is_some()
-            } else {
-                map.next_key::<IgnoredAny>()?.is_some()
-            };
-            if !more {
-                return Ok(0);
-            }
-            map.next_value_seed(self.again())?;
-        }
-    }
-}
-
-/// An object key the model reads, counted as text.
-struct KeyText<'c>(&'c mut Count);
-
-impl<'de> DeserializeSeed<'de> for KeyText<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyText<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E>(self, s: &str) -> Result<(), E> {
-        self.0.text(s);
-        Ok(())
-    }
+    ascii.div_ceil(4) + other + ids + framing
 }
 
 /// What the backend checks for one scope.
@@ -830,8 +712,28 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// Characters and token ids seen by the oracle.
+        #[derive(Default)]
+        struct Count {
+            ascii: u64,
+            other: u64,
+            ids: u64,
+        }
+
+        impl Count {
+            fn text(&mut self, s: &str) {
+                for c in s.chars() {
+                    if c.is_ascii() {
+                        self.ascii += 1
+                    } else {
+                        self.other += 1
+                    }
+                }
+            }
+        }
+
         /// The estimate as it was computed before bodies stayed raw: a walk over a parsed
-        /// `Value`. The oracle the visitor is held to.
+        /// `Value`. The oracle the counts made while validating are held to.
         fn value_walk(body: &serde_json::Map<String, Value>) -> u64 {
             fn walk(c: &mut Count, v: &Value, ids: bool, keys: bool) {
                 match v {

@@ -5,7 +5,7 @@
 //! Parsing is two scans of the client's bytes, neither of which builds a `serde_json::Value`:
 //! the first validates the whole body exactly as `serde_json::from_slice::<Value>` would (the
 //! same parser paths, so the same errors, positions and recursion limit) and notes each field's
-//! [`Kind`]; the second takes each field's raw JSON as a span. Duplicate keys behave as they did
+//! [`Kind`] and the [`Text`] it holds; the second takes each field's raw JSON as a span. Duplicate keys behave as they did
 //! with a `Map`: the last value wins and only one copy goes upstream, so an upstream cannot read a
 //! copy the shaping never saw. Serialisation copies untouched fields verbatim; an unedited body
 //! goes upstream as the very bytes the client sent.
@@ -37,6 +37,7 @@ struct Field {
     key: Key,
     value: Json,
     kind: Kind,
+    text: Text,
 }
 
 /// A field's name: a span of the source when it had no escapes, else the decoded text.
@@ -72,6 +73,66 @@ pub struct Items {
     pub objects: usize,
     /// Elements that are strings or arrays.
     pub texts_or_lists: usize,
+}
+
+/// The characters and numbers a value holds at every depth, counted as the body is validated
+/// (what the token estimate reads, without a second walk of the JSON). Characters are of the
+/// decoded text, split into ASCII and the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Text {
+    /// In string values.
+    pub ascii: u64,
+    pub other: u64,
+    /// In object keys (the field's own name is not part of its value).
+    pub key_ascii: u64,
+    pub key_other: u64,
+    /// Numbers.
+    pub numbers: u64,
+}
+
+impl Text {
+    /// The counts of a value Tollgate writes, or of a `Map`'s value.
+    pub fn of(v: &Value) -> Text {
+        let mut t = Text::default();
+        t.add(v);
+        t
+    }
+
+    fn add(&mut self, v: &Value) {
+        match v {
+            Value::String(s) => self.string(s),
+            Value::Number(_) => self.numbers += 1,
+            Value::Array(a) => a.iter().for_each(|e| self.add(e)),
+            Value::Object(m) => {
+                for (k, e) in m {
+                    self.key(k);
+                    self.add(e);
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        let (a, o) = chars(s);
+        self.ascii += a;
+        self.other += o;
+    }
+
+    fn key(&mut self, s: &str) {
+        let (a, o) = chars(s);
+        self.key_ascii += a;
+        self.key_other += o;
+    }
+}
+
+/// (ASCII characters, other characters) of `s`.
+fn chars(s: &str) -> (u64, u64) {
+    if s.is_ascii() {
+        return (s.len() as u64, 0);
+    }
+    let ascii = s.chars().filter(char::is_ascii).count() as u64;
+    (ascii, s.chars().count() as u64 - ascii)
 }
 
 /// Why a body was refused.
@@ -114,7 +175,7 @@ impl Items {
 impl Body {
     /// Parse a request body: a JSON object, validated whole, its fields kept as spans.
     pub fn parse(src: Bytes) -> Result<Body, BodyError> {
-        let kinds = match serde_json::from_slice::<Survey>(&src) {
+        let surveyed = match serde_json::from_slice::<Survey>(&src) {
             Ok(Survey::Object(kinds)) => kinds,
             Ok(Survey::Other) => return Err(BodyError::NotObject),
             Err(e) => return Err(BodyError::Invalid(e)),
@@ -122,7 +183,7 @@ impl Body {
         // Cannot fail where the validation above passed: it is the laxer scan of the same text.
         let spans = serde_json::from_slice::<Spans<'_>>(&src).map_err(BodyError::Invalid)?;
         let mut fields = Vec::with_capacity(spans.0.len());
-        for ((key, raw), kind) in spans.0.into_iter().zip(kinds) {
+        for ((key, raw), (kind, text)) in spans.0.into_iter().zip(surveyed) {
             let key = match key {
                 KeyRef::Borrowed(k) => {
                     span_of(&src, k.as_bytes()).map_or_else(|| Key::Own(k.into()), Key::Span)
@@ -131,7 +192,12 @@ impl Body {
             };
             let raw = raw.get().as_bytes();
             let value = span_of(&src, raw).map_or_else(|| Json::Own(raw.into()), Json::Span);
-            fields.push(Field { key, value, kind });
+            fields.push(Field {
+                key,
+                value,
+                kind,
+                text,
+            });
         }
         let mut body = Body {
             src,
@@ -145,6 +211,11 @@ impl Body {
     /// The kind of a field's value; `None` when the field is absent.
     pub fn kind(&self, key: &str) -> Option<Kind> {
         self.find(key).map(|i| self.fields[i].kind)
+    }
+
+    /// The text a field's value holds; `None` when the field is absent.
+    pub fn text(&self, key: &str) -> Option<Text> {
+        self.find(key).map(|i| self.fields[i].text)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -164,17 +235,19 @@ impl Body {
     /// Set a field: replaced where it stands, or added at the end.
     pub fn insert(&mut self, key: &str, value: Value) {
         let json = Json::Own(value.to_string().into_bytes().into_boxed_slice());
-        let kind = Kind::of(&value);
+        let (kind, text) = (Kind::of(&value), Text::of(&value));
         self.edited = true;
         match self.find(key) {
             Some(i) => {
                 self.fields[i].value = json;
                 self.fields[i].kind = kind;
+                self.fields[i].text = text;
             }
             None => self.fields.push(Field {
                 key: Key::Own(key.into()),
                 value: json,
                 kind,
+                text,
             }),
         }
     }
@@ -215,16 +288,6 @@ impl Body {
         keys.iter()
             .filter_map(|k| Some(((*k).to_owned(), self.get::<Value>(k)?.ok()?)))
             .collect()
-    }
-
-    /// Hand a field's JSON to a serde seed (a visitor that reads it without building a `Value`).
-    pub fn deserialize_field<'a, S: DeserializeSeed<'a>>(
-        &'a self,
-        key: &str,
-        seed: S,
-    ) -> Option<serde_json::Result<S::Value>> {
-        let raw = self.raw(key)?;
-        Some(seed.deserialize(&mut serde_json::Deserializer::from_slice(raw)))
     }
 
     /// Every field as (name, raw JSON text), in order (the response cache's key reads them all).
@@ -283,6 +346,7 @@ impl Body {
         for (at, i) in moves {
             self.fields[at].value = self.fields[i].value.clone();
             self.fields[at].kind = self.fields[i].kind;
+            self.fields[at].text = self.fields[i].text;
             keep[i] = false;
         }
         let mut keep = keep.into_iter();
@@ -323,34 +387,23 @@ fn span_of(src: &[u8], part: &[u8]) -> Option<Range<usize>> {
     (end <= src.len()).then_some(start..end)
 }
 
-/// A body's fields read by serde: a reader (the token estimate) works on a parsed [`Body`] and
-/// on a `Map` of values alike.
+/// A body's fields as kind and text: a reader (the token estimate) works on a parsed [`Body`]
+/// (counted as it was validated) and on a `Map` of values (counted on demand) alike.
 pub trait JsonFields {
-    /// Hand the field `key` to `seed`; `None` when it is absent.
-    fn field<'a, S: DeserializeSeed<'a>>(
-        &'a self,
-        key: &str,
-        seed: S,
-    ) -> Option<serde_json::Result<S::Value>>;
+    /// The kind and text of the field `key`; `None` when it is absent.
+    fn field_text(&self, key: &str) -> Option<(Kind, Text)>;
 }
 
 impl JsonFields for Body {
-    fn field<'a, S: DeserializeSeed<'a>>(
-        &'a self,
-        key: &str,
-        seed: S,
-    ) -> Option<serde_json::Result<S::Value>> {
-        self.deserialize_field(key, seed)
+    fn field_text(&self, key: &str) -> Option<(Kind, Text)> {
+        self.find(key)
+            .map(|i| (self.fields[i].kind, self.fields[i].text))
     }
 }
 
 impl JsonFields for Map<String, Value> {
-    fn field<'a, S: DeserializeSeed<'a>>(
-        &'a self,
-        key: &str,
-        seed: S,
-    ) -> Option<serde_json::Result<S::Value>> {
-        self.get(key).map(|v| seed.deserialize(v))
+    fn field_text(&self, key: &str) -> Option<(Kind, Text)> {
+        self.get(key).map(|v| (Kind::of(v), Text::of(v)))
     }
 }
 
@@ -359,7 +412,7 @@ impl JsonFields for Map<String, Value> {
 /// The top level of a body: an object's field kinds in order, or something else (still
 /// validated whole, so a bad number in an array is reported as such).
 enum Survey {
-    Object(Vec<Kind>),
+    Object(Vec<(Kind, Text)>),
     Other,
 }
 
@@ -372,14 +425,18 @@ impl<'de> Deserialize<'de> for Survey {
                 f.write_str("any JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Survey, A::Error> {
-                let mut kinds = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while map.next_key::<IgnoredAny>()?.is_some() {
-                    kinds.push(map.next_value_seed(Check)?);
+                    let mut text = Text::default();
+                    let kind = map.next_value_seed(Check(&mut text))?;
+                    fields.push((kind, text));
                 }
-                Ok(Survey::Object(kinds))
+                Ok(Survey::Object(fields))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Survey, A::Error> {
-                Check.visit_seq(seq).map(|_| Survey::Other)
+                Check(&mut Text::default())
+                    .visit_seq(seq)
+                    .map(|_| Survey::Other)
             }
             fn visit_bool<E>(self, _: bool) -> Result<Survey, E> {
                 Ok(Survey::Other)
@@ -405,18 +462,23 @@ impl<'de> Deserialize<'de> for Survey {
 }
 
 /// Validates one value the way a `Value` is parsed (`deserialize_any` all the way down, keys as
-/// strings) and says what kind it is.
-#[derive(Clone, Copy)]
-struct Check;
+/// strings), says what kind it is and counts its [`Text`].
+struct Check<'t>(&'t mut Text);
 
-impl<'de> DeserializeSeed<'de> for Check {
+impl Check<'_> {
+    fn again(&mut self) -> Check<'_> {
+        Check(self.0)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Check<'_> {
     type Value = Kind;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Check {
+impl<'de> Visitor<'de> for Check<'_> {
     type Value = Kind;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
@@ -425,32 +487,57 @@ impl<'de> Visitor<'de> for Check {
         Ok(Kind::Bool)
     }
     fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+        self.0.numbers += 1;
         Ok(Kind::Number)
     }
     fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
+        self.0.numbers += 1;
         Ok(Kind::Number)
     }
     fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+        self.0.numbers += 1;
         Ok(Kind::Number)
     }
-    fn visit_str<E>(self, _: &str) -> Result<Kind, E> {
+    fn visit_str<E>(self, s: &str) -> Result<Kind, E> {
+        self.0.string(s);
         Ok(Kind::String)
     }
     fn visit_unit<E>(self) -> Result<Kind, E> {
         Ok(Kind::Null)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Kind, A::Error> {
         let mut items = Items::default();
-        while let Some(k) = seq.next_element_seed(Check)? {
+        while let Some(k) = seq.next_element_seed(self.again())? {
             items = items.with(k);
         }
         Ok(Kind::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(Check)?;
+        while map.next_key_seed(KeyCount(&mut *self.0))?.is_some() {
+            map.next_value_seed(Check(&mut *self.0))?;
         }
         Ok(Kind::Object)
+    }
+}
+
+/// An object key inside a value: validated as a string (as a `Map`'s key) and counted.
+struct KeyCount<'t>(&'t mut Text);
+
+impl<'de> DeserializeSeed<'de> for KeyCount<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyCount<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.0.key(s);
+        Ok(())
     }
 }
 
@@ -607,6 +694,34 @@ mod tests {
         assert_eq!(b.get::<u64>("max_tokens").and_then(Result::ok), Some(7));
         b.insert("max_tokens", json!(3));
         assert_eq!(sent(&b), json!({"max_tokens": 3, "q\"": 1}));
+    }
+
+    #[test]
+    fn text_counts_decoded_strings_keys_and_numbers_at_every_depth() {
+        let Ok(mut b) = parse(r#"{"t":[{"k\u00e9y":"ab\u4e2d"},1,2.5,null,true],"s":"x"}"#) else {
+            panic!("parse")
+        };
+        let t = Text {
+            ascii: 2,
+            other: 1,
+            key_ascii: 2,
+            key_other: 1,
+            numbers: 2,
+        };
+        assert_eq!(b.text("t"), Some(t));
+        // The field's own name is not part of its value.
+        assert_eq!(b.text("s").map(|t| (t.ascii, t.key_ascii)), Some((1, 0)));
+        b.insert("s", json!({"ab": [7, "xyz"]}));
+        assert_eq!(
+            b.text("s"),
+            Some(Text {
+                ascii: 3,
+                key_ascii: 2,
+                numbers: 1,
+                ..Text::default()
+            })
+        );
+        assert_eq!(b.text("zz"), None);
     }
 
     #[test]
