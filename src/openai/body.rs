@@ -5,9 +5,9 @@
 //! Parsing is two scans of the client's bytes, neither of which builds a `serde_json::Value`:
 //! the first validates the whole body exactly as `serde_json::from_slice::<Value>` would (the
 //! same parser paths, so the same errors, positions and recursion limit) and notes each field's
-//! [`Kind`] and the [`Text`] it holds; the second takes each field's raw JSON as a span. Duplicate keys behave as they did
-//! with a `Map`: the last value wins and only one copy goes upstream, so an upstream cannot read a
-//! copy the shaping never saw. Serialisation copies untouched fields verbatim; an unedited body
+//! [`Kind`] and the [`Text`] it holds; the second takes each field's raw JSON as a span.
+//! Duplicate keys behave as they did with a `Map`: the last value wins and only one copy goes
+//! upstream, so an upstream cannot read a copy the shaping never saw. Serialisation copies untouched fields verbatim; an unedited body
 //! goes upstream as the very bytes the client sent.
 //!
 //! Not owned here: what the fields mean (policy), the token estimate (limits).
@@ -211,11 +211,6 @@ impl Body {
     /// The kind of a field's value; `None` when the field is absent.
     pub fn kind(&self, key: &str) -> Option<Kind> {
         self.find(key).map(|i| self.fields[i].kind)
-    }
-
-    /// The text a field's value holds; `None` when the field is absent.
-    pub fn text(&self, key: &str) -> Option<Text> {
-        self.find(key).map(|i| self.fields[i].text)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -708,12 +703,15 @@ mod tests {
             key_other: 1,
             numbers: 2,
         };
-        assert_eq!(b.text("t"), Some(t));
+        assert_eq!(b.field_text("t").map(|(_, t)| t), Some(t));
         // The field's own name is not part of its value.
-        assert_eq!(b.text("s").map(|t| (t.ascii, t.key_ascii)), Some((1, 0)));
+        assert_eq!(
+            b.field_text("s").map(|(_, t)| (t.ascii, t.key_ascii)),
+            Some((1, 0))
+        );
         b.insert("s", json!({"ab": [7, "xyz"]}));
         assert_eq!(
-            b.text("s"),
+            b.field_text("s").map(|(_, t)| t),
             Some(Text {
                 ascii: 3,
                 key_ascii: 2,
@@ -721,7 +719,7 @@ mod tests {
                 ..Text::default()
             })
         );
-        assert_eq!(b.text("zz"), None);
+        assert_eq!(b.field_text("zz"), None);
     }
 
     #[test]
