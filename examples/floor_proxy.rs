@@ -13,7 +13,7 @@
 //! ```
 //!
 //! `serve --config FILE --listen ADDR [--addr-file PATH]`: every request is sent to the scheme
-//! and authority of the first `base_url:` in FILE, path and headers as they came (but `Host`);
+//! and authority of FILE's upstream `base_url`, path and headers as they came (but `Host`);
 //! `GET /health` answers 200 itself. Not a proxy for anything but a benchmark.
 
 use std::convert::Infallible;
@@ -61,16 +61,16 @@ fn args() -> Result<Args> {
     })
 }
 
-/// Scheme and authority of the first `base_url:` in the gateway config.
+/// Scheme and authority of the gateway config's upstream (the first, by name, with a
+/// `base_url`), read by the gateway's own config loader.
 fn upstream(config: &str) -> Result<(Scheme, Authority)> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("read {config}"))?;
-    let line = text
-        .lines()
-        .find_map(|l| l.split_once("base_url:").map(|(_, v)| v))
-        .context("no base_url in the config")?;
-    let url: Uri = line
-        .trim()
-        .trim_matches(|c| c == '"' || c == '\'' || c == '}' || c == ' ')
+    let cfg = tollgate::config::Config::load(std::path::Path::new(config))
+        .with_context(|| format!("load {config}"))?;
+    let url: Uri = cfg
+        .upstreams
+        .values()
+        .find_map(|u| u.base_url.as_deref())
+        .context("no upstream with a base_url in the config")?
         .parse()
         .context("base_url")?;
     let parts = url.into_parts();

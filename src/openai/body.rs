@@ -91,28 +91,6 @@ pub struct Text {
 }
 
 impl Text {
-    /// The counts of a value Tollgate writes, or of a `Map`'s value.
-    pub fn of(v: &Value) -> Text {
-        let mut t = Text::default();
-        t.add(v);
-        t
-    }
-
-    fn add(&mut self, v: &Value) {
-        match v {
-            Value::String(s) => self.string(s),
-            Value::Number(_) => self.numbers += 1,
-            Value::Array(a) => a.iter().for_each(|e| self.add(e)),
-            Value::Object(m) => {
-                for (k, e) in m {
-                    self.key(k);
-                    self.add(e);
-                }
-            }
-            Value::Null | Value::Bool(_) => {}
-        }
-    }
-
     fn string(&mut self, s: &str) {
         let (a, o) = chars(s);
         self.ascii += a;
@@ -131,8 +109,16 @@ fn chars(s: &str) -> (u64, u64) {
     if s.is_ascii() {
         return (s.len() as u64, 0);
     }
-    let ascii = s.chars().filter(char::is_ascii).count() as u64;
-    (ascii, s.chars().count() as u64 - ascii)
+    s.chars().fold(
+        (0, 0),
+        |(a, o), c| {
+            if c.is_ascii() {
+                (a + 1, o)
+            } else {
+                (a, o + 1)
+            }
+        },
+    )
 }
 
 /// Why a body was refused.
@@ -145,18 +131,38 @@ pub enum BodyError {
 }
 
 impl Kind {
-    /// The kind of a value Tollgate writes.
-    fn of(v: &Value) -> Kind {
+    /// The kind of a value Tollgate writes (or of a `Map`'s value) and the text it holds, in one
+    /// walk: what the validating scan notes for the client's fields.
+    fn of(v: &Value, text: &mut Text) -> Kind {
         match v {
             Value::Null => Kind::Null,
             Value::Bool(_) => Kind::Bool,
-            Value::Number(_) => Kind::Number,
-            Value::String(_) => Kind::String,
-            Value::Object(_) => Kind::Object,
-            Value::Array(a) => {
-                Kind::Array(a.iter().fold(Items::default(), |i, e| i.with(Kind::of(e))))
+            Value::Number(_) => {
+                text.numbers += 1;
+                Kind::Number
             }
+            Value::String(s) => {
+                text.string(s);
+                Kind::String
+            }
+            Value::Object(m) => {
+                for (k, e) in m {
+                    text.key(k);
+                    Kind::of(e, text);
+                }
+                Kind::Object
+            }
+            Value::Array(a) => Kind::Array(
+                a.iter()
+                    .fold(Items::default(), |i, e| i.with(Kind::of(e, text))),
+            ),
         }
+    }
+
+    /// [`Kind::of`] with a fresh count.
+    fn with_text(v: &Value) -> (Kind, Text) {
+        let mut text = Text::default();
+        (Kind::of(v, &mut text), text)
     }
 }
 
@@ -230,7 +236,7 @@ impl Body {
     /// Set a field: replaced where it stands, or added at the end.
     pub fn insert(&mut self, key: &str, value: Value) {
         let json = Json::Own(value.to_string().into_bytes().into_boxed_slice());
-        let (kind, text) = (Kind::of(&value), Text::of(&value));
+        let (kind, text) = Kind::with_text(&value);
         self.edited = true;
         match self.find(key) {
             Some(i) => {
@@ -398,7 +404,7 @@ impl JsonFields for Body {
 
 impl JsonFields for Map<String, Value> {
     fn field_text(&self, key: &str) -> Option<(Kind, Text)> {
-        self.get(key).map(|v| (Kind::of(v), Text::of(v)))
+        self.get(key).map(Kind::with_text)
     }
 }
 
